@@ -1,0 +1,374 @@
+"""model.py against independent truths: transformers' Llama, invariants, hand-computed values."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import (LMConfig, Transformer, apply_repetition_penalty, apply_rope, repeat_kv,
+                   rope_frequencies, sample_next_token)
+
+TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=128)
+TINY_MOE = dict(TINY, use_moe=True, n_routed_experts=4, num_experts_per_tok=2)
+
+
+def tiny(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return Transformer(LMConfig(**{**TINY, **overrides})).eval()
+
+
+def random_ids(batch, length, vocab=300, seed=1):
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def to_half_split(w, n_heads):
+    """Rows of wq/wk from interleaved pairs (2i, 2i+1) to transformers' (i, i + hd/2) order."""
+    out_dim, in_dim = w.shape
+    head_dim = out_dim // n_heads
+    return w.view(n_heads, head_dim // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def hf_llama(model):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    hf_config = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.hidden_dim,
+        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+        num_key_value_heads=c.n_kv_heads, max_position_embeddings=c.max_seq_len,
+        rms_norm_eps=c.norm_eps, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
+    hf_config._attn_implementation = "eager"
+    hf = LlamaForCausalLM(hf_config).eval()
+    sd = {"model.embed_tokens.weight": model.tok_embeddings.weight,
+          "model.norm.weight": model.norm.weight, "lm_head.weight": model.output.weight}
+    for i, layer in enumerate(model.layers):
+        p, a, f = f"model.layers.{i}.", layer.attention, layer.feed_forward
+        sd.update({
+            p + "self_attn.q_proj.weight": to_half_split(a.wq.weight, c.n_heads),
+            p + "self_attn.k_proj.weight": to_half_split(a.wk.weight, c.n_kv_heads),
+            p + "self_attn.v_proj.weight": a.wv.weight, p + "self_attn.o_proj.weight": a.wo.weight,
+            p + "mlp.gate_proj.weight": f.w1.weight, p + "mlp.up_proj.weight": f.w3.weight,
+            p + "mlp.down_proj.weight": f.w2.weight,
+            p + "input_layernorm.weight": layer.attention_norm.weight,
+            p + "post_attention_layernorm.weight": layer.ffn_norm.weight})
+    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()},
+                                             strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    return hf
+
+
+def test_logits_match_transformers_llama():
+    model = tiny(rope_theta=10000.0)
+    hf = hf_llama(model)
+    for seed, length in [(1, 1), (2, 17), (3, 64)]:
+        ids = random_ids(2, length, seed=seed)
+        with torch.no_grad():
+            ours, theirs = model(ids).logits, hf(ids).logits
+        assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_yarn_frequencies_match_transformers():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_config = LlamaConfig(hidden_size=512, num_attention_heads=8, max_position_embeddings=8192,
+                            rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                             "original_max_position_embeddings": 2048})
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf_config, "cpu")
+    ours, factor = rope_frequencies(64, 1e6, {"type": "yarn", "factor": 4.0,
+                                              "original_max_seq_len": 2048})
+    torch.testing.assert_close(ours.float(), inv_freq.float(), rtol=1e-6, atol=0)
+    assert factor == pytest.approx(attention_factor)
+
+
+def test_ntk_scaling_stretches_only_the_slow_pairs():
+    plain, _ = rope_frequencies(64, 1e4, None)
+    ntk, _ = rope_frequencies(64, 1e4, {"type": "ntk", "factor": 4.0})
+    assert ntk[0] == plain[0]  # the fastest pair is untouched
+    assert ntk[-1] == pytest.approx(plain[-1] / 4.0)  # the slowest covers 4x the positions
+
+
+@pytest.mark.parametrize("overrides", [TINY, TINY_MOE], ids=["dense", "moe"])
+def test_kv_cache_matches_full_forward(overrides):
+    model = tiny(**overrides)
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :5], use_cache=True)  # a prompt, then one token at a time
+        steps = [out.logits]
+        for t in range(5, 12):
+            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_eager_attention_equals_sdpa_with_and_without_padding():
+    sdpa, eager = tiny(flash_attn=True), tiny(flash_attn=False)
+    ids = random_ids(2, 20)
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(ids).logits, eager(ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sdpa(ids, mask).logits, eager(ids, mask).logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_equals_multi_head_attention_with_shared_kv_heads():
+    # GQA with 2 kv heads is exactly MHA whose 4 kv heads are the 2 repeated group-wise.
+    gqa = tiny(n_kv_heads=2)
+    mha = tiny(n_kv_heads=4)
+    sd = gqa.state_dict()
+    head_dim = 64 // 4
+    for key, value in list(sd.items()):
+        if key.endswith(("wk.weight", "wv.weight")):
+            sd[key] = value.view(2, 1, head_dim, 64).expand(2, 2, head_dim, 64).reshape(64, 64)
+    mha.load_state_dict(sd)
+    ids = random_ids(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids).logits, mha(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_without_rotation_equals_torch_multihead_attention():
+    model = tiny(n_kv_heads=4)
+    attn = model.layers[0].attention
+    x = torch.randn(2, 10, 64)
+    cos, sin = torch.ones(1, 10, 8), torch.zeros(1, 10, 8)  # angle 0: RoPE is the identity
+    reference = torch.nn.MultiheadAttention(64, 4, bias=False, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]))
+        reference.out_proj.weight.copy_(attn.wo.weight)
+        causal = torch.ones(10, 10, dtype=torch.bool).triu(1)  # True = masked, in this API
+        expected, _ = reference(x, x, x, attn_mask=causal, need_weights=False)
+        torch.testing.assert_close(attn(x, cos, sin), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_repeat_kv_shares_each_head_with_consecutive_query_heads():
+    x = torch.arange(2.0).view(1, 2, 1, 1)  # two kv heads holding 0 and 1
+    assert repeat_kv(x, 3).flatten().tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("overrides", [TINY, TINY_MOE], ids=["dense", "moe"])
+def test_changing_later_tokens_changes_no_earlier_logit(overrides):
+    model = tiny(**overrides)
+    ids = random_ids(1, 16)
+    changed = ids.clone()
+    changed[0, 9:] = (changed[0, 9:] + 1) % 300
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :9], b[:, :9], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_rope_dot_product_depends_only_on_distance():
+    model = tiny()
+    cos, sin = model.rope_cos, model.rope_sin
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        qm = apply_rope(q, cos[m:m + 1][None], sin[m:m + 1][None])
+        kn = apply_rope(k, cos[n:n + 1][None], sin[n:n + 1][None])
+        return (qm * kn).sum().item()
+
+    assert score(3, 1) == pytest.approx(score(50, 48), abs=1e-5)
+    assert score(7, 7) == pytest.approx((q * k).sum().item(), abs=1e-5)
+    assert score(9, 2) != pytest.approx(score(9, 5), abs=1e-3)
+
+
+def test_rope_rotates_interleaved_pairs_by_hand_computed_angle():
+    model = tiny(rope_theta=100.0)  # head_dim 16: pair i turns by 100^(-2i/16) per position
+    x = torch.zeros(1, 1, 1, 16)
+    x[..., 2], x[..., 3] = 1.0, 0.0  # pair 1 = (x[2], x[3])
+    pos = 5
+    out = apply_rope(x, model.rope_cos[pos:pos + 1][None], model.rope_sin[pos:pos + 1][None])
+    angle = pos * 100.0 ** (-2 / 16)
+    assert out[..., 2].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert out[..., 3].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    assert out[..., [0, 1, 4, 5]].abs().max().item() == 0
+
+
+def test_left_padded_batch_matches_each_prompt_alone_without_nan():
+    model = tiny()
+    prompts = [random_ids(1, 9, seed=5)[0], random_ids(1, 4, seed=6)[0]]
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        batch[row, 9 - len(p):], mask[row, 9 - len(p):] = p, 1
+
+    with torch.no_grad():
+        logits = model(batch, mask).logits
+        for row, p in enumerate(prompts):
+            alone = model(p[None]).logits[0]
+            torch.testing.assert_close(logits[row, 9 - len(p):], alone, atol=1e-5, rtol=1e-5)
+    generated = model.generate(batch, mask, max_new_tokens=6, temperature=0)
+    for row, p in enumerate(prompts):
+        alone = model.generate(p[None], max_new_tokens=6, temperature=0)
+        assert generated[row, 9:].tolist() == alone[0, len(p):].tolist()
+
+    model.train()
+    out = model(batch, mask)
+    (out.logits * mask[..., None]).sum().backward()
+    assert torch.isfinite(out.logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_padding_rows_stay_finite_in_eager_attention_too():
+    model = tiny(flash_attn=False).train()
+    ids = random_ids(2, 8)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    out = model(ids, mask)
+    out.logits.sum().backward()
+    assert torch.isfinite(out.logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def naive_moe(ffn, x):
+    """Every expert on every token, combined with the gate's top-k weights: the definition."""
+    scores = F.linear(x, ffn.gate.weight).softmax(-1)
+    weights, experts = scores.topk(ffn.gate.top_k, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    out = ffn.shared_experts(x)
+    for e, expert in enumerate(ffn.experts):
+        out = out + expert(x) * (weights * (experts == e)).sum(-1, keepdim=True)
+    return out
+
+
+def test_moe_dispatch_equals_dense_definition_in_train_and_eval():
+    model = tiny(**TINY_MOE)
+    ffn = model.layers[0].feed_forward
+    x = torch.randn(3, 7, 64)
+    with torch.no_grad():
+        expected = naive_moe(ffn, x)
+        torch.testing.assert_close(ffn.eval()(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ffn.train()(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_moe_routes_each_token_to_exactly_k_distinct_experts():
+    model = tiny(**TINY_MOE)
+    experts, weights, _ = model.layers[0].feed_forward.gate(torch.randn(2, 9, 64))
+    assert experts.shape == (2, 9, 2)
+    assert (experts[..., 0] != experts[..., 1]).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 9))
+
+
+@pytest.mark.parametrize("seq_aux", [True, False])
+def test_moe_aux_loss_is_alpha_for_uniform_routing_and_grows_with_imbalance(seq_aux):
+    model = tiny(**TINY_MOE, seq_aux=seq_aux, aux_loss_alpha=0.1).train()
+    gate = model.layers[0].feed_forward.gate
+    u = F.normalize(torch.randn(64), dim=0)
+    x = u + 0.01 * torch.randn(2, 16, 64)  # tokens that all point the same way
+    with torch.no_grad():
+        gate.weight.zero_()  # every expert equally likely for every token
+        _, _, uniform = gate(x)
+        gate.weight[0], gate.weight[1] = 50 * u, 49 * u  # every token: experts 0 and 1
+        _, _, skewed = gate(x)
+    assert uniform.item() == pytest.approx(0.1, abs=1e-6)
+    # all load on 2 of 4 experts, each with probability ~1/2: sum = 2 * (2 * 1/2) = 2
+    assert skewed.item() == pytest.approx(0.2, abs=0.01)
+    assert skewed.item() > uniform.item() > 0
+
+
+def test_moe_every_expert_and_the_gate_get_gradient():
+    model = tiny(**TINY_MOE).train()
+    out = model(random_ids(4, 32))
+    (out.logits.logsumexp(-1).mean() + out.aux_loss).backward()
+    assert out.aux_loss.item() > 0
+    for layer in model.layers:
+        for name, p in layer.feed_forward.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_initial_loss_is_close_to_log_vocab():
+    torch.manual_seed(0)
+    model = Transformer(LMConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2))  # vocab 6400
+    ids = torch.randint(0, 6400, (4, 128))
+    with torch.no_grad():
+        logits = model(ids[:, :-1]).logits
+    loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    assert abs(loss.item() - math.log(6400)) < 0.3
+
+
+def test_default_parameter_counts_and_minimind_state_dict_keys():
+    dense, moe = Transformer(LMConfig()), Transformer(LMConfig(use_moe=True))
+    assert round(dense.num_params() / 1e6, 2) == 25.83
+    assert round(moe.num_params() / 1e6, 2) == 95.05
+    assert dense.config.hidden_dim == 1408
+    keys = set(dense.state_dict())
+    expected = {"tok_embeddings.weight", "norm.weight", "output.weight"}
+    for i in range(8):
+        expected |= {f"layers.{i}.attention.{w}.weight" for w in ("wq", "wk", "wv", "wo")}
+        expected |= {f"layers.{i}.feed_forward.{w}.weight" for w in ("w1", "w2", "w3")}
+        expected |= {f"layers.{i}.attention_norm.weight", f"layers.{i}.ffn_norm.weight"}
+    assert keys == expected
+    assert dense.state_dict()["layers.0.attention.wk.weight"].shape == (128, 512)
+    moe_keys = set(moe.state_dict())
+    assert {"layers.3.feed_forward.gate.weight", "layers.3.feed_forward.experts.3.w2.weight",
+            "layers.3.feed_forward.shared_experts.w1.weight"} <= moe_keys
+    assert dense.output.weight.data_ptr() == dense.tok_embeddings.weight.data_ptr()
+
+
+def test_state_dict_round_trip_is_strict_and_exact():
+    a, b = tiny(seed=1), tiny(seed=2)
+    b.load_state_dict(a.state_dict(), strict=True)
+    ids = random_ids(1, 8)
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+
+
+@pytest.mark.parametrize("overrides", [TINY, TINY_MOE], ids=["dense", "moe"])
+def test_greedy_generation_is_identical_with_and_without_cache_and_streamed(overrides):
+    model = tiny(**overrides)
+    prompt = random_ids(2, 5)
+    cached = model.generate(prompt, max_new_tokens=12, temperature=0)
+    uncached = model.generate(prompt, max_new_tokens=12, temperature=0, use_cache=False)
+    streamed = list(model.generate(prompt, max_new_tokens=12, temperature=0, stream=True))
+    assert cached.shape == (2, 17)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(torch.stack(streamed, dim=1), cached[:, 5:])
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows_with_it():
+    model = tiny()
+    prompt = random_ids(1, 5)
+    free = model.generate(prompt, max_new_tokens=8, temperature=0)[0, 5:].tolist()
+    eos = free[2]
+    stopped = model.generate(prompt, max_new_tokens=8, temperature=0, eos_token_id=eos)
+    assert stopped[0, 5:].tolist() == free[:free.index(eos) + 1]
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = tiny()
+    prompt = random_ids(1, 4)
+    runs = [model.generate(prompt, max_new_tokens=10, temperature=1.0, top_p=0.9, top_k=50,
+                           generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_repetition_penalty_lowers_seen_tokens_for_either_sign():
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    ids = torch.tensor([[0, 1, 0]])
+    out = apply_repetition_penalty(logits, ids, torch.ones_like(ids), 2.0)
+    assert out.tolist() == [[1.0, -4.0, 1.0, -1.0]]
+    padded = apply_repetition_penalty(logits, torch.tensor([[3, 1]]), torch.tensor([[0, 1]]), 2.0)
+    assert padded.tolist() == [[2.0, -4.0, 1.0, -1.0]]  # token 3 sits on padding: not seen
+
+
+def test_top_k_and_top_p_keep_exactly_the_hand_computed_sets():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    draws = lambda **kw: {sample_next_token(logits, 1.0, generator=torch.Generator().manual_seed(s),
+                                            **kw).item() for s in range(300)}
+    assert draws(top_k=2, top_p=1.0) == {0, 1}
+    assert draws(top_k=0, top_p=0.8) == {0, 1}  # 0.5 + 0.3 reaches 0.8
+    assert draws(top_k=0, top_p=0.81) == {0, 1, 2}
+    assert sample_next_token(logits, 0.0, 0, 1.0).item() == 0
+
+
+def test_positions_beyond_max_seq_len_are_a_clear_error():
+    model = tiny(max_seq_len=16)
+    with pytest.raises(ValueError, match="max_seq_len is 16"):
+        model(random_ids(1, 17))
+    with pytest.raises(ValueError, match="max_seq_len is 16"):
+        model.generate(random_ids(1, 10), max_new_tokens=7)
