@@ -1,6 +1,8 @@
 """model.py against independent truths: transformers' Llama, invariants, hand-computed values."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +10,9 @@ import torch.nn.functional as F
 
 from model import (LMConfig, Transformer, apply_repetition_penalty, apply_rope, repeat_kv,
                    rope_frequencies, sample_next_token)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from export_hf import to_hf_state_dict  # noqa: E402  the one place the Llama mapping lives
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=128)
 TINY_MOE = dict(TINY, use_moe=True, n_routed_experts=4, num_experts_per_tok=2)
@@ -22,14 +27,8 @@ def random_ids(batch, length, vocab=300, seed=1):
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def to_half_split(w, n_heads):
-    """Rows of wq/wk from interleaved pairs (2i, 2i+1) to transformers' (i, i + hd/2) order."""
-    out_dim, in_dim = w.shape
-    head_dim = out_dim // n_heads
-    return w.view(n_heads, head_dim // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
-
-
 def hf_llama(model):
+    """transformers' Llama holding model's weights, converted as scripts/export_hf.py does."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config
@@ -41,18 +40,8 @@ def hf_llama(model):
         rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta})
     hf_config._attn_implementation = "eager"
     hf = LlamaForCausalLM(hf_config).eval()
-    sd = {"model.embed_tokens.weight": model.tok_embeddings.weight,
-          "model.norm.weight": model.norm.weight, "lm_head.weight": model.output.weight}
-    for i, layer in enumerate(model.layers):
-        p, a, f = f"model.layers.{i}.", layer.attention, layer.feed_forward
-        sd.update({
-            p + "self_attn.q_proj.weight": to_half_split(a.wq.weight, c.n_heads),
-            p + "self_attn.k_proj.weight": to_half_split(a.wk.weight, c.n_kv_heads),
-            p + "self_attn.v_proj.weight": a.wv.weight, p + "self_attn.o_proj.weight": a.wo.weight,
-            p + "mlp.gate_proj.weight": f.w1.weight, p + "mlp.up_proj.weight": f.w3.weight,
-            p + "mlp.down_proj.weight": f.w2.weight,
-            p + "input_layernorm.weight": layer.attention_norm.weight,
-            p + "post_attention_layernorm.weight": layer.ffn_norm.weight})
+    sd = to_hf_state_dict(model.state_dict(), c)
+    sd["lm_head.weight"] = model.output.weight  # tied: the embedding matrix
     missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()},
                                              strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
