@@ -1,0 +1,570 @@
+"""dataset.py: reading, cleaning, dedup, pretokenizing, packing, sharding, caching, bad input."""
+
+import gzip
+import inspect
+import json
+import math
+import pickle
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+from dataset import (PretrainDataset, ShardedSampler, builtin_corpus, check_tokenizer,
+                     clean_text, iter_texts, load_meta, lsh_bands, minhash, open_split, prepare,
+                     stdlib_docstrings)
+from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer, train_tokenizer
+
+WORDS = ("model data token train learn text corpus clean window batch layer weight loss "
+         "python river mountain garden kitchen window letter summer winter music paper "
+         "market doctor teacher student engine bridge forest island ocean planet signal "
+         "memory network thread socket buffer packet stream filter parser number vector "
+         "matrix tensor gradient optimizer scheduler sampler shard rank epoch step value "
+         "yellow purple orange silver golden quiet loud early late bright dark warm cold").split()
+HANZI = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工"
+         "也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小"
+         "物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形")
+
+
+def english_doc(rng, n_words=80):
+    words = [rng.choice(WORDS) for _ in range(n_words)]
+    sentences = [" ".join(words[i:i + 10]).capitalize() + "." for i in range(0, n_words, 10)]
+    return " ".join(sentences)
+
+
+def chinese_doc(rng, n_chars=150):
+    chars = [rng.choice(HANZI) for _ in range(n_chars)]
+    return "".join(c + ("。" if i % 20 == 19 else "，" if i % 7 == 6 else "")
+                   for i, c in enumerate(chars))
+
+
+def write_jsonl(path, texts):
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts),
+                    encoding="utf-8")
+    return path
+
+
+def decoded_documents(tok, prepared, split):
+    tokens, starts = open_split(prepared, split)
+    return [tok.decode(tokens[starts[i]:starts[i + 1]].tolist(), skip_special_tokens=False)
+            for i in range(len(starts) - 1)]
+
+
+def unframe(text):
+    assert text.startswith("<s>") and text.endswith("</s>")
+    return text[3:-4]
+
+
+@pytest.fixture(scope="module")
+def tok_path(tmp_path_factory):
+    rng = random.Random(0)
+    texts = [english_doc(rng) for _ in range(40)] + [chinese_doc(rng) for _ in range(40)]
+    tok = train_tokenizer(texts, vocab_size=400)
+    return save_tokenizer(tok, tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def tok(tok_path):
+    return load_tokenizer(tok_path)
+
+
+def quick_prepare(sources, tok_path, cache_dir, **options):
+    options = {"num_workers": 0, "verbose": False, **options}
+    return prepare(sources, tok_path, cache_dir, **options)
+
+
+# Sources
+
+
+def test_stdlib_docstrings_are_sorted_by_path_and_skip_tests(tmp_path):
+    (tmp_path / "zpkg").mkdir()
+    (tmp_path / "test").mkdir()
+    # created out of order on purpose
+    (tmp_path / "zpkg" / "__init__.py").write_text('"""Package z."""\n')
+    (tmp_path / "b.py").write_text('"""Module b."""\ndef f():\n    """Function f."""\n')
+    (tmp_path / "a.py").write_text('"""Module a."""\nclass C:\n    """Class C."""\n')
+    (tmp_path / "test" / "t.py").write_text('"""Skipped."""\n')
+    (tmp_path / "broken.py").write_text('"""Broken."""\nprint "python 2"\n')
+    assert stdlib_docstrings(tmp_path) == [
+        "a\nModule a.\n\na.C\nClass C.", "b\nModule b.\n\nb.f\nFunction f.", "zpkg\nPackage z."]
+
+
+def test_builtin_corpus_is_pydoc_topics_then_stdlib_docstrings():
+    import json as json_module
+
+    import pydoc_data.topics
+
+    docs = builtin_corpus()
+    topics = pydoc_data.topics.topics
+    assert docs[:len(topics)] == [topics[k] for k in sorted(topics)]
+    json_doc = next(d for d in docs if d.startswith("json\n"))
+    # ast's docstrings are cleaned like inspect's
+    assert f"json.dumps\n{inspect.getdoc(json_module.dumps)}" in json_doc
+    assert sum(map(len, docs)) > 2_000_000
+
+
+def test_iter_texts_reads_jsonl_txt_gzip_and_globs(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", ["first", "second"])
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "zipped 中文"}) + "\n\n")  # blank lines are skipped
+    (tmp_path / "c.txt").write_text("para one\nstill one\n\n\npara two\n", encoding="utf-8")
+    with gzip.open(tmp_path / "d.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("\ufeffzipped paragraph\n")  # a byte-order mark is not text
+    assert list(iter_texts(str(tmp_path / "*"))) == [
+        "first", "second", "zipped 中文", "para one\nstill one\n", "para two\n",
+        "zipped paragraph\n"]
+    write_jsonl(tmp_path / "e.jsonl", ["other field"])
+    (tmp_path / "e.jsonl").write_text('{"content": "other field"}\n')
+    assert list(iter_texts(tmp_path / "e.jsonl", text_field="content")) == ["other field"]
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok one"}\n{"text": "ok two"}\n{"text": broken\n{"text": "ok"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: malformed JSON") as error:
+        list(iter_texts(path))
+    assert "--skip_bad_lines" in str(error.value) and "\n" not in str(error.value)
+    counts = {"bad_lines": 0}
+    assert list(iter_texts(path, skip_bad_lines=True, counts=counts)) == ["ok one", "ok two", "ok"]
+    assert counts["bad_lines"] == 1
+
+
+@pytest.mark.parametrize("line, message", [
+    (b'{"content": "x"}\n', r"f\.jsonl:2: no 'text' field.*--text_field"),
+    (b'{"text": 42}\n', r"f\.jsonl:2: field 'text' is int"),
+    (b'["text"]\n', r"f\.jsonl:2: no 'text' field"),
+    (b'{"text": "caf\xe9"}\n', r"f\.jsonl:2: bytes that are not UTF-8"),
+])
+def test_each_bad_line_gives_a_one_line_error(tmp_path, line, message):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"text": "good"}\n' + line)
+    with pytest.raises(ValueError, match=message) as error:
+        list(iter_texts(path))
+    assert "\n" not in str(error.value)
+    counts = {"bad_lines": 0}
+    assert list(iter_texts(path, skip_bad_lines=True, counts=counts)) == ["good"]
+    assert counts["bad_lines"] == 1
+
+
+def test_missing_and_unsupported_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        list(iter_texts(tmp_path / "nope.jsonl"))
+    with pytest.raises(FileNotFoundError, match=r"\*\.jsonl"):
+        list(iter_texts(str(tmp_path / "*.jsonl")))
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        list(iter_texts(tmp_path / "data.csv"))
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="damaged gzip"):
+        list(iter_texts(tmp_path / "broken.jsonl.gz"))
+
+
+# Cleaning
+
+
+@pytest.mark.parametrize("raw, cleaned, rules", [
+    ("a clean sentence that is long enough.", "a clean sentence that is long enough.", []),
+    ("null\x00 and bell\x07 are gone, tab\tstays", "null and bell are gone, tab\tstays",
+     ["control_chars"]),
+    ("windows\r\nline ends\rbecome newlines here", "windows\nline ends\nbecome newlines here",
+     ["control_chars"]),
+    ("name" + " " * 12 + "value, but code\n        indentation stays",
+     "name value, but code\n        indentation stays", ["space_runs"]),
+    ("one paragraph\n\n\n\n\nanother paragraph", "one paragraph\n\nanother paragraph",
+     ["space_runs"]),
+    ("Title of the section\n====================\nbody", "Title of the section\n===\nbody",
+     ["symbol_runs"]),
+    ("好的！！！！！！！！我们开始吧，这是一个足够长的句子。", "好的！！！我们开始吧，这是一个足够长的句子。",
+     ["symbol_runs"]),
+    ("  too short  ", None, ["too_short"]),
+    ("<s>short</s> <s>text</s>", None, ["too_short"]),  # markers are not content
+    ("{}[]();:,.!?<>/\\|@#$%^&*+= ab {}[]();:,.!?", None, ["mostly_symbols"]),
+])
+def test_cleaning_rules(raw, cleaned, rules):
+    assert clean_text(raw) == (cleaned, rules)
+
+
+def test_minimind_lines_keep_their_markers():
+    line = "<s>第一段文字，足够长的内容在这里。</s> <s>Second part of the same line.</s>"
+    assert clean_text(line) == (line, [])
+
+
+# Deduplication
+
+
+def test_minhash_estimates_jaccard_similarity():
+    a = np.arange(0, 1000, dtype=np.uint64) * np.uint64(2654435761)
+    b = np.arange(200, 1200, dtype=np.uint64) * np.uint64(2654435761)
+    sig = minhash([a, b], num_perm=256)
+    # |a & b| = 800, |a | b| = 1200
+    assert abs((sig[0] == sig[1]).mean() - 800 / 1200) < 0.08
+    # processing rows in small chunks gives the same signatures
+    assert (minhash([a, b, a[:5]], 256, chunk=333) == minhash([a, b, a[:5]], 256)).all()
+    assert (minhash([a, a[:0]], 64)[1] == 2**32 - 1).all()  # no shingles: nothing to match
+
+
+def test_lsh_bands_find_pairs_at_the_threshold():
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        bands, rows = lsh_bands(128, threshold)
+        assert bands * rows <= 128
+        assert 1 - (1 - threshold**rows) ** bands >= 0.99
+        # one more row would miss too many pairs at the threshold
+        more = rows + 1
+        assert 1 - (1 - threshold**more) ** (128 // more) < 0.99
+
+
+def test_exact_dedup_keeps_distinct_texts_under_a_hash_collision(tmp_path, tok_path, tok,
+                                                                  monkeypatch):
+    monkeypatch.setattr(dataset, "text_hash", lambda normalized: 42)  # every hash collides
+    texts = ["The first document, long enough to keep.",
+             "A second document, different from the first.",
+             "THE FIRST   document, long enough to keep.",  # equal after normalising
+             "A third document that is also different."]
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", texts), tok_path, tmp_path,
+                             near_dedup=False, val_fraction=0)
+    kept = [unframe(t) for t in decoded_documents(tok, prepared, "train")]
+    assert kept == [texts[0], texts[1], texts[3]]
+    assert load_meta(prepared)["report"]["exact_duplicates"] == 1
+
+
+def shingle_set(text):
+    """The shingles of the dedup rule, written independently: 5-grams of lower-cased words,
+    where each CJK character is a word."""
+    units = re.findall(r"[\u4e00-\u9fff]|[a-z0-9]+", text.lower())
+    return {tuple(units[i:i + 5]) for i in range(max(len(units) - 4, 1))}
+
+
+def true_jaccard(a, b):
+    a, b = shingle_set(a), shingle_set(b)
+    return len(a & b) / len(a | b)
+
+
+def near_copy(rng, text, chinese):
+    """text with one unit replaced and sometimes a short tail added or removed."""
+    if chinese:
+        i = rng.randrange(len(text))
+        text = text[:i] + rng.choice(HANZI) + text[i + 1:]
+        return text + "好的。" if rng.random() < 0.5 else text[:-3]
+    words = text.split(" ")
+    words[rng.randrange(len(words))] = rng.choice(WORDS)
+    text = " ".join(words)
+    return text + " Thanks." if rng.random() < 0.5 else text
+
+
+def test_near_dedup_finds_planted_near_duplicates_english_and_chinese(tmp_path, tok_path, tok):
+    rng = random.Random(1)
+    bases = {"en": [english_doc(rng) for _ in range(80)],
+             "zh": [chinese_doc(rng) for _ in range(80)]}
+    planted = {"en": [], "zh": []}
+    for lang, docs in bases.items():
+        for doc in docs[:60]:
+            copy = near_copy(rng, doc, lang == "zh")
+            if true_jaccard(doc, copy) >= 0.85:  # a near duplicate by the rule's own measure
+                planted[lang].append(copy)
+        assert len(planted[lang]) >= 40
+    texts = bases["en"] + bases["zh"] + planted["en"] + planted["zh"]
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", texts), tok_path, tmp_path,
+                             val_fraction=0)
+    kept = {unframe(t) for t in decoded_documents(tok, prepared, "train")}
+    assert set(bases["en"] + bases["zh"]) <= kept  # no false removal
+    for lang in ("en", "zh"):
+        recall = sum(copy not in kept for copy in planted[lang]) / len(planted[lang])
+        assert recall >= 0.9, lang
+    report = load_meta(prepared)["report"]
+    assert report["near_duplicates"] == len(texts) - len(kept)
+
+
+# Pretokenizing and splitting
+
+
+def test_pretokenize_decodes_back_to_the_cleaned_documents(tmp_path, tok_path, tok):
+    texts = ["English text with enough characters to keep.",
+             "中文文本，包含足够多的字符，可以保留下来。",
+             "emoji 😀🚀 and 👩‍👩‍👧 inside a sentence that is long enough",
+             "<s>MiniMind 格式的第一段，已经带标记。</s> <s>and its second part here</s>",
+             "a control\x07 character is removed from this line"]
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", texts), tok_path, tmp_path,
+                             val_fraction=0.3)
+    decoded = decoded_documents(tok, prepared, "train") + decoded_documents(tok, prepared, "val")
+    expected = ["<s>" + t + "</s>" for t in texts[:3]] + [
+        texts[3], "<s>a control character is removed from this line</s>"]
+    assert sorted(decoded) == sorted(expected)
+    for split in ("train", "val"):
+        tokens, starts = open_split(prepared, split)
+        for i in range(len(starts) - 1):
+            assert tokens[starts[i]] == BOS_ID and tokens[starts[i + 1] - 1] == EOS_ID
+    assert load_meta(prepared)["dtype"] == "uint16"
+
+
+def test_train_and_val_are_disjoint_and_stable(tmp_path, tok_path, tok):
+    rng = random.Random(2)
+    texts = [english_doc(rng, 30) for _ in range(200)]
+    first = quick_prepare(write_jsonl(tmp_path / "a.jsonl", texts), tok_path, tmp_path / "c",
+                          val_fraction=0.2, near_dedup=False)
+    train = set(decoded_documents(tok, first, "train"))
+    val = set(decoded_documents(tok, first, "val"))
+    assert not train & val and len(train | val) == 200
+    assert 20 <= len(val) <= 60
+    # more documents: the new prepared directory keeps every old document in its old split
+    more = texts + [english_doc(rng, 30) for _ in range(100)]
+    second = quick_prepare(write_jsonl(tmp_path / "b.jsonl", more), tok_path, tmp_path / "c",
+                           val_fraction=0.2, near_dedup=False)
+    assert second != first
+    assert train <= set(decoded_documents(tok, second, "train"))
+    assert val <= set(decoded_documents(tok, second, "val"))
+
+
+def test_tiny_corpus_still_gets_a_validation_document(tmp_path, tok_path):
+    texts = ["the only two documents of the corpus", "and this is the second one of them"]
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", texts), tok_path, tmp_path)
+    splits = load_meta(prepared)["splits"]
+    assert splits["train"]["documents"] == 1 and splits["val"]["documents"] == 1
+
+
+def test_weights_repeat_or_thin_out_a_source(tmp_path, tok_path, tok):
+    rng = random.Random(3)
+    a = [english_doc(rng, 20) for _ in range(20)]
+    b = [chinese_doc(rng, 40) for _ in range(100)]
+    prepared = quick_prepare([write_jsonl(tmp_path / "a.jsonl", a),
+                              write_jsonl(tmp_path / "b.jsonl", b)], tok_path, tmp_path,
+                             weights=[2, 0.5], val_fraction=0, near_dedup=False)
+    train = [unframe(t) for t in decoded_documents(tok, prepared, "train")]
+    assert all(train.count(t) == 2 for t in a)
+    kept_b = [t for t in b if t in train]
+    assert all(train.count(t) == 1 for t in kept_b) and 30 <= len(kept_b) <= 70
+    # first every document once, then the second copies: repeats are not side by side
+    assert train[:20 + len(kept_b)] == a + kept_b and train[20 + len(kept_b):] == a
+
+
+def test_vocab_above_65536_uses_uint32(tmp_path, tok):
+    big = load_tokenizer(save_tokenizer(tok, tmp_path / "small.json"))
+    big.add_tokens([f"extra{i}" for i in range(66_000)])
+    big_path = save_tokenizer(big, tmp_path / "big.json")
+    text = "words extra65999 and extra3 are single tokens now"
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", [text]), big_path, tmp_path)
+    assert load_meta(prepared)["dtype"] == "uint32"
+    tokens, _ = open_split(prepared, "train")
+    assert big.token_to_id("extra65999") in tokens.tolist()
+    assert big.decode(tokens.tolist(), skip_special_tokens=False) == f"<s>{text}</s>"
+
+
+def test_worker_processes_give_the_same_files(tmp_path, tok_path):
+    rng = random.Random(4)
+    texts = [english_doc(rng, 30) for _ in range(300)] + [chinese_doc(rng) for _ in range(300)]
+    path = write_jsonl(tmp_path / "d.jsonl", texts + texts[:50])
+    serial = quick_prepare(path, tok_path, tmp_path / "serial")
+    parallel = quick_prepare(path, tok_path, tmp_path / "parallel", num_workers=2)
+    for name in ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy"):
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes()
+
+
+def test_empty_corpus_after_cleaning_is_an_error(tmp_path, tok_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ["short", "=-=-=-=-=-=-=-=-=-=-=-=-=-=-=-=-"])
+    with pytest.raises(ValueError, match="no documents left after cleaning") as error:
+        quick_prepare(path, tok_path, tmp_path)
+    assert "\n" not in str(error.value)
+    assert not list(tmp_path.glob("d-*")) and not list(tmp_path.glob(".tmp*"))
+
+
+# Caching
+
+
+def test_prepared_data_is_reused_and_rebuilt_when_inputs_change(tmp_path, tok_path, tok):
+    rng = random.Random(5)
+    source = write_jsonl(tmp_path / "d.jsonl", [english_doc(rng, 30) for _ in range(20)])
+    first = quick_prepare(source, tok_path, tmp_path / "cache")
+    stamp = (first / "meta.json").stat().st_mtime_ns
+    assert quick_prepare(source, tok_path, tmp_path / "cache") == first
+    assert (first / "meta.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    check_tokenizer(first, tok)
+
+    # the same size and a new text: a content change, not just a new timestamp
+    original = source.read_text()
+    source.write_text(original.replace("a", "b", 1))
+    changed_source = quick_prepare(source, tok_path, tmp_path / "cache")
+    assert changed_source != first
+
+    source.write_text(original)
+    other_tok = train_tokenizer([english_doc(rng) for _ in range(20)], vocab_size=300)
+    other_path = save_tokenizer(other_tok, tmp_path / "other" / "tokenizer.json")
+    changed_tok = quick_prepare(source, other_path, tmp_path / "cache")
+    assert changed_tok not in (first, changed_source)
+    assert quick_prepare(source, tok_path, tmp_path / "cache") == first  # back to the original
+    assert quick_prepare(source, tok_path, tmp_path / "cache", seed=1) != first  # an option
+    with pytest.raises(ValueError, match="another tokenizer") as error:
+        check_tokenizer(first, other_tok)
+    assert "\n" not in str(error.value)
+
+
+def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, tok_path,
+                                                                 monkeypatch):
+    rng = random.Random(6)
+    source = write_jsonl(tmp_path / "d.jsonl", [english_doc(rng, 30) for _ in range(20)])
+
+    def interrupt(tok):  # called near the end, after the token files are written
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dataset, "sentence_end_ids", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            quick_prepare(source, tok_path, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="prepare the data first"):
+        load_meta(tmp_path / "cache" / "anything")
+    prepared = quick_prepare(source, tok_path, tmp_path / "cache")
+    assert load_meta(prepared)["splits"]["train"]["documents"] > 0
+
+
+# Samples
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tok_path):
+    rng = random.Random(7)
+    texts = ([english_doc(rng, rng.randrange(5, 60)) for _ in range(60)]
+             + [chinese_doc(rng, rng.randrange(20, 300)) for _ in range(60)])
+    folder = tmp_path_factory.mktemp("prepared")
+    return quick_prepare(write_jsonl(folder / "d.jsonl", texts), tok_path, folder)
+
+
+def test_packed_windows_cover_every_token_once(prepared):
+    tokens, _ = open_split(prepared, "train")
+    tokens = torch.tensor(tokens.astype(np.int64))
+    ds = PretrainDataset(prepared, "train", max_seq_len=32)
+    assert len(ds) == math.ceil((len(tokens) - 1) / 32)
+    targets = []
+    for i in range(len(ds)):
+        x, y, mask = ds[i]
+        assert x.dtype == y.dtype == torch.int64 and mask.dtype == torch.float32
+        assert x.shape == y.shape == mask.shape == (32,)
+        n = int(mask.sum())
+        assert torch.equal(x[:n], tokens[i * 32:i * 32 + n])
+        assert torch.equal(y[:n], tokens[i * 32 + 1:i * 32 + 1 + n])
+        assert (y[n:] == PAD_ID).all() and (mask[:n] == 1).all()
+        targets.append(y[:n])
+    assert torch.equal(torch.cat(targets), tokens[1:])  # each token after the first, once
+    assert ds.padding_share == pytest.approx(1 - (len(tokens) - 1) / (len(ds) * 32))
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_padded_mode_gives_one_document_per_sample(prepared, tok):
+    tokens, starts = open_split(prepared, "train")
+    documents = [tokens[starts[i]:starts[i + 1]].tolist() for i in range(len(starts) - 1)]
+    ds = PretrainDataset(prepared, "train", max_seq_len=64, mode="padded")
+    assert any(len(d) > 65 for d in documents)  # some documents need splitting
+    sentence_ends = {i for i in range(tok.get_vocab_size())
+                     if tok.decode([i]).endswith((".", "。", "\n"))} | {EOS_ID}
+    pieces = []
+    for i in range(len(ds)):
+        x, y, mask = ds[i]
+        n = int(mask.sum()) + 1
+        piece = x[:1].tolist() + y[:n - 1].tolist()
+        assert (x[n:] == PAD_ID).all() and (mask[n - 1:] == 0).all()
+        pieces.append(piece)
+    # the pieces of each document, in order, are the document: nothing lost, nothing mixed
+    rebuilt, k = [], 0
+    for doc in documents:
+        parts = []
+        while sum(map(len, parts)) < len(doc):
+            parts.append(pieces[k])
+            k += 1
+        assert sum(parts, []) == doc
+        for part in parts[:-1]:  # cut after a sentence end, unless a sentence fills a window
+            assert part[-1] in sentence_ends or len(part) >= 64
+        rebuilt.append(parts)
+    assert k == len(pieces)
+    # padding share: the share of positions whose loss mask is 0
+    masks = torch.stack([ds[i][2] for i in range(len(ds))])
+    assert ds.padding_share == pytest.approx(1 - masks.mean().item())
+    assert ds.padding_share > PretrainDataset(prepared, "train", 64).padding_share
+
+
+def test_dataset_pickles_without_its_tokens(prepared):
+    ds = PretrainDataset(prepared, "train", max_seq_len=16)
+    first = ds[0]
+    payload = pickle.dumps(ds)
+    assert len(payload) < 2_000  # the memory map is not copied into the pickle
+    clone = pickle.loads(payload)
+    assert all(torch.equal(a, b) for a, b in zip(clone[0], first))
+    assert clone.vocab_size == load_meta(prepared)["vocab_size"] == 400
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    x, y, mask = next(iter(loader))
+    assert x.shape == (4, 16) and torch.equal(x[0], first[0])
+
+
+def test_missing_split_is_an_error(prepared):
+    with pytest.raises(ValueError, match="no split 'test'"):
+        PretrainDataset(prepared, "test")
+    with pytest.raises(ValueError, match="mode"):
+        PretrainDataset(prepared, "train", mode="sliding")
+
+
+# Sharding
+
+
+def test_shards_are_disjoint_equal_and_cover_the_epoch():
+    shards = [list(ShardedSampler(103, rank=r, world_size=4, seed=1)) for r in range(4)]
+    assert [len(s) for s in shards] == [25] * 4
+    assert [len(ShardedSampler(103, rank=r, world_size=4)) for r in range(4)] == [25] * 4
+    seen = sum(shards, [])
+    assert len(set(seen)) == 100 and set(seen) <= set(range(103))  # 3 left out: 103 % 4
+    whole = list(ShardedSampler(103, seed=1))
+    assert sorted(whole) == list(range(103))
+    assert set(seen) == set(whole[:100])
+
+
+def test_shuffle_is_fixed_by_seed_and_epoch():
+    def order(seed, epoch):
+        return list(ShardedSampler(50, seed=seed, epoch=epoch))
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+    assert order(0, 0) != list(range(50))
+    sampler = ShardedSampler(50, seed=0)
+    sampler.set_epoch(1)
+    assert list(sampler) == order(0, 1)
+
+
+def test_resume_with_another_world_size_continues_exactly():
+    whole = list(ShardedSampler(100, seed=3, epoch=2))
+    # 2 ranks take 7 samples each, then the run resumes on 3 ranks at start = 14
+    before = [list(ShardedSampler(100, r, 2, seed=3, epoch=2))[:7] for r in range(2)]
+    after = [list(ShardedSampler(100, r, 3, seed=3, epoch=2, start=14)) for r in range(3)]
+    assert sorted(sum(before, [])) == sorted(whole[:14])
+    assert [len(a) for a in after] == [28] * 3  # (100 - 14) // 3, one sample left out
+    assert sorted(sum(after, [])) == sorted(whole[14:98])
+    assert len(ShardedSampler(100, 0, 3, start=200)) == 0
+    with pytest.raises(ValueError, match="rank"):
+        ShardedSampler(10, rank=2, world_size=2)
+
+
+# Command line
+
+
+def test_cli_prints_the_report(tmp_path, tok_path, capsys):
+    rng = random.Random(8)
+    texts = [english_doc(rng, 30) for _ in range(30)]
+    source = write_jsonl(tmp_path / "d.jsonl", texts + texts[:5] + ["tiny"])
+    dataset.main(["--data", str(source), "--tokenizer", str(tok_path), "--out_dir",
+                  str(tmp_path / "out"), "--num_workers", "0", "--quiet", "--max_seq_len", "64"])
+    out = capsys.readouterr().out
+    for rule in ("control_chars", "space_runs", "symbol_runs", "too_short", "mostly_symbols"):
+        assert rule in out
+    assert re.search(r"exact duplicates\s+5", out) and re.search(r"too_short\s+1", out)
+    assert "padded mode" in out and "max_seq_len 64" in out
+
+
+def test_cli_errors_are_one_line(tmp_path, tok_path):
+    with pytest.raises(SystemExit) as exit_info:
+        dataset.main(["--data", str(tmp_path / "none.jsonl"), "--tokenizer", str(tok_path),
+                      "--out_dir", str(tmp_path), "--quiet"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "none.jsonl" in message and "\n" not in message
+    with pytest.raises(SystemExit) as exit_info:
+        dataset.main(["--data", "builtin", "--tokenizer", str(tmp_path / "no_tok.json"),
+                      "--out_dir", str(tmp_path), "--quiet"])
+    assert "no_tok.json" in str(exit_info.value.code)
