@@ -1,4 +1,4 @@
-"""tokenizer.py: special ids, lossless round trips, loading MiniMind's files, transformers parity."""
+"""tokenizer.py: special ids, lossless round trips, MiniMind files, transformers parity."""
 
 import json
 
