@@ -153,21 +153,21 @@ def import_hf(hf_dir):
     return state_dict, config, hf_json
 
 
-# LMConfig fields that change what the model computes but that the shape flags do not set
-FIXED_FIELDS = ("n_heads", "n_kv_heads", "hidden_dim", "norm_eps", "rope_theta",
-                "n_routed_experts", "num_experts_per_tok", "n_shared_experts")
+# What the model computes that neither the weights' shapes nor eval_model.py's flags tell
+UNSTATED_FIELDS = ("norm_eps", "rope_theta", "num_experts_per_tok")
 
 
 def eval_command(config: LMConfig, ckpt, tokenizer):
     """The eval_model.py command for this checkpoint, and the fields in which the model
-    differs from what those flags build (MyLLM's defaults)."""
+    differs from MyLLM's defaults, which eval_model.py assumes for them."""
     flags = f"--dim {config.dim} --n_layers {config.n_layers}" + " --use_moe" * config.use_moe
+    if config.n_heads != LMConfig.n_heads:  # the one head count the shapes do not tell
+        flags += f" --n_heads {config.n_heads}"
     command = f"python eval_model.py {flags} --ckpt {ckpt}"
     if tokenizer:
         command += f" --tokenizer {tokenizer}"
-    default = LMConfig(dim=config.dim, n_layers=config.n_layers, vocab_size=config.vocab_size,
-                       use_moe=config.use_moe)
-    differ = [f"{name}={getattr(config, name)!r}" for name in FIXED_FIELDS
+    default = LMConfig(dim=config.dim, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads)
+    differ = [(name, getattr(default, name), getattr(config, name)) for name in UNSTATED_FIELDS
               if getattr(config, name) != getattr(default, name)]
     return command, differ
 
@@ -206,8 +206,9 @@ def main(argv=None):
     command, differ = eval_command(config, out, tokenizer if tokenizer.is_file() else None)
     print(f"evaluate it with: {command}")
     if differ:
-        print(f"note: eval_model.py's flags build MyLLM's defaults, but this model also has "
-              f"{', '.join(differ)}; build LMConfig with these to use it")
+        print("note: eval_model.py assumes " + ", ".join(f"{n}={d}" for n, d, _ in differ)
+              + " but this model has " + ", ".join(f"{n}={v}" for n, _, v in differ)
+              + "; build LMConfig with these to compute what it computes in transformers")
     for name, ours in (("bos_token_id", BOS_ID), ("eos_token_id", EOS_ID)):
         if hf_json.get(name, ours) != ours:
             print(f"note: its {name} is {hf_json[name]}, MyLLM's is {ours}")

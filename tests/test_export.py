@@ -58,9 +58,14 @@ def test_half_split_takes_even_rows_then_odd_rows_of_each_head_and_inverts():
 
 
 @pytest.mark.parametrize("kind", ["dense", "moe"])
-def test_export_then_import_gives_back_the_exact_state_dict(exported, tmp_path, kind):
-    model, _, hf_dir = exported[kind]
-    import_hf.main(["--hf_dir", str(hf_dir), "--out", str(tmp_path / "back.pth")])
+def test_export_then_import_gives_back_the_exact_state_dict(exported, tmp_path, capsys, kind):
+    model, out_dir, hf_dir = exported[kind]
+    import_hf.main(["--hf_dir", str(hf_dir), "--out", str(tmp_path / "back.pth"),
+                    "--tokenizer_out", str(tmp_path / "tokenizer.json")])
+    flags = "--dim 64 --n_layers 2" + " --use_moe" * (kind == "moe")
+    command = f"python eval_model.py {flags} --ckpt {tmp_path / 'back.pth'}"
+    assert command in capsys.readouterr().out
+    assert (tmp_path / "tokenizer.json").read_text() == (out_dir / "tokenizer.json").read_text()
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     original = model.state_dict()
     assert back.keys() == original.keys()
