@@ -121,7 +121,7 @@ def lm_config_from_hf(hf: dict):
 
 
 def import_hf(hf_dir):
-    """(MyLLM state dict, LMConfig) of a transformers directory."""
+    """(MyLLM state dict, LMConfig, config.json as a dict) of a transformers directory."""
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise SystemExit(f"{hf_dir}/config.json not found; pass --hf_dir a directory written "
