@@ -1,0 +1,611 @@
+"""Talk to a pretrained MyLLM model, measure it, and probe what it knows.
+
+    python eval_model.py --dim 512 --n_layers 8            # sample prompts, then interactive
+    echo "The for statement" | python eval_model.py --dim 512 --n_layers 8 --temperature 0
+    python eval_model.py --dim 512 --n_layers 8 --eval     # loss, perplexity, bits per byte
+    python eval_model.py --dim 512 --n_layers 8 --probe probes/builtin_en.jsonl
+
+A pretrained model only continues text: every prompt starts a new document (<s> prompt) and
+the model writes what it expects to come next, until </s> or --max_new_tokens.
+
+Loss and perplexity depend on the tokenizer: a tokenizer that cuts text into more, smaller
+tokens gets a lower loss per token for the same model quality. Bits per byte divides the
+total loss by the UTF-8 bytes of the text instead, so models with different tokenizers can
+be compared.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import dataset
+from model import LMConfig, Transformer
+from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
+from train_pretrain import checkpoint_paths
+
+# Pretraining-only prompts, in the style of each corpus: the built-in corpus is Python's
+# own documentation; MiniMind's pretrain_hq.jsonl is general Chinese text.
+SAMPLE_PROMPTS_EN = [
+    'The "for" statement is used to',
+    "Return a new list containing",
+    "If the file does not exist,",
+    "This module provides functions for",
+    "Raise ValueError if",
+]
+SAMPLE_PROMPTS_ZH = [
+    "地球是太阳系中",
+    "长城是中国古代",
+    "水在标准大气压下",
+    "学习一门新的语言",
+    "光合作用是指",
+]
+MINIMIND_MODES = {0: "pretrain", 1: "full_sft", 2: "rlhf", 3: "reason", 4: "ppo_actor",
+                  5: "grpo"}
+
+
+def read_state_dict(path):
+    """The weights in a .pth file, as a dict of tensors (weights_only: no code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a pickle error, a truncated zip, a file of another kind
+        raise ValueError(f"{path} cannot be read as a weights file ({type(e).__name__}); pass "
+                         "a pretrain_*.pth written by train_pretrain.py or MiniMind") from None
+    if not isinstance(state, dict) or "tok_embeddings.weight" not in state:
+        keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} holds no tok_embeddings.weight (it has {keys}), so it is not "
+                         "a MyLLM/MiniMind weights file; pass a pretrain_*.pth")
+    return state
+
+
+def checkpoint_shape(state):
+    """The model shape a state dict was saved from, read off its keys and tensor shapes."""
+    vocab_size, dim = state["tok_embeddings.weight"].shape
+    layers = {int(key.split(".")[1]) for key in state if key.startswith("layers.")}
+    ffn = "layers.0.feed_forward."
+    use_moe = ffn + "gate.weight" in state
+    w1 = state[ffn + ("experts.0.w1.weight" if use_moe else "w1.weight")]
+    shape = dict(dim=dim, n_layers=len(layers), use_moe=use_moe, vocab_size=vocab_size,
+                 hidden_dim=w1.shape[0],
+                 kv_dim=state["layers.0.attention.wk.weight"].shape[0])  # n_kv_heads * head dim
+    if use_moe:
+        shape["n_routed_experts"] = state[ffn + "gate.weight"].shape[0]
+        shared = state.get(ffn + "shared_experts.w1.weight")
+        shape["n_shared_experts"] = 0 if shared is None else shared.shape[0] // w1.shape[0]
+    return shape
+
+
+def existing_checkpoints(out_dir):
+    """'file (flags that load it)' for every weights file in out_dir, for error messages."""
+    found = []
+    for path in sorted(Path(out_dir).glob("*.pth")):
+        try:
+            shape = checkpoint_shape(read_state_dict(path))
+        except (ValueError, KeyError):
+            continue  # a resume file or something else that is not plain weights
+        flags = f"--dim {shape['dim']} --n_layers {shape['n_layers']}"
+        flags += " --use_moe" if shape["use_moe"] else ""
+        if path.name != checkpoint_paths(out_dir, shape["dim"], shape["use_moe"])[0].name:
+            flags = f"--ckpt {path}"
+        found.append(f"{path.name} ({flags})")
+    return found
+
+
+def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=None,
+               n_heads=8, n_kv_heads=None):
+    """Build the Transformer that the checkpoint at path was saved from and load it.
+
+    dim, n_layers, use_moe and n_kv_heads are checked against the file when given and read
+    from it when None; n_heads cannot be read from the shapes, so it is always taken as given.
+    vocab_size is the tokenizer's: it must match the checkpoint's embedding.
+    """
+    path = Path(path)
+    if not path.is_file():
+        train = "python train_pretrain.py"
+        if dim and n_layers:
+            train += f" --dim {dim} --n_layers {n_layers}" + (" --use_moe" if use_moe else "")
+        found = existing_checkpoints(path.parent)
+        hint = ("load one that exists: " + ", ".join(found) if found
+                else f"no weights files are in {path.parent}/")
+        raise FileNotFoundError(f"{path} not found; train first ({train}), or {hint}")
+    state = read_state_dict(path)
+    # a model saved while wrapped by torch.compile or DDP has these prefixes on every key
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    shape = checkpoint_shape(state)
+
+    asked = dict(dim=dim, n_layers=n_layers, use_moe=use_moe)
+    differ = [name for name, value in asked.items() if value is not None and value != shape[name]]
+    if differ:
+        raise ValueError(
+            f"{path} has another shape; checkpoint: "
+            + ", ".join(f"{name} {shape[name]}" for name in differ)
+            + "; asked: " + ", ".join(str(asked[name]) for name in differ)
+            + "; pass flags that match the checkpoint")
+    dim = shape["dim"]
+    if dim % n_heads or shape["kv_dim"] % (dim // n_heads):
+        raise ValueError(f"{path}: dim {dim} and key/value width {shape['kv_dim']} do not "
+                         f"split into heads of --n_heads {n_heads}; pass the n_heads it was "
+                         "trained with")
+    kv_heads = shape["kv_dim"] // (dim // n_heads)
+    if n_kv_heads is not None and n_kv_heads != kv_heads:
+        raise ValueError(f"{path} has another shape; checkpoint: n_kv_heads {kv_heads}; asked: "
+                         f"{n_kv_heads}; pass --n_kv_heads {kv_heads}")
+    if vocab_size != shape["vocab_size"]:
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but {path} was trained with "
+                         f"{shape['vocab_size']}; pass --tokenizer the one used in training")
+
+    config = LMConfig(dim=dim, n_layers=shape["n_layers"], n_heads=n_heads, n_kv_heads=kv_heads,
+                      vocab_size=vocab_size, hidden_dim=shape["hidden_dim"],
+                      use_moe=shape["use_moe"])
+    if config.use_moe:
+        config.n_routed_experts = shape["n_routed_experts"]
+        config.n_shared_experts = shape["n_shared_experts"]
+    model = Transformer(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # keys that the shape above does not explain
+        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+        raise ValueError(f"{path} does not fit the model: {reason}") from None
+    return model.to(device).eval()
+
+
+def gpt2_byte_decoder():
+    """Byte-level BPE writes each byte as one printable character (GPT-2's table): printable
+    bytes stand for themselves, the other 68 are moved to code points 256 and up.
+    Returns the inverse map, character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    char_of = {b: chr(b) for b in printable}
+    moved = [b for b in range(256) if b not in char_of]
+    char_of.update({b: chr(256 + i) for i, b in enumerate(moved)})
+    return {char: b for b, char in char_of.items()}
+
+
+def token_bytes(tok):
+    """The UTF-8 bytes that each token id stands for; special tokens stand for none."""
+    to_byte = gpt2_byte_decoder()
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    table = []
+    for i in range(tok.get_vocab_size()):
+        piece = tok.id_to_token(i)
+        if i in special or piece is None:
+            table.append(b"")
+        elif all(char in to_byte for char in piece):
+            table.append(bytes(to_byte[char] for char in piece))
+        else:  # a token that is not byte-level (another kind of tokenizer): its decoded text
+            table.append(tok.decode([i]).encode("utf-8"))
+    return table
+
+
+def looks_chinese(tok):
+    """True when at least a tenth of the vocabulary holds Chinese characters."""
+    chinese = sum(any("\u4e00" <= ch <= "\u9fff" for ch in piece.decode("utf-8", "ignore"))
+                  for piece in token_bytes(tok))
+    return chinese >= tok.get_vocab_size() / 10
+
+
+class TextStream:
+    """Turns token ids, pushed one at a time, into text that is safe to print at once.
+
+    Byte-level BPE splits most Chinese characters across tokens, and the bytes of half a
+    character decode to U+FFFD. So tokens wait in `pending` until their text no longer ends
+    in U+FFFD. Decoding byte-level tokens joins their bytes, so once a piece ends on a whole
+    character, what follows decodes on its own: the pieces add up to decode(all ids).
+    """
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.pending = []
+
+    def push(self, token_id):
+        """The new printable text, or "" while a character is incomplete."""
+        self.pending.append(token_id)
+        text = self.tok.decode(self.pending)
+        if text.endswith("\ufffd"):
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self):
+        """What still waits at the end (bytes that never became a whole character)."""
+        text, self.pending = self.tok.decode(self.pending), []
+        return text
+
+
+def prompt_ids(tok, prompt, context):
+    """<s> prompt, as a new document starts in the training data; checked against context."""
+    ids = [BOS_ID] + tok.encode(prompt, add_special_tokens=False).ids
+    if len(ids) >= context:
+        raise ValueError(f"the prompt is {len(ids)} tokens but the model's context is {context} "
+                         "(max_seq_len); shorten the prompt")
+    return ids
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    first_token_s: float  # time to first token: the prompt's forward pass and one step
+    total_s: float
+
+
+def complete(model, tok, prompt, out, max_new_tokens=256, temperature=0.85, top_k=0,
+             top_p=0.85, repetition_penalty=1.0, use_cache=True, generator=None):
+    """Write the model's continuation of prompt to out as it is generated."""
+    context = model.config.max_seq_len
+    ids = prompt_ids(tok, prompt, context)
+    device = model.tok_embeddings.weight.device
+    steps = model.generate(
+        torch.tensor([ids], device=device), max_new_tokens=min(max_new_tokens, context - len(ids)),
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+        eos_token_id=EOS_ID, use_cache=use_cache, stream=True, generator=generator)
+    stream, pieces = TextStream(tok), []
+    n_tokens, first_token_s = 0, 0.0
+    start = time.perf_counter()
+    for step in steps:
+        token = int(step[0])  # waits for the device
+        n_tokens += 1
+        if n_tokens == 1:
+            first_token_s = time.perf_counter() - start
+        if token == EOS_ID:
+            break
+        pieces.append(stream.push(token))
+        out.write(pieces[-1])
+        out.flush()
+    pieces.append(stream.flush())
+    out.write(pieces[-1])
+    return Completion("".join(pieces), n_tokens, first_token_s, time.perf_counter() - start)
+
+
+def document_ids(tok, text):
+    """<s> text </s>, as train_pretrain.py sees a document; text that already carries the
+    markers (MiniMind's pretrain_hq.jsonl does) is not framed twice."""
+    ids = tok.encode(text, add_special_tokens=False).ids
+    if not ids or ids[0] != BOS_ID:
+        ids = [BOS_ID] + ids
+    if ids[-1] != EOS_ID:
+        ids = ids + [EOS_ID]
+    return ids
+
+
+def text_windows(tok, texts, max_seq_len):
+    """Windows of up to max_seq_len + 1 tokens over the stream of framed documents.
+
+    Consecutive windows share one token (the last input of one is the first of the next),
+    so every token but the very first is predicted exactly once.
+    """
+    stream = []
+    for text in texts:
+        stream += document_ids(tok, text)
+        while len(stream) > max_seq_len:
+            yield stream[:max_seq_len + 1]
+            stream = stream[max_seq_len:]
+    if len(stream) > 1:
+        yield stream
+
+
+def collate(windows):
+    """(X, Y, loss_mask) from token windows; short windows are padded and masked out."""
+    width = max(len(w) for w in windows) - 1
+    X = torch.full((len(windows), width), PAD_ID, dtype=torch.long)
+    Y = torch.full((len(windows), width), PAD_ID, dtype=torch.long)
+    loss_mask = torch.zeros(len(windows), width)
+    for row, w in enumerate(windows):
+        X[row, :len(w) - 1] = torch.tensor(w[:-1])
+        Y[row, :len(w) - 1] = torch.tensor(w[1:])
+        loss_mask[row, :len(w) - 1] = 1
+    return X, Y, loss_mask
+
+
+def batches_of(windows, batch_size):
+    """Collated batches of batch_size windows (the last one may be smaller)."""
+    batch = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield collate(batch)
+            batch = []
+    if batch:
+        yield collate(batch)
+
+
+@torch.inference_mode()
+def evaluate(model, batches, byte_counts, total=None):
+    """Mean loss per target token, perplexity, and bits per byte over (X, Y, loss_mask)
+    batches. byte_counts[id] is the number of UTF-8 bytes token id stands for.
+
+    bits per byte = total loss in nats / ln 2 / UTF-8 bytes of the target tokens.
+    """
+    device = model.tok_embeddings.weight.device
+    byte_counts = torch.as_tensor(byte_counts, dtype=torch.float64, device=device)
+    nll_sum, n_tokens, n_bytes = 0.0, 0, 0
+    for X, Y, loss_mask in tqdm(batches, total=total, desc="evaluating", unit="batch",
+                                file=sys.stderr):
+        X, Y, loss_mask = X.to(device), Y.to(device), loss_mask.to(device)
+        logits = model(X).logits.float()  # (B, T, vocab)
+        nll = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="none")
+        mask = loss_mask.flatten().double()
+        nll_sum += (nll.double() * mask).sum().item()
+        n_tokens += int(mask.sum().item())
+        n_bytes += int((byte_counts[Y.flatten()] * mask).sum().item())
+    if n_tokens == 0:
+        raise ValueError("the evaluation data holds no tokens to predict")
+    loss = nll_sum / n_tokens
+    return dict(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=n_tokens, bytes=n_bytes,
+                bits_per_byte=nll_sum / math.log(2) / n_bytes if n_bytes else float("nan"))
+
+
+def load_probes(path):
+    """Read a probe file: one {"prompt": str, "choices": [str, ...], "answer": int} per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"probe file {path} not found; pass a .jsonl file such as "
+                                "probes/builtin_en.jsonl")
+    example = '{"prompt": "...", "choices": ["...", "..."], "answer": 0}'
+    probes = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                probe = json.loads(line)
+                prompt, choices, answer = probe["prompt"], probe["choices"], probe["answer"]
+                ok = (isinstance(prompt, str) and isinstance(choices, list) and len(choices) >= 2
+                      and all(isinstance(c, str) and c for c in choices)
+                      and isinstance(answer, int) and 0 <= answer < len(choices))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise ValueError(f"{path}:{line_no} is not a probe; each line must be like "
+                                 f"{example}, with 2+ non-empty choices and answer an index")
+            probes.append(probe)
+    if not probes:
+        raise ValueError(f"{path} holds no probes; write one per line, like {example}")
+    return probes
+
+
+@torch.inference_mode()
+def continuation_logprob(model, context_ids, continuation_ids):
+    """log p(continuation | context) in nats: the sum over the continuation's tokens."""
+    device = model.tok_embeddings.weight.device
+    ids = torch.tensor([context_ids + continuation_ids], device=device)
+    logprobs = model(ids[:, :-1]).logits.float().log_softmax(dim=-1)[0]  # (T - 1, vocab)
+    per_token = logprobs.gather(1, ids[0, 1:, None]).squeeze(1)  # log p(ids[t + 1] | ids[:t + 1])
+    return per_token[len(context_ids) - 1:].sum().item()
+
+
+def run_probes(model, tok, probes):
+    """Score every choice of every probe: for each probe a list of (total log-prob in nats,
+    log-prob per UTF-8 byte), one per choice."""
+    results = []
+    for n, probe in enumerate(probes, 1):
+        context = [BOS_ID] + tok.encode(probe["prompt"], add_special_tokens=False).ids
+        scores = []
+        for choice in probe["choices"]:
+            continuation = tok.encode(choice, add_special_tokens=False).ids
+            if len(context) + len(continuation) > model.config.max_seq_len:
+                raise ValueError(f"probe {n} is longer than the model's context "
+                                 f"({model.config.max_seq_len} tokens); shorten it")
+            logprob = continuation_logprob(model, context, continuation)
+            scores.append((logprob, logprob / len(choice.encode("utf-8"))))
+        results.append(scores)
+    return results
+
+
+def print_probe_report(probes, results, out):
+    """Every choice with its log-probabilities, '*' marking the answer, then the accuracy."""
+    right_total = right_per_byte = 0
+    for n, (probe, scores) in enumerate(zip(probes, results), 1):
+        best_total = max(range(len(scores)), key=lambda i: scores[i][0])
+        best_per_byte = max(range(len(scores)), key=lambda i: scores[i][1])
+        right_total += best_total == probe["answer"]
+        right_per_byte += best_per_byte == probe["answer"]
+        out.write(f"{n}. {probe['prompt']}\n")
+        for i, (choice, (total, per_byte)) in enumerate(zip(probe["choices"], scores)):
+            mark = "*" if i == probe["answer"] else " "
+            out.write(f"   {mark} log p {total:8.3f}  per byte {per_byte:7.3f}  {choice!r}\n")
+    n = len(probes)
+    out.write(f"accuracy: {right_total}/{n} = {right_total / n:.1%} by total log-prob, "
+              f"{right_per_byte}/{n} = {right_per_byte / n:.1%} by log-prob per byte\n")
+    return right_total / n, right_per_byte / n
+
+
+def str_to_bool(text):
+    """'--use_moe', '--use_moe 1' and '--use_moe true' all mean True, as in MiniMind."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Generate text with a pretrained MyLLM model, evaluate it, probe it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--out_dir", default="out", help="where train_pretrain.py wrote its files")
+    model.add_argument("--dim", "--hidden_size", type=int, default=None,
+                       help="model width (default 512; with --ckpt read from the file)")
+    model.add_argument("--n_layers", "--num_hidden_layers", type=int, default=None,
+                       help="layers (default 8; with --ckpt read from the file)")
+    model.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=None,
+                       help="mixture-of-experts weights, pretrain_{dim}_moe.pth")
+    model.add_argument("--n_heads", type=int, default=8)
+    model.add_argument("--n_kv_heads", type=int, default=None, help="default: read from the file")
+    model.add_argument("--ckpt", default=None, help="load this .pth instead of "
+                       "{out_dir}/pretrain_{dim}{_moe}.pth")
+    model.add_argument("--tokenizer", default=None,
+                       help="tokenizer.json or a folder holding one (default {out_dir})")
+    model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    model.add_argument("--model_mode", type=int, default=0,
+                       help="MiniMind's weights kind; MyLLM has 0 = pretrained only")
+    model.add_argument("--load", type=int, default=0,
+                       help="MiniMind's loader: 0 = native .pth (the only one here)")
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--prompt", default=None, help="one prompt (default: sample prompts, "
+                     "then interactive; or one prompt per line of piped stdin)")
+    gen.add_argument("--max_new_tokens", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=0.85, help="0 = greedy")
+    gen.add_argument("--top_p", type=float, default=0.85, help="1 = off")
+    gen.add_argument("--top_k", type=int, default=0, help="0 = off")
+    gen.add_argument("--repetition_penalty", type=float, default=1.0, help="1 = off")
+    gen.add_argument("--seed", type=int, default=None, help="for repeatable sampling")
+    gen.add_argument("--no_cache", action="store_true",
+                     help="recompute every step without the KV cache (same output, slower)")
+    gen.add_argument("--show_speed", action="store_true",
+                     help="print tokens/s and time to first token")
+
+    ev = parser.add_argument_group("evaluation")
+    ev.add_argument("--eval", action="store_true",
+                    help="print loss, perplexity and bits per byte on --eval_data")
+    ev.add_argument("--eval_data", default=None,
+                    help=".jsonl/.txt file (optionally .gz) or a prepared folder; implies --eval "
+                         "(default: the validation split of the prepared data in {out_dir}/data)")
+    ev.add_argument("--text_field", default="text", help="JSON field holding the text")
+    ev.add_argument("--max_seq_len", type=int, default=512, help="evaluation window in tokens")
+    ev.add_argument("--batch_size", type=int, default=8)
+    ev.add_argument("--eval_iters", type=int, default=0, help="stop after this many batches "
+                    "(0 = all)")
+    ev.add_argument("--probe", default=None,
+                    help='.jsonl of {"prompt", "choices", "answer"} lines, e.g. probes/*.jsonl')
+    return parser.parse_args(argv)
+
+
+def check_minimind_flags(args):
+    """MiniMind's eval_model.py flags that name weights MyLLM never makes."""
+    if args.model_mode != 0:
+        kind = MINIMIND_MODES.get(args.model_mode, "unknown")
+        raise ValueError(f"--model_mode {args.model_mode} asks for MiniMind's {kind} weights; "
+                         "MyLLM trains only pretrained weights: use --model_mode 0")
+    if args.load != 0:
+        raise ValueError(f"--load {args.load} asks for a transformers model folder; MyLLM loads "
+                         "native .pth files (--load 0): convert the folder with "
+                         "scripts/export_hf.py (import direction), or load it with transformers")
+
+
+def find_prepared_data(data_dir, tok):
+    """The most recently prepared dataset under data_dir that was made with tok."""
+    candidates = []
+    for folder in Path(data_dir).glob("*/"):
+        try:
+            dataset.check_tokenizer(folder, tok)
+        except (ValueError, FileNotFoundError, OSError):
+            continue  # another tokenizer's data, or not a prepared folder
+        candidates.append(((folder / "meta.json").stat().st_mtime, folder))
+    if not candidates:
+        raise FileNotFoundError(f"no data prepared with this tokenizer in {data_dir}; pass "
+                                "--eval_data FILE (.jsonl/.txt), or train first")
+    return max(candidates)[1]
+
+
+def eval_batches(args, tok):
+    """(batches, total) for --eval_data, or for the default validation split."""
+    path = Path(args.eval_data) if args.eval_data else find_prepared_data(
+        Path(args.out_dir) / "data", tok)
+    if path.is_dir():
+        dataset.check_tokenizer(path, tok)
+        val = dataset.PretrainDataset(path, split="val", max_seq_len=args.max_seq_len)
+        print(f"evaluating on the validation split of {path}", file=sys.stderr)
+        loader = torch.utils.data.DataLoader(val, batch_size=args.batch_size)
+        return loader, len(loader)
+    if not path.is_file():
+        raise FileNotFoundError(f"--eval_data {path} not found; pass a .jsonl/.txt file or a "
+                                "prepared folder")
+    texts = dataset.iter_texts([str(path)], args.text_field)
+    return batches_of(text_windows(tok, texts, args.max_seq_len), args.batch_size), None
+
+
+def prompts_to_run(args, tok, stdin):
+    """--prompt; else prompts piped on stdin, one per line; else samples, then interactive."""
+    if args.prompt is not None:
+        yield args.prompt
+        return
+    if not stdin.isatty():
+        for line in stdin:
+            if line.strip():
+                yield line.rstrip("\n")
+        return
+    for prompt in SAMPLE_PROMPTS_ZH if looks_chinese(tok) else SAMPLE_PROMPTS_EN:
+        print(f"> {prompt}")
+        yield prompt
+    print("Type a prompt for the model to continue (an empty line or Ctrl-D quits).")
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            return
+        if not prompt.strip():
+            return
+        yield prompt
+
+
+def run(args):
+    check_minimind_flags(args)
+    tok = load_tokenizer(args.tokenizer or Path(args.out_dir))
+    if args.ckpt:
+        path = Path(args.ckpt)
+        dim, n_layers = args.dim, args.n_layers
+    else:
+        dim, n_layers = args.dim or 512, args.n_layers or 8
+        path = checkpoint_paths(args.out_dir, dim, bool(args.use_moe))[0]
+    model = load_model(path, tok.get_vocab_size(), args.device, dim, n_layers, args.use_moe,
+                       args.n_heads, args.n_kv_heads)
+    c = model.config
+    print(f"{path}: {model.num_params() / 1e6:.2f}M parameters (dim {c.dim}, n_layers "
+          f"{c.n_layers}{', MoE' if c.use_moe else ''}), vocabulary {c.vocab_size}, "
+          f"on {args.device}", file=sys.stderr)
+
+    if args.eval or args.eval_data:
+        batches, total = eval_batches(args, tok)
+        if args.eval_iters:
+            batches = (b for _, b in zip(range(args.eval_iters), batches))
+            total = min(total or args.eval_iters, args.eval_iters)
+        result = evaluate(model, batches, [len(b) for b in token_bytes(tok)], total)
+        print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
+              f"bits per byte {result['bits_per_byte']:.4f} | {result['tokens']:,} tokens, "
+              f"{result['bytes']:,} bytes")
+    if args.probe:
+        probes = load_probes(args.probe)
+        print_probe_report(probes, run_probes(model, tok, probes), sys.stdout)
+    if (args.eval or args.eval_data or args.probe) and args.prompt is None:
+        return
+
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    for prompt in prompts_to_run(args, tok, sys.stdin):
+        sys.stdout.write(prompt)
+        done = complete(model, tok, prompt, sys.stdout, args.max_new_tokens, args.temperature,
+                        args.top_k, args.top_p, args.repetition_penalty,
+                        use_cache=not args.no_cache, generator=generator)
+        print("\n")
+        if args.show_speed and done.n_tokens:
+            # decoding speed: the tokens after the first, over the time after the first
+            rate = (done.n_tokens - 1) / max(done.total_s - done.first_token_s, 1e-9)
+            print(f"[{done.n_tokens} tokens in {done.total_s:.2f} s: {rate:.1f} tokens/s, "
+                  f"first token after {done.first_token_s * 1000:.0f} ms]\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
