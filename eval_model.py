@@ -488,8 +488,9 @@ def check_minimind_flags(args):
                          "MyLLM trains only pretrained weights: use --model_mode 0")
     if args.load != 0:
         raise ValueError(f"--load {args.load} asks for a transformers model folder; MyLLM loads "
-                         "native .pth files (--load 0): convert the folder with "
-                         "scripts/export_hf.py (import direction), or load it with transformers")
+                         "native .pth files (--load 0): convert the folder with `python "
+                         "scripts/import_hf.py --hf_dir FOLDER --out out/pretrain_512.pth`, "
+                         "which prints the command that loads it")
 
 
 def find_prepared_data(data_dir, tok):

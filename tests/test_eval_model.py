@@ -316,7 +316,7 @@ def test_no_prepared_data_for_the_default_evaluation(uniform, tok, tmp_path, cap
 
 @pytest.mark.parametrize("flags, words", [
     (["--model_mode", "1"], ["--model_mode 1", "full_sft", "--model_mode 0"]),
-    (["--load", "1"], ["--load 1", "--load 0", "export_hf"]),
+    (["--load", "1"], ["--load 1", "--load 0", "scripts/import_hf.py"]),
 ])
 def test_minimind_modes_that_myllm_does_not_have(flags, words, capsys):
     line = one_line_error(*run_main(flags, capsys)[::2])
