@@ -533,7 +533,7 @@ def prompts_to_run(args, tok, stdin):
     if not stdin.isatty():
         for line in stdin:
             if line.strip():
-                yield line.rstrip("\n")
+                yield line.rstrip("\r\n")
         return
     for prompt in SAMPLE_PROMPTS_ZH if looks_chinese(tok) else SAMPLE_PROMPTS_EN:
         print(f"> {prompt}")
