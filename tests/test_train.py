@@ -1,0 +1,292 @@
+"""train_pretrain.py: schedule, accumulation, DDP equivalence, exact resume, signals, NaN guard."""
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_pretrain
+from dataset import PretrainDataset, ShardedSampler
+from model import LMConfig, Transformer
+from tokenizer import save_tokenizer, train_tokenizer
+from train_pretrain import get_lr, masked_lm_loss, parse_args, pretrain, save_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
+              "--num_workers", "0", "--warmup_iters", "0", "--log_interval", "1",
+              "--eval_interval", "1000", "--eval_iters", "2", "--quiet"]
+
+
+def write_corpus(path: Path, n_docs: int = 60, seed: int = 0):
+    """Documents of random words: distinct enough that no dedup rule removes any."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+             for _ in range(400)]
+    lines = [json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(30, 60)))
+                                 + "."}) for _ in range(n_docs)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small jsonl corpus and a tokenizer trained on it, shared by the tests here."""
+    root = tmp_path_factory.mktemp("corpus")
+    data = write_corpus(root / "docs.jsonl")
+    texts = [json.loads(line)["text"] for line in data.read_text().splitlines()]
+    save_tokenizer(train_tokenizer(texts, vocab_size=320), root / "tokenizer.json")
+    return data, root / "tokenizer.json"
+
+
+def run_args(corpus, out_dir, *extra):
+    data, tok = corpus
+    return parse_args(TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok),
+                                    "--out_dir", str(out_dir), "--device", "cpu", *extra])
+
+
+def read_log(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def losses(log):
+    return {r["step"]: r["loss"] for r in log if r["kind"] == "train"}
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 111  # cosine over steps 10..110
+    assert get_lr(0, total, lr, min_lr, warmup) == pytest.approx(1e-4)  # 1/10 of the way
+    assert get_lr(9, total, lr, min_lr, warmup) == pytest.approx(lr)  # warmup ends at lr
+    assert get_lr(10, total, lr, min_lr, warmup) == pytest.approx(lr)  # cosine starts at lr
+    assert get_lr(60, total, lr, min_lr, warmup) == pytest.approx((lr + min_lr) / 2)
+    assert get_lr(110, total, lr, min_lr, warmup) == pytest.approx(min_lr)  # the last step
+
+
+def test_masked_loss_ignores_padding_positions():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 1] = 10.0
+    targets = torch.tensor([[1, 2, 3]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    expected = (math.log(3 + math.e ** 10) - 10 + math.log(4)) / 2  # positions 0 and 1
+    assert masked_lm_loss(logits, targets, mask).item() == pytest.approx(expected)
+
+
+def test_tiny_model_overfits_a_small_dataset(corpus, tmp_path):
+    data, tok = corpus
+    small = write_corpus(tmp_path / "small.jsonl", n_docs=6, seed=3)
+    args = parse_args(TINY_FLAGS + ["--data_path", str(small), "--tokenizer", str(tok),
+                                    "--out_dir", str(tmp_path / "out"), "--device", "cpu",
+                                    "--epochs", "60", "--accumulation_steps", "1",
+                                    "--learning_rate", "3e-3", "--dim", "64"])
+    result = pretrain(args)
+    curve = losses(read_log(result["log_path"]))
+    assert curve[1] > 5.0  # about ln(320) = 5.77 at the start
+    assert min(curve[s] for s in list(curve)[-5:]) < 1.5
+
+
+def test_partial_last_accumulation_is_divided_by_its_own_length(corpus, tmp_path):
+    # A train split of 3 micro-batches with accumulation 2: step 1 takes two micro-batches,
+    # step 2 the one left, which must count fully (divided by 1, not by 2).
+    constant_lr = ("--accumulation_steps", "2", "--min_lr", "5e-4")  # same LR for any length
+    args = run_args(corpus, tmp_path / "full", *constant_lr)
+    full = pretrain(args)
+    ds = PretrainDataset(next((tmp_path / "full" / "data").iterdir()), "train", 32)
+    n_micro = math.ceil(len(ds) / 4)
+    steps = math.ceil(n_micro / 2)
+    assert full["step"] == steps
+    log = {r["step"]: r for r in read_log(full["log_path"]) if r["kind"] == "train"}
+
+    # the weights before the last step, from a run that stops there
+    before_last = pretrain(run_args(corpus, tmp_path / "cut", *constant_lr,
+                                    "--max_steps", str(steps - 1)))["model"]
+    order = list(ShardedSampler(len(ds), 0, 1, seed=args.seed, epoch=0))
+    last_batches = [order[i:i + 4] for i in range(0, len(order), 4)][2 * (steps - 1):]
+    before_last.zero_grad()
+    batch_losses = []
+    for idx in last_batches:
+        X, Y, mask = (torch.stack(t) for t in zip(*(ds[i] for i in idx)))
+        loss = masked_lm_loss(before_last(X).logits, Y, mask)
+        (loss / len(last_batches)).backward()
+        batch_losses.append(loss.item())
+    norm = torch.cat([p.grad.flatten() for p in before_last.parameters()]).norm().item()
+    assert log[steps]["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    assert log[steps]["loss"] == pytest.approx(sum(batch_losses) / len(batch_losses), rel=1e-5)
+
+
+def test_logged_loss_is_the_mean_over_micro_steps(corpus, tmp_path):
+    args = run_args(corpus, tmp_path, "--accumulation_steps", "3", "--max_steps", "1")
+    torch.manual_seed(args.seed)
+    initial = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320, max_seq_len=8192))
+    result = pretrain(args)
+    ds = PretrainDataset(next((tmp_path / "data").iterdir()), "train", 32)
+    order = list(ShardedSampler(len(ds), 0, 1, seed=args.seed, epoch=0))
+    expected = []
+    with torch.no_grad():
+        for b in range(3):
+            X, Y, mask = (torch.stack(t) for t in zip(*(ds[i] for i in order[4 * b:4 * b + 4])))
+            expected.append(masked_lm_loss(initial(X).logits, Y, mask).item())
+    assert losses(read_log(result["log_path"]))[1] == pytest.approx(sum(expected) / 3, rel=1e-5)
+
+
+def test_injected_nan_skips_the_update_and_leaves_weights_unchanged(corpus, tmp_path,
+                                                                     monkeypatch):
+    args = run_args(corpus, tmp_path, "--max_steps", "2", "--accumulation_steps", "1")
+    torch.manual_seed(args.seed)
+    initial = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320, max_seq_len=8192))
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss",
+                        lambda *a: masked_lm_loss(*a) * float("nan"))
+    result = pretrain(args)
+    assert result["bad_steps"] == 2
+    for name, p in initial.state_dict().items():
+        assert torch.equal(p, result["model"].state_dict()[name]), name
+
+
+def test_repeated_nan_stops_with_a_message_and_keeps_the_last_checkpoint(corpus, tmp_path,
+                                                                        monkeypatch):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--accumulation_steps", "1"))
+    weights = tmp_path / "pretrain_32.pth"
+    saved = torch.load(weights, weights_only=True)
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss",
+                        lambda *a: masked_lm_loss(*a) * float("nan"))
+    with pytest.raises(FloatingPointError, match="learning rate too high"):
+        pretrain(run_args(corpus, tmp_path, "--max_steps", "9", "--accumulation_steps", "1",
+                          "--max_bad_steps", "3"))
+    after = torch.load(weights, weights_only=True)
+    assert all(torch.equal(saved[k], after[k]) for k in saved)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch):
+    flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100")
+    straight = pretrain(run_args(corpus, tmp_path / "a", *flags))
+
+    calls = {"n": 0}
+
+    def loss_then_sigterm(*a):  # a SIGTERM arrives during step 3 (its 6th micro-step)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return masked_lm_loss(*a)
+
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", loss_then_sigterm)
+    stopped = pretrain(run_args(corpus, tmp_path / "b", *flags))
+    assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 3
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", masked_lm_loss)
+    resumed = pretrain(run_args(corpus, tmp_path / "b", *flags))
+    assert resumed["step"] == 8
+
+    a, b = losses(read_log(straight["log_path"])), losses(read_log(resumed["log_path"]))
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+    for name, p in straight["model"].state_dict().items():
+        torch.testing.assert_close(resumed["model"].state_dict()[name], p, atol=1e-6, rtol=0)
+
+
+def test_resume_with_another_model_shape_is_a_clear_error(corpus, tmp_path):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
+    with pytest.raises(ValueError, match="n_layers 2.*this run asks n_layers 3"):
+        pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--n_layers", "3"))
+
+
+def test_failed_checkpoint_write_leaves_the_previous_file_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    save_atomic({"w": torch.ones(3)}, path)
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_atomic({"w": torch.zeros(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(*argv, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, tmp_path):
+    data, tok = corpus
+    common = TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok),
+                           "--max_steps", "3", "--device", "cpu"]
+    pretrain(parse_args(common + ["--accumulation_steps", "4", "--out_dir", str(tmp_path / "one")]))
+    done = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2",
+                      "--master_port", str(free_port()), str(ROOT / "train_pretrain.py"),
+                      *common, "--accumulation_steps", "2", "--out_dir", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "pretrain_32.pth", weights_only=True)
+    two = torch.load(tmp_path / "two" / "pretrain_32.pth", weights_only=True)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0)
+
+
+def test_two_nodes_on_localhost_train_together(corpus, tmp_path):
+    data, tok = corpus
+    port = free_port()
+    cmd = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "t",
+           str(ROOT / "train_pretrain.py"), *TINY_FLAGS, "--data_path", str(data),
+           "--tokenizer", str(tok), "--max_steps", "2", "--device", "cpu",
+           "--out_dir", str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    nodes = [subprocess.Popen([sys.executable, *cmd[:6], "--node_rank", str(r), *cmd[6:]],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    outputs = [n.communicate(timeout=300) for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    run = read_log(next((tmp_path / "logs").iterdir()))[0]
+    assert run["world_size"] == 2
+    assert torch.load(tmp_path / "pretrain_32.pth", weights_only=True)
+
+
+def test_sigterm_mid_run_leaves_a_resume_file_that_continues(corpus, tmp_path):
+    data, tok = corpus
+    argv = [str(ROOT / "train_pretrain.py"), *TINY_FLAGS, "--data_path", str(data),
+            "--tokenizer", str(tok), "--out_dir", str(tmp_path), "--device", "cpu",
+            "--epochs", "1000", "--max_steps", "100000", "--accumulation_steps", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = tmp_path / "logs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (logs.exists() and any(
+            len(p.read_text().splitlines()) > 3 for p in logs.iterdir())):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    state = torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)
+    assert state["step"] >= 3
+    resumed = pretrain(parse_args(argv[1:-4] + ["--max_steps", str(state["step"] + 2),
+                                                "--accumulation_steps", "1"]))
+    assert resumed["step"] == state["step"] + 2
+
+
+def test_quick_start_on_the_builtin_corpus_writes_weights_and_log(tmp_path):
+    done = run_script(str(ROOT / "train_pretrain.py"), "--out_dir", str(tmp_path),
+                      *train_pretrain.QUICK_FLAGS.split(), "--max_steps", "2",
+                      "--vocab_size", "512")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "built-in corpus" in done.stdout + done.stderr
+    weights = torch.load(tmp_path / "pretrain_192.pth", weights_only=True)
+    assert weights["tok_embeddings.weight"].shape == (512, 192)
+    log = read_log(next((tmp_path / "logs").iterdir()))
+    assert [r["step"] for r in log if r["kind"] == "train"][-1] == 2
