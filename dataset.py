@@ -107,11 +107,13 @@ def expand_paths(sources):
     if isinstance(sources, (str, Path)):
         sources = [sources]
     paths = []
-    for source in map(str, sources):
+    for source in sources:
         if source == "builtin":
             paths.append(source)
             continue
-        matches = sorted(glob(source)) if any(c in source for c in "*?[") else [source]
+        # a str may be a glob; a Path is taken as it is
+        pattern = isinstance(source, str) and any(c in source for c in "*?[")
+        matches = sorted(glob(source)) if pattern else [source]
         if not matches or not Path(matches[0]).exists():
             raise FileNotFoundError(f"{source} not found; pass existing .jsonl/.txt files "
                                     f"(optionally .gz), a glob, or 'builtin'")
@@ -290,18 +292,47 @@ def unit_hash(normalized, salt):
 # A shingle unit is a word, or a single CJK character: Chinese has no spaces, so splitting it on
 # non-word characters would make whole clauses into one "word" and near duplicates that differ
 # by one character would share no shingle at all.
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
-SHINGLE_UNITS = re.compile(f"[{CJK}]|[^\\W{CJK}]+")
+CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
+              (0xAC00, 0xD7AF))  # kana, CJK ideographs, compatibility ideographs, hangul
+IS_CJK = np.zeros(0x10000, bool)  # indexed by code point; all ranges are in the first 64 K
+for _lo, _hi in CJK_RANGES:
+    IS_CJK[_lo:_hi + 1] = True
+NON_WORD = re.compile(r"\W+")
 SHINGLE_SIZE = 5
-SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd, so the polynomial hash mixes all bits
+SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd, so the polynomial hashes mix all bits
+MULT_POWERS = np.cumprod(np.r_[np.uint64(1), np.full(63, SHINGLE_MULT)], dtype=np.uint64)
+
+
+def shingle_units(text):
+    """A 64-bit hash of every unit of the text, in order (uint64 array).
+
+    Works on an array of code points rather than on one Python string per unit: several
+    times faster on Chinese, where nearly every character is a unit.
+    """
+    spaced = NON_WORD.sub(" ", text.lower()).strip(" ")
+    cp = np.frombuffer(spaced.encode("utf-32-le"), np.uint32)
+    if len(cp) == 0:
+        return cp.astype(np.uint64)
+    in_word = cp != ord(" ")
+    cjk = IS_CJK[np.minimum(cp, 0xFFFF)]
+    # a unit starts at a CJK character, or at a word character after a space or a CJK one
+    after_break = np.empty(len(cp), bool)
+    after_break[0] = True
+    np.logical_or(~in_word[:-1], cjk[:-1], out=after_break[1:])
+    is_start = in_word & (cjk | after_break)
+    starts = np.flatnonzero(is_start)
+    # unit hash: sum of cp[j] * SHINGLE_MULT**(j - start) over its characters, mod 2**64;
+    # the space after a word adds 0
+    offsets = np.arange(len(cp)) - starts[np.cumsum(is_start) - 1]
+    terms = np.where(in_word, cp, 0).astype(np.uint64) * MULT_POWERS[np.minimum(offsets, 63)]
+    return np.add.reduceat(terms, starts)
 
 
 def shingles(text, size=SHINGLE_SIZE):
     """64-bit hashes of the text's shingles: runs of `size` consecutive units (uint64 array)."""
-    units = SHINGLE_UNITS.findall(text.lower())
-    if not units:
-        return np.zeros(0, np.uint64)
-    ids = np.fromiter(map(zlib.crc32, map(str.encode, units)), np.uint64, len(units))
+    ids = shingle_units(text)
+    if len(ids) == 0:
+        return ids
     n = max(len(ids) - size + 1, 1)  # a text shorter than one shingle is a single shingle
     hashes = np.zeros(n, np.uint64)
     for k in range(min(size, len(ids))):
@@ -317,23 +348,24 @@ def minhash_params(num_perm):
     return a, b
 
 
-def minhash(shingle_arrays, num_perm=128, chunk=32768):
+def minhash(shingle_arrays, num_perm=128, chunk=1024):
     """MinHash signatures, (n_docs, num_perm) uint32.
 
     Hash function k maps a shingle x to (a_k * x + b_k) mod 2**64 >> 32 (multiply-shift
     hashing); a signature keeps the minimum over the document's shingles. Two documents agree
     at one position with probability equal to the Jaccard similarity of their shingle sets.
-    Documents without shingles get all-ones signatures. Rows are processed `chunk` at a time
-    to bound memory.
+    Documents without shingles get all-ones signatures. Rows are hashed `chunk` at a time,
+    a block small enough to stay in the CPU cache.
     """
     a, b = minhash_params(num_perm)
-    sig = np.full((len(shingle_arrays), num_perm), 2**32 - 1, np.uint64)
+    sig = np.full((len(shingle_arrays), num_perm), 2**64 - 1, np.uint64)
     lengths = np.array([len(s) for s in shingle_arrays], np.int64)
     if lengths.sum() == 0:
-        return sig.astype(np.uint32)
+        return (sig >> np.uint64(32)).astype(np.uint32)
     flat = np.concatenate(shingle_arrays)
     docs = np.flatnonzero(lengths)
     starts = (np.cumsum(lengths) - lengths)[docs]  # strictly increasing
+    block = np.empty((chunk, num_perm), np.uint64)
     for r0 in range(0, len(flat), chunk):
         r1 = min(r0 + chunk, len(flat))
         # The documents with rows in [r0, r1): the one holding row r0, up to the last starting
@@ -341,13 +373,14 @@ def minhash(shingle_arrays, num_perm=128, chunk=32768):
         first = np.searchsorted(starts, r0, side="right") - 1
         last = np.searchsorted(starts, r1, side="left")
         seg_starts = np.maximum(starts[first:last], r0) - r0
-        hashed = flat[r0:r1, None] * a  # (rows, num_perm)
+        hashed = block[:r1 - r0]
+        np.multiply(flat[r0:r1, None], a, out=hashed)  # (rows, num_perm), wraps mod 2**64
         hashed += b
-        hashed >>= np.uint64(32)
         seg_min = np.minimum.reduceat(hashed, seg_starts, axis=0)
         seg_docs = docs[first:last]
         sig[seg_docs] = np.minimum(sig[seg_docs], seg_min)
-    return sig.astype(np.uint32)
+    # The >> 32 comes after the minimum: it keeps the order, and runs on far fewer values.
+    return (sig >> np.uint64(32)).astype(np.uint32)
 
 
 def lsh_bands(num_perm, threshold):
@@ -376,6 +409,8 @@ def candidate_pairs(hashes, eligible):
     """Pairs (i, j), i < j, of eligible documents that agree on some band: within each bucket
     every member is paired with the bucket's first document. Returns an int64 (n, 2) array."""
     ids = np.flatnonzero(eligible)
+    if len(ids) < 2:
+        return np.zeros((0, 2), np.int64)
     pairs = []
     for band in range(hashes.shape[1]):
         order = np.argsort(hashes[ids, band], kind="stable")  # stable: ascending ids in a bucket
@@ -384,17 +419,17 @@ def candidate_pairs(hashes, eligible):
         first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(ids)), 0))
         members = np.flatnonzero(~new_bucket)
         pairs.append(np.stack([ids[order[first[members]]], ids[order[members]]], axis=1))
-    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    n = max(len(eligible), 1)
-    codes = np.unique(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+    pairs = np.concatenate(pairs).astype(np.int64)
+    n = len(eligible)
+    codes = np.unique(pairs[:, 0] * n + pairs[:, 1])  # one code per pair drops repeats
     return np.stack([codes // n, codes % n], axis=1)
 
 
 def jaccard(a, b):
-    """Exact Jaccard similarity of two shingle arrays, as sets."""
-    a, b = np.unique(a), np.unique(b)
-    union = len(np.union1d(a, b))
-    return len(np.intersect1d(a, b, assume_unique=True)) / union if union else 1.0
+    """Exact Jaccard similarity |a & b| / |a | b| of two sets given as np.unique arrays."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - common
+    return common / union if union else 1.0
 
 
 def _find(parent, i):
@@ -450,7 +485,7 @@ def sentence_end_ids(tok):
 def _clean_and_sign(item, min_chars, seed, num_perm, bands, rows, near_dedup):
     """Pass-1 work on one batch of raw documents; runs in a worker process."""
     source_id, texts = item
-    cleaned, fired, exact, split = [], [], [], []
+    cleaned, fired, exact, split, weight = [], [], [], [], []
     for text in texts:
         text, rules = clean_text(text, min_chars)
         fired.append(rules)
@@ -460,6 +495,7 @@ def _clean_and_sign(item, min_chars, seed, num_perm, bands, rows, near_dedup):
         cleaned.append(text)
         exact.append(text_hash(norm))
         split.append(unit_hash(norm, f"split{seed}"))
+        weight.append(unit_hash(norm, f"weight{seed}"))
     if near_dedup:
         doc_shingles = [shingles(t) for t in cleaned]
         hashes = band_hashes(minhash(doc_shingles, num_perm), bands, rows)
@@ -468,10 +504,10 @@ def _clean_and_sign(item, min_chars, seed, num_perm, bands, rows, near_dedup):
         hashes = np.zeros((len(cleaned), 0), np.uint64)
         has_shingles = np.zeros(len(cleaned), bool)
     return (source_id, cleaned, fired, np.array(exact, np.uint64), np.array(split),
-            hashes, has_shingles)
+            np.array(weight), hashes, has_shingles)
 
 
-def _batches(entries, text_field, skip_bad_lines, counts, batch_size):
+def _batches(entries, text_field, skip_bad_lines, counts, batch_size=1000):
     """(source index, list of raw texts); a batch never mixes two sources."""
     for source_id, paths in enumerate(entries):
         batch = []
@@ -500,11 +536,15 @@ def _map_bounded(fn, items, pool, depth):
 
 
 class _DocStore:
-    """The cleaned documents of pass 1, appended to one file and read back by index."""
+    """The cleaned documents of pass 1, appended to one file and read back by index, so
+    a corpus larger than memory never has to fit in it."""
 
     def __init__(self, path):
         self.file = open(path, "w+b")
         self.offsets = [0]
+
+    def __len__(self):
+        return len(self.offsets) - 1
 
     def append(self, texts):
         for text in texts:
@@ -513,7 +553,7 @@ class _DocStore:
             self.offsets.append(self.offsets[-1] + len(data))
 
     def read(self, start, stop):
-        """Documents start..stop-1 with one read."""
+        """Documents start..stop-1, with one read."""
         self.file.flush()
         self.file.seek(self.offsets[start])
         data = self.file.read(self.offsets[stop] - self.offsets[start])
@@ -523,6 +563,45 @@ class _DocStore:
 
     def close(self):
         self.file.close()
+
+
+def _read_clean_sign(entries, options, bands, rows, num_workers, store, counts, verbose):
+    """Pass 1: read every document, clean it, append it to store, and hash and sign it.
+
+    Returns per kept document: source index, exact-dedup hash, split hash, weight hash, LSH
+    band hashes and whether it has any shingle.
+    """
+    work = partial(_clean_and_sign, min_chars=options["min_chars"], seed=options["seed"],
+                   num_perm=options["num_perm"], bands=bands, rows=rows,
+                   near_dedup=options["near_dedup"])
+    batches = _batches(entries, options["text_field"], options["skip_bad_lines"], counts)
+    columns = [[] for _ in range(6)]
+    pool = multiprocessing.Pool(num_workers) if num_workers > 0 else None
+    try:
+        bar = tqdm(desc="read + clean", unit=" docs", disable=not verbose)
+        for source_id, cleaned, fired, *arrays in _map_bounded(work, batches, pool,
+                                                              depth=2 * num_workers + 1):
+            bar.update(len(fired))
+            counts["documents_read"] += len(fired)
+            counts.update(chain.from_iterable(fired))
+            store.append(cleaned)
+            for column, array in zip(columns, [np.full(len(cleaned), source_id), *arrays]):
+                column.append(array)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+    if len(store) == 0:
+        raise ValueError(f"no documents left after cleaning ({counts['documents_read']} read, "
+                         f"{_dropped_summary(counts)}); check the files and --text_field")
+    return [np.concatenate(column) for column in columns]
+
+
+def _dropped_summary(counts):
+    dropped = [f"{counts[r]} {r}" for r in ("too_short", "mostly_symbols") if counts[r]]
+    if counts["bad_lines"]:
+        dropped.append(f"{counts['bad_lines']} bad lines")
+    return ", ".join(dropped) + " dropped" if dropped else "none dropped"
 
 
 def _exact_duplicates(keys, store):
@@ -544,6 +623,23 @@ def _exact_duplicates(keys, store):
     return dup
 
 
+def _deduplicate(exact_keys, hashes, has_shingles, store, options, counts, verbose):
+    """Exact, then near duplicates; returns the mask of documents to keep. The first
+    document of each group of duplicates is kept."""
+    dup = _exact_duplicates(exact_keys, store)
+    counts["exact_duplicates"] = int(dup.sum())
+    if options["near_dedup"]:
+        pairs = candidate_pairs(hashes, has_shingles & ~dup)
+        bar = tqdm(desc="near dedup", total=len(pairs), unit=" pairs", disable=not verbose)
+        drop, clusters, checked = near_duplicates(
+            pairs, lambda i: shingles(store.read(i, i + 1)[0]), options["dedup_threshold"], bar)
+        bar.close()
+        dup[drop] = True
+        counts.update(near_duplicates=len(drop), near_duplicate_clusters=clusters,
+                      candidate_pairs=len(pairs), candidate_pairs_checked=checked)
+    return ~dup
+
+
 def _split_docs(keep, split_keys, val_fraction):
     """Boolean val mask: documents whose hash falls below val_fraction. A tiny corpus still
     gets one validation document, and at least one training document is always left."""
@@ -556,10 +652,115 @@ def _split_docs(keep, split_keys, val_fraction):
     return val
 
 
+def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
+    """Pass 2: encode the kept documents in parallel batches into train.bin and val.bin, each
+    framed as <s> ... </s> unless its text already is. Returns the token count of every
+    document of each split and the number of text bytes encoded."""
+    bos, eos = tok.id_to_token(BOS_ID), tok.id_to_token(EOS_ID)
+    lengths = {"train": [], "val": []}
+    text_bytes = 0
+    bar = tqdm(desc="tokenize", total=int(keep.sum()), unit=" docs", disable=not verbose)
+    with open(tmp_dir / "train.bin", "wb") as train_file, \
+            open(tmp_dir / "val.bin", "wb") as val_file:
+        for lo in range(0, len(store), batch_size):
+            hi = min(lo + batch_size, len(store))
+            texts = [(i, t) for i, t in zip(range(lo, hi), store.read(lo, hi)) if keep[i]]
+            # encode_batch_fast runs on all cores (Rust threads) and skips the char offsets
+            encodings = tok.encode_batch_fast([t for _, t in texts], add_special_tokens=False)
+            for split, file in (("train", train_file), ("val", val_file)):
+                framed = [e.ids if t.startswith(bos) and t.endswith(eos)
+                          else [BOS_ID, *e.ids, EOS_ID]
+                          for (i, t), e in zip(texts, encodings) if val[i] == (split == "val")]
+                flat = np.fromiter(chain.from_iterable(framed), dtype, sum(map(len, framed)))
+                flat.tofile(file)
+                lengths[split] += map(len, framed)
+            text_bytes += sum(len(t.encode("utf-8")) for _, t in texts)
+            bar.update(len(texts))
+    bar.close()
+    return lengths, text_bytes
+
+
+def _apply_weights(path, starts, copies, dtype):
+    """Rewrite the training tokens with document i repeated copies[i] times: first one copy
+    of every document, then the second copies, and so on, so repeats are not side by side.
+    Returns the new document offsets."""
+    if (copies == 1).all():
+        return starts
+    lengths = np.diff(starts)
+    out_lengths = []
+    tmp = path.with_suffix(".weighted")
+    tokens = np.memmap(path, dtype, mode="r") if starts[-1] else np.zeros(0, dtype)
+    with open(tmp, "wb") as f:
+        for k in range(int(copies.max())):
+            for i in np.flatnonzero(copies > k).tolist():
+                tokens[starts[i]:starts[i + 1]].tofile(f)
+                out_lengths.append(lengths[i])
+    del tokens
+    os.replace(tmp, path)
+    return np.concatenate([[0], np.cumsum(out_lengths, dtype=np.int64)])
+
+
+def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
+    """The work of prepare(): write the splits into tmp_dir and return the meta dict."""
+    counts = Counter()
+    seconds = {}
+    bands, rows = lsh_bands(options["num_perm"], options["dedup_threshold"])
+    num_workers = min(os.cpu_count() or 1, 8) if num_workers is None else num_workers
+    store = _DocStore(tmp_dir / "cleaned.txt")
+    try:
+        start = time.time()
+        columns = _read_clean_sign(entries, options, bands, rows, num_workers, store, counts,
+                                   verbose)
+        source_ids, exact_keys, split_keys, weight_keys, hashes, has_shingles = columns
+        seconds["read_clean"] = time.time() - start
+
+        start = time.time()
+        keep = _deduplicate(exact_keys, hashes, has_shingles, store, options, counts, verbose)
+        val = _split_docs(keep, split_keys, options["val_fraction"])
+        seconds["dedup"] = time.time() - start
+
+        start = time.time()
+        dtype = np.dtype("<u2") if tok.get_vocab_size() <= 2**16 else np.dtype("<u4")
+        lengths, text_bytes = _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose)
+    finally:
+        store.close()
+        os.remove(tmp_dir / "cleaned.txt")
+    n_tokens = sum(map(sum, lengths.values()))
+    starts = {s: np.concatenate([[0], np.cumsum(lengths[s], dtype=np.int64)]) for s in lengths}
+    # A training document appears as often as the whole part of its source's weight, and
+    # once more if its hash falls below the fractional part.
+    train = keep & ~val
+    weight = np.array(weights)[source_ids[train]]
+    copies = np.floor(weight).astype(np.int64) + (weight_keys[train] < weight % 1)
+    starts["train"] = _apply_weights(tmp_dir / "train.bin", starts["train"], copies, dtype)
+    for split, offsets in starts.items():
+        np.save(tmp_dir / f"{split}.idx.npy", offsets)
+    seconds["tokenize"] = time.time() - start
+
+    report = {"documents_read": counts["documents_read"], "bad_lines": counts["bad_lines"],
+              "cleaning": {rule: counts[rule] for rule in CLEANING_RULES},
+              **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
+                                        "near_duplicate_clusters", "candidate_pairs",
+                                        "candidate_pairs_checked")},
+              "documents_kept": int(keep.sum()),
+              "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s> included
+              "lsh": {"bands": bands, "rows": rows},
+              "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    return {"format": FORMAT_VERSION, "vocab_size": tok.get_vocab_size(), "dtype": dtype.name,
+            "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID,
+            "tokenizer_fingerprint": tokenizer_fingerprint(tok), "options": options,
+            "splits": {s: {"documents": len(starts[s]) - 1, "tokens": int(starts[s][-1])}
+                       for s in starts},
+            "sentence_end_ids": sentence_end_ids(tok), "report": report}
+
+
 def _source_entries(sources, weights):
-    entries = [expand_paths([s]) for s in (["builtin"] if sources is None else
-                                           [sources] if isinstance(sources, (str, Path))
-                                           else sources)]
+    """The files of each source (a glob is one source), and one weight per source."""
+    if sources is None:
+        sources = ["builtin"]
+    elif isinstance(sources, (str, Path)):
+        sources = [sources]
+    entries = [expand_paths([source]) for source in sources]
     weights = [1.0] * len(entries) if weights is None else [float(w) for w in weights]
     if len(weights) != len(entries):
         raise ValueError(f"{len(weights)} weights for {len(entries)} sources; give one weight "
@@ -574,7 +775,8 @@ def _fingerprint_sources(entries, weights):
     for paths, weight in zip(entries, weights):
         for path in paths:
             if path == "builtin":
-                # The corpus depends only on the Python that runs this.
+                # The built-in corpus depends only on the Python that runs this (and on
+                # builtin_corpus(), whose changes bump FORMAT_VERSION).
                 fp = {"path": "builtin", "python": sys.version,
                       "stdlib": sysconfig.get_paths()["stdlib"]}
             else:
@@ -646,170 +848,18 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
         if out_dir.exists() and not (out_dir / "meta.json").is_file():
-            shutil.rmtree(out_dir)  # not ours to keep: a finished directory has meta.json
+            shutil.rmtree(out_dir)  # left by hand: a finished directory has meta.json
         try:
             os.rename(tmp_dir, out_dir)
         except OSError:
             if not (out_dir / "meta.json").is_file():
                 raise
-            # another process (say, another DDP rank) finished the same directory first
+            # another process (another DDP rank, say) finished the same directory first
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if verbose:
         print(f"prepared {out_dir}")
     return out_dir
-
-
-def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
-    """The body of prepare(): write train/val files into tmp_dir and return the meta dict."""
-    seconds = {}
-    counts = Counter()
-    bands, rows = lsh_bands(options["num_perm"], options["dedup_threshold"])
-    if num_workers is None:
-        num_workers = min(os.cpu_count() or 1, 8)
-
-    # Pass 1: read, clean, hash and sign every document; keep the cleaned text on disk.
-    start = time.time()
-    store = _DocStore(tmp_dir / "cleaned.txt")
-    source_ids, exact_keys, split_keys, hashes, has_shingles = [], [], [], [], []
-    work = partial(_clean_and_sign, min_chars=options["min_chars"], seed=options["seed"],
-                   num_perm=options["num_perm"], bands=bands, rows=rows,
-                   near_dedup=options["near_dedup"])
-    batches = _batches(entries, options["text_field"], options["skip_bad_lines"], counts, 1000)
-    pool = multiprocessing.Pool(num_workers) if num_workers > 0 else None
-    try:
-        bar = tqdm(desc="read + clean", unit=" docs", disable=not verbose)
-        for source_id, cleaned, fired, exact, split, hash_rows, signed in _map_bounded(
-                work, batches, pool, depth=2 * num_workers + 1):
-            bar.update(len(fired))
-            counts["documents_read"] += len(fired)
-            counts.update(chain.from_iterable(fired))
-            store.append(cleaned)
-            source_ids.append(np.full(len(cleaned), source_id, np.int32))
-            exact_keys.append(exact)
-            split_keys.append(split)
-            hashes.append(hash_rows)
-            has_shingles.append(signed)
-        bar.close()
-    finally:
-        if pool is not None:
-            pool.terminate()
-    n = len(store.offsets) - 1
-    if n == 0:
-        raise ValueError(f"no documents left after cleaning ({counts['documents_read']} read, "
-                         f"{_dropped_summary(counts)}); check the files and --text_field")
-    source_ids, exact_keys = np.concatenate(source_ids), np.concatenate(exact_keys)
-    split_keys, hashes = np.concatenate(split_keys), np.concatenate(hashes)
-    has_shingles = np.concatenate(has_shingles)
-    seconds["read_clean"] = time.time() - start
-
-    # Exact, then near duplicates; the first document of each group is kept.
-    start = time.time()
-    dup = _exact_duplicates(exact_keys, store)
-    counts["exact_duplicates"] = int(dup.sum())
-    if options["near_dedup"]:
-        pairs = candidate_pairs(hashes, has_shingles & ~dup)
-        bar = tqdm(desc="near dedup", total=len(pairs), unit=" pairs", disable=not verbose)
-        drop, clusters, checked = near_duplicates(
-            pairs, lambda i: shingles(store.read(i, i + 1)[0]), options["dedup_threshold"], bar)
-        bar.close()
-        dup[drop] = True
-        counts.update(near_duplicates=len(drop), near_duplicate_clusters=clusters,
-                      candidate_pairs=len(pairs), candidate_pairs_checked=checked)
-    keep = ~dup
-    val = _split_docs(keep, split_keys, options["val_fraction"])
-    seconds["dedup"] = time.time() - start
-
-    # Pass 2: tokenize the kept documents in parallel batches, each framed as <s> ... </s>.
-    start = time.time()
-    dtype = np.dtype("<u2") if tok.get_vocab_size() <= 2**16 else np.dtype("<u4")
-    bos, eos = tok.id_to_token(BOS_ID), tok.id_to_token(EOS_ID)
-    files = {s: open(tmp_dir / f"{s}.bin", "wb") for s in ("train", "val")}
-    lengths = {"train": [], "val": []}
-    copies = []  # of each training document, from its source's weight
-    text_bytes = 0
-    bar = tqdm(desc="tokenize", total=int(keep.sum()), unit=" docs", disable=not verbose)
-    for lo in range(0, n, 2000):
-        hi = min(lo + 2000, n)
-        ids = [i for i in range(lo, hi) if keep[i]]
-        texts = {i: t for i, t in zip(range(lo, hi), store.read(lo, hi)) if keep[i]}
-        encodings = tok.encode_batch_fast([texts[i] for i in ids], add_special_tokens=False)
-        for split in ("train", "val"):
-            docs = [(i, e.ids) for i, e in zip(ids, encodings) if val[i] == (split == "val")]
-            framed = [t if texts[i].startswith(bos) and texts[i].endswith(eos)
-                      else [BOS_ID, *t, EOS_ID] for i, t in docs]
-            if split == "train":
-                copies += [_copies(weights[source_ids[i]], texts[i], options["seed"])
-                           for i, _ in docs]
-            flat = np.fromiter(chain.from_iterable(framed), dtype, sum(map(len, framed)))
-            flat.tofile(files[split])
-            lengths[split] += [len(t) for t in framed]
-        text_bytes += sum(len(texts[i].encode("utf-8")) for i in ids)
-        bar.update(len(ids))
-    bar.close()
-    for f in files.values():
-        f.close()
-    store.close()
-    os.remove(tmp_dir / "cleaned.txt")
-    starts = {s: np.concatenate([[0], np.cumsum(lengths[s], dtype=np.int64)]) for s in lengths}
-    starts["train"] = _apply_weights(tmp_dir / "train.bin", starts["train"], np.array(copies),
-                                     dtype)
-    for split, offsets in starts.items():
-        np.save(tmp_dir / f"{split}.idx.npy", offsets)
-    seconds["tokenize"] = time.time() - start
-
-    n_tokens = {s: int(starts[s][-1]) for s in starts}
-    report = {"documents_read": counts["documents_read"], "bad_lines": counts["bad_lines"],
-              "cleaning": {rule: counts[rule] for rule in CLEANING_RULES},
-              **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
-                                        "near_duplicate_clusters", "candidate_pairs",
-                                        "candidate_pairs_checked")},
-              "documents_kept": int(keep.sum()),
-              "bytes_per_token": text_bytes / max(sum(n_tokens.values()), 1),
-              "lsh": {"bands": bands, "rows": rows},
-              "seconds": {k: round(v, 2) for k, v in seconds.items()}}
-    return {"format": FORMAT_VERSION, "vocab_size": tok.get_vocab_size(), "dtype": dtype.name,
-            "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tok), "options": options,
-            "splits": {s: {"documents": len(starts[s]) - 1, "tokens": n_tokens[s]}
-                       for s in starts},
-            "sentence_end_ids": sentence_end_ids(tok), "report": report}
-
-
-def _copies(weight, text, seed):
-    """How many times a training document appears: the whole part of its source's weight,
-    plus one more for a deterministic fraction of documents."""
-    whole, fraction = divmod(weight, 1)
-    return int(whole) + (fraction > 0 and unit_hash(normalize(text), f"weight{seed}") < fraction)
-
-
-def _apply_weights(path, starts, copies, dtype):
-    """Rewrite the training tokens with document i repeated copies[i] times: first one copy
-    of every document, then the second copies, and so on, so repeats are not side by side.
-    Returns the new document offsets."""
-    if len(copies) == 0 or (copies == 1).all():
-        return starts
-    lengths = np.diff(starts)
-    out_lengths = []
-    tmp = path.with_suffix(".weighted")
-    tokens = np.memmap(path, dtype, mode="r") if starts[-1] else np.zeros(0, dtype)
-    with open(tmp, "wb") as f:
-        for k in range(int(copies.max())):
-            for i in np.flatnonzero(copies > k).tolist():
-                tokens[starts[i]:starts[i + 1]].tofile(f)
-                out_lengths.append(lengths[i])
-    del tokens
-    os.replace(tmp, path)
-    return np.concatenate([[0], np.cumsum(out_lengths, dtype=np.int64)])
-
-
-def _dropped_summary(counts):
-    dropped = [f"{counts[r]} {r}" for r in ("too_short", "mostly_symbols") if counts[r]]
-    if counts["bad_lines"]:
-        dropped.append(f"{counts['bad_lines']} bad lines")
-    return ", ".join(dropped) + " dropped" if dropped else "none dropped"
-
-
 
 
 def open_split(prepared_dir, split):
