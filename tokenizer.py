@@ -168,6 +168,33 @@ def sample_texts(texts, total_bytes, max_bytes, held_out_every=20, held_out_byte
     return train, held_out
 
 
+def read_sample(sources, max_bytes=50_000_000, text_field="text", skip_bad_lines=False,
+                verbose=True):
+    """Clean a deterministic sample of about max_bytes from sources (files, globs, 'builtin'
+    or None) as dataset.py would; returns (train_texts, held_out_texts)."""
+    # Imported here, not at the top: dataset.py imports this file for the special-token ids.
+    from dataset import clean_text, expand_paths, iter_texts, source_bytes
+
+    paths = expand_paths(sources)
+    # The built-in corpus (~2.5 MB) is read whole, so it counts as 0 here.
+    total_bytes = sum(source_bytes(p) for p in paths if p != "builtin")
+    texts = iter_texts(paths, text_field, skip_bad_lines)
+    # Train on the text as dataset.py cleans it, so no merges are spent on junk.
+    cleaned = (t for t in (clean_text(text)[0] for text in texts) if t is not None)
+    with tqdm(desc="reading sample", total=max_bytes, unit="B", unit_scale=True,
+              disable=not verbose) as bar:
+        train_texts, held_out = sample_texts(_counted(cleaned, bar), total_bytes, max_bytes)
+    if not train_texts:
+        raise ValueError(f"no text to train a tokenizer on in {sources} after cleaning")
+    return train_texts, held_out
+
+
+def _counted(texts, bar):
+    for text in texts:
+        bar.update(len(text.encode("utf-8")))
+        yield text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train MyLLM's byte-level BPE tokenizer.")
     parser.add_argument("--data", nargs="+", default=["builtin"],
@@ -181,22 +208,9 @@ def main(argv=None):
                         help="skip and count malformed lines instead of stopping")
     parser.add_argument("--out", default=str(ROOT / "out" / "tokenizer.json"))
     args = parser.parse_args(argv)
-
-    # Imported here, not at the top: dataset.py imports this file for the special-token ids.
-    from dataset import clean_text, expand_paths, iter_texts, source_bytes
-
     try:
-        paths = expand_paths(args.data)
-        # The built-in corpus (~2.5 MB) is read whole, so it counts as 0 here.
-        total_bytes = sum(source_bytes(p) for p in paths if p != "builtin")
-        texts = iter_texts(paths, args.text_field, args.skip_bad_lines)
-        # Train on the text as dataset.py cleans it, so no merges are spent on junk.
-        cleaned = (t for t in (clean_text(text)[0] for text in texts) if t is not None)
-        with tqdm(desc="reading sample", total=args.max_bytes, unit="B", unit_scale=True) as bar:
-            train_texts, held_out = sample_texts(_counted(cleaned, bar), total_bytes,
-                                                 args.max_bytes)
-        if not train_texts:
-            raise ValueError(f"no text to train on in {args.data} after cleaning")
+        train_texts, held_out = read_sample(args.data, args.max_bytes, args.text_field,
+                                            args.skip_bad_lines)
         start = time.time()
         tok = train_tokenizer(train_texts, args.vocab_size, show_progress=True)
         seconds = time.time() - start
@@ -213,12 +227,6 @@ def main(argv=None):
         print(f"held-out text ({held_mb:.2f} MB): {bpt:.2f} bytes/token, {cpt:.2f} chars/token")
     print(f"saved {out} (+ tokenizer_config.json, special_tokens_map.json), "
           f"fingerprint {tokenizer_fingerprint(tok)[:12]}")
-
-
-def _counted(texts, bar):
-    for text in texts:
-        bar.update(len(text.encode("utf-8")))
-        yield text
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import pydoc_data.topics
 import pytest
 
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, load_tokenizer, main,
-                       sample_texts, save_tokenizer, tokenizer_fingerprint, train_tokenizer)
+                       read_sample, sample_texts, save_tokenizer, tokenizer_fingerprint,
+                       train_tokenizer)
 
 CHINESE = ["今天天气很好，我们一起去公园散步吧。", "机器学习是人工智能的一个分支，研究计算机怎样学习。",
            "他说：“你好！”然后离开了。", "数据清洗、去重和分词是预训练的第一步。"]
@@ -181,6 +182,14 @@ def test_sample_is_spread_over_the_corpus_and_capped():
     assert sum(map(len, train)) == 1_300  # 100 documents: the budget, reached at the end
     assert texts.index(train[-1]) > 900
     assert not set(train) & set(held_out)
+
+
+def test_sample_is_cleaned_as_dataset_cleans_it(tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    texts = ["a bell\x07 rings in this line of text", "tiny", "========== heading underline"]
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    train, held_out = read_sample([str(data)], max_bytes=10_000, verbose=False)
+    assert train + held_out == ["a bell rings in this line of text", "=== heading underline"]
 
 
 def test_cli_trains_saves_and_reports_compression(tmp_path, capsys):
