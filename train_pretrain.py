@@ -53,7 +53,10 @@ def parse_args(argv=None):
                    help="autocast dtype; default bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--use_wandb", action="store_true")
     p.add_argument("--wandb_project", default="MyLLM-Pretrain")
-    p.add_argument("--num_workers", type=int, default=1)
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="data loader processes; default 1 on CUDA (the next batch loads while "
+                        "the GPU works), 0 on CPU (slicing a memory map is cheaper than a "
+                        "worker process)")
     p.add_argument("--accumulation_steps", type=int, default=8,
                    help="micro-steps per optimizer step")
     p.add_argument("--grad_clip", type=float, default=1.0)
@@ -330,6 +333,8 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     else:
         torch.manual_seed(args.seed + rank)  # dropout differs per rank, weights do not
 
+    num_workers = args.num_workers if args.num_workers is not None else int(
+        device.type == "cuda")
     raw_model = model
     if args.compile:
         model = torch.compile(model)
@@ -440,8 +445,7 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
             # epoch's shuffled order, so the ranks' shards are disjoint
             sampler = ShardedSampler(len(train_ds), rank, world_size, seed=args.seed,
                                      epoch=epoch, start=samples_in_epoch)
-            batches = iter(make_loader(train_ds, sampler, args.batch_size, args.num_workers,
-                                       device))
+            batches = iter(make_loader(train_ds, sampler, args.batch_size, num_workers, device))
             micro_left = math.ceil(len(sampler) / args.batch_size)
             local_samples = 0
             while micro_left > 0 and step < total_steps:
