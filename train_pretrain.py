@@ -32,8 +32,9 @@ from model import LMConfig, Transformer
 from tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
-QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 256 --batch_size 16 "
-               "--accumulation_steps 1 --max_steps 400")
+# a run that fits a 2-core CPU in minutes (the README's first command)
+QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 256 --batch_size 16 --accumulation_steps 1 "
+               "--epochs 2 --log_interval 20 --eval_interval 100")
 
 # Dense bf16 peak of common GPUs, in FLOP/s, for MFU (the share of it a run achieves).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12,
