@@ -1,0 +1,223 @@
+"""Benchmark figures of the data pipeline, on generated text (nothing is downloaded).
+
+    python scripts/bench_data.py --work_dir /tmp/myllm_bench            # all figures
+    python scripts/bench_data.py --work_dir /tmp/myllm_bench --big_gb 0 # skip the 1 GB run
+
+Figures: tokenizer training time on 50 MB; pretokenize throughput (MB/s) on Chinese text;
+near-dedup documents per second; the padding share that packing saves on MiniMind-format
+lines; peak memory (summed RSS of the process tree) while preparing a generated >1 GB file.
+The generated text imitates MiniMind's pretrain_hq.jsonl: lines of <s>...</s> segments of
+Chinese with some English, Zipf-distributed words, and planted exact and near duplicates.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dataset  # noqa: E402
+from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
+
+HANZI = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工"
+         "也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小"
+         "物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形"
+         "相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建"
+         "月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长"
+         "求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战"
+         "先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受"
+         "联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例真务具万每目至达走积示议")
+ENGLISH = ("the model learns from data and each token is predicted from the tokens before it "
+           "while training we measure the loss on held out text to see how well it generalizes "
+           "a small network can still write fluent sentences when the corpus is clean").split()
+
+
+def make_lexicon(n_words=6000):
+    """Chinese 'words' of 1-4 characters and the cumulative Zipf distribution over them; the
+    same for every corpus, so a tokenizer trained on one fits the others."""
+    rng = np.random.default_rng(12345)
+    lengths = rng.choice([1, 2, 2, 2, 3, 4], n_words)
+    words = ["".join(rng.choice(list(HANZI), n)) for n in lengths]
+    p = 1 / np.arange(1, n_words + 1)
+    return words, np.cumsum(p / p.sum())
+
+
+def make_line(rng, words, cdf):
+    """One MiniMind-format line: 1-3 <s>...</s> segments, ~300 characters on median."""
+    segments = []
+    for _ in range(rng.integers(1, 4)):
+        n = max(8, int(rng.lognormal(4.3, 0.7)))
+        picks = np.minimum(np.searchsorted(cdf, rng.random(n)), len(words) - 1)
+        # about 11 characters between punctuation marks, as in ordinary Chinese prose
+        marks = np.array(["", "，", "。", "、"])[np.searchsorted([0.78, 0.93, 0.98],
+                                                                rng.random(n))]
+        text = "".join(words[i] + mark for i, mark in zip(picks, marks))
+        if rng.random() < 0.1:
+            text += " " + " ".join(rng.choice(ENGLISH, 12)) + "."
+        segments.append("<s>" + text + "。</s>")
+    return " ".join(segments)
+
+
+def write_corpus(path, n_bytes, seed=0):
+    """Write MiniMind-format jsonl of about n_bytes, with 5% exact and 5% near duplicates."""
+    rng = np.random.default_rng(seed)
+    words, cdf = make_lexicon()
+    written, recent = 0, []
+    with open(path, "w", encoding="utf-8") as f:
+        while written < n_bytes:
+            r = rng.random()
+            if recent and r < 0.05:
+                text = recent[rng.integers(len(recent))]
+            elif recent and r < 0.10:
+                text = recent[rng.integers(len(recent))]
+                i = rng.integers(len(text))
+                text = text[:i] + HANZI[rng.integers(len(HANZI))] + text[i + 1:]
+            else:
+                text = make_line(rng, words, cdf)
+                recent = (recent + [text])[-1000:]
+            line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+            f.write(line)
+            written += len(line.encode("utf-8"))
+    return path
+
+
+def tree_memory(pid):
+    """(summed RSS, summed PSS) in bytes of a process and its descendants. RSS counts pages
+    that forked workers share once per process (an upper bound); PSS splits them fairly."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    rss = pss = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            rss += int(fields["Rss"].split()[0]) * 1024
+            pss += int(fields["Pss"].split()[0]) * 1024
+        except (OSError, KeyError):
+            pass  # the process ended meanwhile
+    return rss, pss
+
+
+def run_with_peak_memory(cmd):
+    """Run cmd; return (seconds, peak summed RSS, peak summed PSS), polling every 0.2 s."""
+    start = time.time()
+    proc = subprocess.Popen(cmd)
+    peak_rss = peak_pss = 0
+    while proc.poll() is None:
+        rss, pss = tree_memory(proc.pid)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.2)
+    if proc.returncode:
+        raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
+    return time.time() - start, peak_rss, peak_pss
+
+
+def timed(fn, *args, **kwargs):
+    """(result, wall seconds, CPU seconds of this process and its finished children)."""
+    start, cpu = time.time(), os.times()
+    result = fn(*args, **kwargs)
+    end = os.times()
+    used = sum(getattr(end, k) - getattr(cpu, k)
+               for k in ("user", "system", "children_user", "children_system"))
+    return result, time.time() - start, used
+
+
+def encode_all(tok, texts, batch_size=2000):
+    return sum(len(e.ids) for i in range(0, len(texts), batch_size)
+               for e in tok.encode_batch_fast(texts[i:i + batch_size]))
+
+
+def sign_all(texts):
+    for i in range(0, len(texts), 1000):
+        dataset.minhash([dataset.shingles(t) for t in texts[i:i + 1000]])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work_dir", default="/tmp/myllm_bench")
+    parser.add_argument("--train_mb", type=float, default=50)
+    parser.add_argument("--big_gb", type=float, default=1.1, help="0 skips the big file")
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    args = parser.parse_args()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load} at the start")
+
+    corpus = work / "zh.jsonl"
+    if not corpus.exists():
+        write_corpus(corpus, int(args.train_mb * 1e6))
+    texts = list(dataset.iter_texts(corpus))
+    mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+
+    tok, wall, cpu = timed(train_tokenizer, texts, vocab_size=6400)
+    print(f"tokenizer training on {mb:.1f} MB, vocab 6400: {wall:.0f} s ({cpu:.0f} CPU s)")
+    tok_path = save_tokenizer(tok, work / "tok" / "tokenizer.json")
+    tok = load_tokenizer(tok_path)
+
+    n_tokens, wall, cpu = timed(encode_all, tok, texts)
+    print(f"encode_batch_fast on Chinese: {mb / wall:.2f} MB/s ({mb / cpu:.2f} MB per CPU "
+          f"second; {mb * 1e6 / n_tokens:.2f} bytes/token)")
+
+    sample = texts[:20000]
+    _, wall, cpu = timed(sign_all, sample)
+    print(f"shingles + MinHash in one process: {len(sample) / cpu:,.0f} docs per CPU second "
+          f"(docs of {mb * 1e6 / len(texts):,.0f} bytes on average)")
+
+    shutil.rmtree(work / "data", ignore_errors=True)
+    prepared, wall, cpu = timed(dataset.prepare, corpus, tok_path, work / "data",
+                                verbose=False)
+    meta = dataset.load_meta(prepared)
+    r, s = meta["report"], meta["report"]["seconds"]
+    print(f"prepare {mb:.0f} MB: {wall:.0f} s, {cpu:.0f} CPU s; {r['documents_read']:,} docs, "
+          f"{r['exact_duplicates']:,} exact and {r['near_duplicates']:,} near duplicates dropped")
+    dedup_seconds = s["read_clean"] + s["dedup"]
+    print(f"  read + clean + near dedup (shingles, MinHash, LSH, Jaccard check): "
+          f"{r['documents_read'] / dedup_seconds:,.0f} docs/s")
+    kept_mb = r["bytes_per_token"] * sum(x["tokens"] for x in meta["splits"].values()) / 1e6
+    print(f"  pretokenize: {kept_mb / s['tokenize']:.2f} MB/s ({kept_mb:.1f} MB)")
+    for seq_len in (512, 340):
+        padded = dataset.PretrainDataset(prepared, "train", seq_len, mode="padded")
+        packed = dataset.PretrainDataset(prepared, "train", seq_len)
+        print(f"  max_seq_len {seq_len}: padded mode wastes {padded.padding_share:.1%} of "
+              f"positions ({len(padded):,} samples), packed {packed.padding_share:.3%} "
+              f"({len(packed):,} samples)")
+
+    if args.big_gb > 0:
+        big = work / "big.jsonl"
+        start = time.time()
+        write_corpus(big, int(args.big_gb * 1e9), seed=1)
+        size = big.stat().st_size / 1e9
+        print(f"generated {size:.2f} GB in {time.time() - start:.0f} s")
+        cmd = [sys.executable, str(Path(dataset.__file__)), "--data", str(big), "--tokenizer",
+               str(tok_path), "--out_dir", str(work / "big_data"), "--quiet"]
+        wall, rss, pss = run_with_peak_memory(cmd)
+        print(f"prepare {size:.2f} GB: {wall:.0f} s; peak memory {pss / 1e9:.2f} GB PSS, "
+              f"{rss / 1e9:.2f} GB RSS (summed over the processes)")
+        if not args.keep:
+            big.unlink()
+            shutil.rmtree(work / "big_data", ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
