@@ -56,8 +56,6 @@ FORMAT_VERSION = 1  # bump when a change here changes what prepare() writes
 ROOT = Path(__file__).resolve().parent
 
 
-
-
 def stdlib_docstrings(stdlib_dir):
     """One document per module of the standard library: the docstrings of the module and of
     its classes and functions, each under its qualified name. Files are read in sorted order."""
@@ -230,7 +228,6 @@ def file_fingerprint(path):
     return digest.hexdigest()
 
 
-
 CLEANING_RULES = ("control_chars", "space_runs", "symbol_runs", "too_short", "mostly_symbols")
 MIN_CHARS = 20  # shorter documents carry too little context to learn from
 MIN_ALNUM_SHARE = 0.5  # of the non-space characters; below it, a document is mostly symbols
@@ -240,7 +237,6 @@ SPACE_RUN = re.compile(r"(?<=\S)[^\S\n]{8,}")  # inside a line only: indentation
 BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 SYMBOL_RUN = re.compile(r"([^\w\s]|_)\1{5,}")  # 6 or more of one symbol: =====, ------, ....
 MARKERS = re.compile("|".join(map(re.escape, SPECIAL_TOKENS[1:])))
-SPACES = re.compile(r"\s+")
 NOT_ALNUM = re.compile(r"[\W_]+")
 
 
@@ -264,11 +260,10 @@ def clean_text(text, min_chars=MIN_CHARS):
     content = MARKERS.sub("", text)  # MiniMind's <s> ... </s> markers are not content
     if len(content.strip()) < min_chars:
         return None, fired + ["too_short"]
-    if len(NOT_ALNUM.sub("", content)) < MIN_ALNUM_SHARE * len(SPACES.sub("", content)):
+    non_space = len("".join(content.split()))
+    if len(NOT_ALNUM.sub("", content)) < MIN_ALNUM_SHARE * non_space:
         return None, fired + ["mostly_symbols"]
     return text, fired
-
-
 
 
 def normalize(text):
@@ -294,9 +289,17 @@ def unit_hash(normalized, salt):
 # by one character would share no shingle at all.
 CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
               (0xAC00, 0xD7AF))  # kana, CJK ideographs, compatibility ideographs, hangul
-IS_CJK = np.zeros(0x10000, bool)  # indexed by code point; all ranges are in the first 64 K
-for _lo, _hi in CJK_RANGES:
-    IS_CJK[_lo:_hi + 1] = True
+
+
+def _cjk_table():
+    """Boolean table indexed by code point (all the ranges lie in the first 64 K)."""
+    table = np.zeros(0x10000, bool)
+    for lo, hi in CJK_RANGES:
+        table[lo:hi + 1] = True
+    return table
+
+
+IS_CJK = _cjk_table()
 NON_WORD = re.compile(r"\W+")
 SHINGLE_SIZE = 5
 SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd, so the polynomial hashes mix all bits
@@ -469,7 +472,6 @@ def near_duplicates(pairs, get_shingles, threshold, progress=None):
     drop = sorted(i for i in parent if _find(parent, i) != i)
     clusters = len({_find(parent, i) for i in drop})
     return drop, clusters, checked
-
 
 
 SENTENCE_ENDS = (".", "!", "?", "\n", "。", "！", "？", "…")
@@ -1014,8 +1016,6 @@ class ShardedSampler(Sampler):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         first = self.start + self.rank
         yield from order[first:first + len(self) * self.world_size:self.world_size].tolist()
-
-
 
 
 def format_report(meta, padded_share=None, max_seq_len=None):

@@ -15,7 +15,7 @@ import torch
 import dataset
 from dataset import (PretrainDataset, ShardedSampler, builtin_corpus, check_tokenizer,
                      clean_text, iter_texts, load_meta, lsh_bands, minhash, open_split, prepare,
-                     stdlib_docstrings)
+                     shingle_units, stdlib_docstrings)
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer, train_tokenizer
 
 WORDS = ("model data token train learn text corpus clean window batch layer weight loss "
@@ -193,6 +193,15 @@ def test_minimind_lines_keep_their_markers():
 
 
 # Deduplication
+
+
+def test_shingle_units_are_words_and_single_cjk_characters():
+    units = shingle_units("Hello, world! 你好 gpt模型")
+    assert len(units) == 7  # hello, world, 你, 好, gpt, 模, 型
+    assert units[0] == shingle_units("HELLO")[0]  # case does not matter
+    assert list(units[2:4]) == list(shingle_units("你 好"))  # CJK: one unit per character
+    assert list(units[4:]) == list(shingle_units("GPT 模 型"))
+    assert len(set(units.tolist())) == 7
 
 
 def test_minhash_estimates_jaccard_similarity():
