@@ -836,7 +836,8 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     out_dir = Path(cache_dir) / name
     if (out_dir / "meta.json").is_file():
         if verbose:
-            print(f"using prepared data {out_dir} (sources, tokenizer and options unchanged)")
+            print(f"reusing {out_dir}: sources, tokenizer and options are unchanged")
+            print(format_report(load_meta(out_dir)))
         return out_dir
 
     tmp_dir = Path(cache_dir) / f".tmp-{name}-{os.getpid()}"
@@ -861,6 +862,7 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if verbose:
         print(f"prepared {out_dir}")
+        print(format_report(meta))
     return out_dir
 
 
@@ -1018,7 +1020,7 @@ class ShardedSampler(Sampler):
         yield from order[first:first + len(self) * self.world_size:self.world_size].tolist()
 
 
-def format_report(meta, padded_share=None, max_seq_len=None):
+def format_report(meta):
     """The human-readable summary of a prepared directory."""
     r = meta["report"]
     lines = [f"documents read      {r['documents_read']:>12,}   bad lines skipped: "
@@ -1028,18 +1030,15 @@ def format_report(meta, padded_share=None, max_seq_len=None):
         lines.append(f"  {rule:<17} {r['cleaning'][rule]:>12,}   {verb}")
     lines.append(f"exact duplicates    {r['exact_duplicates']:>12,}   dropped")
     lines.append(f"near duplicates     {r['near_duplicates']:>12,}   dropped, in "
-                 f"{r['near_duplicate_clusters']:,} clusters ({r['candidate_pairs_checked']:,} of "
-                 f"{r['candidate_pairs']:,} candidate pairs checked; LSH {r['lsh']['bands']} "
-                 f"bands x {r['lsh']['rows']} rows)")
+                 f"{r['near_duplicate_clusters']:,} clusters ({r['candidate_pairs_checked']:,} "
+                 f"of {r['candidate_pairs']:,} candidate pairs checked; LSH "
+                 f"{r['lsh']['bands']} bands x {r['lsh']['rows']} rows)")
     lines.append(f"documents kept      {r['documents_kept']:>12,}")
     for split, s in meta["splits"].items():
         lines.append(f"{split:<19} {s['documents']:>12,} docs {s['tokens']:>14,} tokens "
                      f"({meta['dtype']})")
     lines.append(f"compression         {r['bytes_per_token']:>12.2f}   bytes/token "
                  f"(vocab {meta['vocab_size']:,})")
-    if padded_share is not None:
-        lines.append(f"padding             {padded_share:>12.1%}   of positions in padded mode "
-                     f"(one document per sample, max_seq_len {max_seq_len}); packing avoids it")
     lines.append("time                " + ", ".join(f"{k} {v:.1f} s"
                                                  for k, v in r["seconds"].items()))
     return "\n".join(lines)
@@ -1083,7 +1082,11 @@ def main(argv=None):
         padded = PretrainDataset(prepared, "train", args.max_seq_len, mode="padded")
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(format_report(load_meta(prepared), padded.padding_share, args.max_seq_len))
+    if args.quiet:  # prepare() printed the report unless quiet
+        print(format_report(load_meta(prepared)))
+    print(f"padding             {padded.padding_share:>12.1%}   of the positions a padded batch "
+          f"would hold (one document per sample, max_seq_len {args.max_seq_len}); "
+          f"packing trains on all of them")
     print(f"prepared data: {prepared}")
 
 

@@ -564,7 +564,15 @@ def test_cli_prints_the_report(tmp_path, tok_path, capsys):
     for rule in ("control_chars", "space_runs", "symbol_runs", "too_short", "mostly_symbols"):
         assert rule in out
     assert re.search(r"exact duplicates\s+5", out) and re.search(r"too_short\s+1", out)
-    assert "padded mode" in out and "max_seq_len 64" in out
+    assert re.search(r"padding\s+\d+\.\d% .* max_seq_len 64", out)
+
+
+def test_verbose_prepare_prints_the_report_also_when_reusing(tmp_path, tok_path, capsys):
+    source = write_jsonl(tmp_path / "d.jsonl", ["a document that is long enough to keep"] * 2)
+    for _ in range(2):
+        prepare(source, tok_path, tmp_path, num_workers=0, verbose=True)
+        out = capsys.readouterr()
+        assert re.search(r"exact duplicates\s+1", out.out)
 
 
 def test_cli_errors_are_one_line(tmp_path, tok_path):
