@@ -1,0 +1,68 @@
+"""bench.py measures what it says: structural facts of its figures, never wall-clock speed."""
+
+import pytest
+import torch
+
+import bench
+
+TINY_FLAGS = ["--dim", "64", "--n_layers", "2", "--vocab_size", "300", "--batch_size", "2",
+              "--max_seq_len", "32", "--steps", "1", "--warmup", "0", "--repeats", "1",
+              "--new_tokens", "2", "--prompt_len", "4", "--ttft_prompt_len", "8",
+              "--device", "cpu"]
+
+
+def test_training_flops_are_flops_per_token_times_tokens_per_second():
+    args = bench.parse_args(TINY_FLAGS)
+    model = bench.build_model(args, torch.device("cpu"))
+    figures = bench.measure_training({"MyLLM": model}, args, torch.device("cpu"),
+                                     torch.float32)["MyLLM"]
+    assert figures["tokens_per_sec"] == pytest.approx(2 * 32 / (figures["ms_per_step"] / 1e3))
+    expected = model.flops_per_token(32) * figures["tokens_per_sec"] / 1e9
+    assert figures["gflops_per_sec"] == pytest.approx(expected)
+    assert figures["mfu"] is None  # a CPU has no entry in the table of GPU peaks
+
+
+def test_decode_reports_every_case_for_every_model():
+    args = bench.parse_args(TINY_FLAGS)
+    model = bench.build_model(args, torch.device("cpu"))
+    figures = bench.measure_decode({"MyLLM": model}, {"MyLLM": bench.myllm_generate(model)},
+                                   args, torch.device("cpu"))
+    assert set(figures["MyLLM"]) == {"decode_b1", "decode_b8", "decode_b1_no_cache", "ttft"}
+    assert all(v > 0 for v in figures["MyLLM"].values())
+    assert model.training  # handed back in training mode
+
+
+def test_padded_samples_carry_fewer_useful_tokens_than_packed(tmp_path):
+    pytest.importorskip("dataset")
+    args = bench.parse_args(TINY_FLAGS + ["--max_seq_len", "128", "--steps", "2"])
+    bench.synthetic_minimind(tmp_path / "mini.jsonl", n_lines=200, seed=0)
+    args.data = [str(tmp_path / "mini.jsonl")]
+    packed, padded = bench.prepare_samples(args, tmp_path)
+    model = bench.build_model(args, torch.device("cpu"))
+    figures = bench.measure_useful_tokens(model, {"packed": packed, "padded": padded}, args,
+                                          torch.device("cpu"), torch.float32)
+    useful = {mode: figures[mode]["useful_tokens_per_step"] for mode in figures}
+    assert useful["padded"] < useful["packed"] <= 2 * 128
+    assert figures["padded"]["padding_share"] > figures["packed"]["padding_share"]
+
+
+def test_ratio_is_above_one_when_the_first_is_better_for_rates_and_times():
+    table = bench.format_rows([("tokens/s", [200.0, 100.0], True, "{:.0f}"),
+                               ("ms/step", [50.0, 100.0], False, "{:.0f}"),
+                               ("share", [1.0, 2.0], None, "{:.0f}")], ["a", "b"])
+    rows = [line.split() for line in table.splitlines()]
+    assert rows[0] == ["a", "b", "ratio"]
+    assert rows[1][-1] == rows[2][-1] == "2.00x"
+    assert rows[3] == ["share", "1", "2"]
+
+
+def test_vs_hf_prints_both_models_and_their_ratio(capsys):
+    pytest.importorskip("transformers")
+    bench.main(TINY_FLAGS + ["--vs-hf", "--tasks", "train", "decode"])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "transformers" in line)
+    assert header.split() == ["MyLLM", "transformers", "ratio"]
+    for label in ("train tokens/s", "train GFLOP/s", "decode tokens/s, batch 8",
+                  "first token ms, 8-token prompt"):
+        row = next(line for line in out.splitlines() if line.startswith(label))
+        assert row.rstrip().endswith("x")
