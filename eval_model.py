@@ -345,6 +345,9 @@ def evaluate(model, batches, byte_counts, total=None):
 def load_probes(path):
     """Read a probe file: one {"prompt": str, "choices": [str, ...], "answer": int} per line."""
     path = Path(path)
+    shipped = Path(__file__).resolve().parent / path
+    if not path.is_file() and not path.is_absolute() and shipped.is_file():
+        path = shipped  # probes/… that ship with MyLLM work from any directory
     if not path.is_file():
         raise FileNotFoundError(f"probe file {path} not found; pass a .jsonl file such as "
                                 "probes/builtin_en.jsonl")

@@ -279,11 +279,11 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     tok = load_tokenizer(tok_path)
     prepared = None
     if rank == 0:
-        prepared = prepare(sources, tok_path, out_dir / "data", seed=args.seed, verbose=show)
+        prepared = prepare(sources, tok_path, out_dir / "data", verbose=show)
     if ddp:
         dist.barrier()
     if rank != 0:
-        prepared = prepare(sources, tok_path, out_dir / "data", seed=args.seed, verbose=False)
+        prepared = prepare(sources, tok_path, out_dir / "data", verbose=False)
     train_ds = PretrainDataset(prepared, "train", args.max_seq_len)
     val_ds = PretrainDataset(prepared, "val", args.max_seq_len)
     if len(train_ds) < world_size:

@@ -1,0 +1,96 @@
+"""The README's commands run as written (scaled down where a CPU test must be quick)."""
+
+import json
+import os
+import random
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import train_pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def bash_blocks(section: str):
+    """The commands of every ```bash block in a `## section` of the README: continuation
+    lines joined, comments dropped, `a && b` split into a and b."""
+    body = README.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                commands += [c.strip() for c in line.split("&&")]
+    return commands
+
+
+def run(command: str, cwd: Path, extra=(), stdin=""):
+    """Run a README command with this Python; project scripts are found in the repository."""
+    argv = shlex.split(command)
+    if argv[0] == "python":
+        argv[0] = sys.executable
+        if argv[1].endswith(".py"):
+            argv[1] = str(ROOT / argv[1])
+    elif argv[0] == "torchrun":
+        script = next(i for i, a in enumerate(argv) if a.endswith(".py"))
+        argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:script],
+                str(ROOT / argv[script]), *argv[script + 1:]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run(argv + list(extra), cwd=cwd, env=env, input=stdin, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def test_setup_commands_train_then_generate(tmp_path):
+    install_and_run, install_and_test = bash_blocks("Set-up")[:3], bash_blocks("Set-up")[3:]
+    assert install_and_run[0] == "pip install -r requirements.txt"
+    train, generate = install_and_run[1:]
+    assert train == f"python train_pretrain.py {train_pretrain.QUICK_FLAGS}"
+    out = run(train, tmp_path, extra=["--max_steps", "3"])  # the full run takes minutes
+    assert "built-in corpus" in out and (tmp_path / "out" / "pretrain_192.pth").exists()
+    text = run(generate, tmp_path, extra=["--max_new_tokens", "5"])
+    assert "The with statement" in text
+    # the test command is the one CI runs
+    assert install_and_test == ["pip install -r requirements-dev.txt", "python -m pytest -q tests"]
+    assert "python -m pytest -q tests" in (ROOT / ".ci" / "run").read_text()
+
+
+def minimind_lines(n, seed=0):
+    """MiniMind-format jsonl lines: several <s>...</s> documents of random Chinese text."""
+    rng = random.Random(seed)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 300)]
+    docs = lambda: " ".join(
+        "<s>" + "".join(rng.choice(chars) for _ in range(rng.randint(20, 60))) + "。</s>"
+        for _ in range(rng.randint(2, 5)))
+    return "".join(json.dumps({"text": docs()}, ensure_ascii=False) + "\n" for _ in range(n))
+
+
+def test_full_path_on_minimind_format_data(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "pretrain_hq.jsonl").write_text(minimind_lines(300),
+                                                            encoding="utf-8")
+    # what makes the GPU-sized commands fit a CPU test: a few tiny steps on two processes
+    small_run = ["--max_steps", "1", "--batch_size", "2", "--accumulation_steps", "1",
+                 "--max_seq_len", "64", "--eval_iters", "1"]
+    steps = bash_blocks("The full path, on real data")
+    assert steps[0].startswith("mkdir -p dataset") and steps[1].startswith("wget")
+    for command in steps[2:]:
+        if command.startswith("torchrun --nnodes"):
+            continue  # two nodes on localhost: tests/test_train.py runs that
+        if command.startswith("torchrun"):
+            command = command.replace("--nproc_per_node 6", "--nproc_per_node 2")
+            out = run(command, tmp_path, extra=small_run + (
+                ["--max_steps", "2"] if "--resume" in command else []))
+            assert "reusing out/data/pretrain_hq-" in out  # dataset.py made it: not redone
+            if "--resume" in command:
+                assert "resumed from" in out
+        elif "eval_model.py" in command:
+            run(command, tmp_path, extra=["--max_new_tokens", "4"], stdin="")
+        else:
+            run(command, tmp_path)
+    assert (tmp_path / "out" / "hf-512" / "model.safetensors").exists()
