@@ -203,7 +203,7 @@ def resolve_data(args, verbose):
     return None
 
 
-def load_resume(args, resume_path, config, tok_fingerprint, world_size, verbose):
+def load_resume(args, resume_path, config, tok_fingerprint, world_size, warn):
     """The resume state to continue from, or None for a fresh run."""
     if args.resume == "none":
         return None
@@ -224,9 +224,9 @@ def load_resume(args, resume_path, config, tok_fingerprint, world_size, verbose)
         raise ValueError(f"{path} was trained with another tokenizer; pass the run's "
                          "--tokenizer, or --resume none to start over")
     if state["world_size"] != world_size:
-        report(verbose, f"warning: resuming a run of world size {state['world_size']} "
-                        f"with {world_size}; training continues at the same token position, "
-                        "but the steps per epoch and the LR schedule are recomputed")
+        report(warn, f"warning: resuming a run of world size {state['world_size']} "
+                     f"with {world_size}; training continues at the same token position, "
+                     "but the steps per epoch and the LR schedule are recomputed")
     return state
 
 
@@ -299,7 +299,8 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     torch.manual_seed(args.seed)
     model = Transformer(config).to(device)
     weights_path, resume_path = checkpoint_paths(out_dir, args.dim, args.use_moe)
-    state = load_resume(args, resume_path, config, tokenizer_fingerprint(tok), world_size, show)
+    state = load_resume(args, resume_path, config, tokenizer_fingerprint(tok), world_size,
+                        warn=rank == 0)  # warnings show even with --quiet
 
     # -- optimizer: weight decay on matrices only, not on norms
     decay = [p for p in model.parameters() if p.dim() >= 2]

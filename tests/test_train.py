@@ -290,3 +290,18 @@ def test_quick_start_on_the_builtin_corpus_writes_weights_and_log(tmp_path):
     assert weights["tok_embeddings.weight"].shape == (512, 192)
     log = read_log(next((tmp_path / "logs").iterdir()))
     assert [r["step"] for r in log if r["kind"] == "train"][-1] == 2
+
+
+def test_resume_with_another_world_size_continues_at_the_same_sample(corpus, tmp_path):
+    data, tok = corpus
+    common = TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok), "--device", "cpu",
+                           "--accumulation_steps", "1", "--out_dir", str(tmp_path)]
+    pretrain(parse_args(common + ["--max_steps", "2"]))  # 2 steps x 4 samples, one process
+    done = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2",
+                      "--master_port", str(free_port()), str(ROOT / "train_pretrain.py"),
+                      *common, "--max_steps", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming a run of world size 1 with 2" in done.stdout + done.stderr
+    state = torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)
+    assert state["step"] == 4 and state["world_size"] == 2
+    assert state["samples_in_epoch"] == 2 * 4 + 2 * 4 * 2  # then 2 steps x 4 samples x 2 ranks
