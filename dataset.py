@@ -53,7 +53,6 @@ from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer,
                        tokenizer_fingerprint)
 
 FORMAT_VERSION = 1  # bump when a change here changes what prepare() writes
-ROOT = Path(__file__).resolve().parent
 
 
 def stdlib_docstrings(stdlib_dir):
@@ -1053,8 +1052,8 @@ def main(argv=None):
     parser.add_argument("--weights", nargs="+", type=float, default=None,
                         help="one per --data entry: how often its documents appear in training")
     parser.add_argument("--text_field", default="text", help="JSON field that holds the text")
-    parser.add_argument("--tokenizer", default=str(ROOT / "out" / "tokenizer.json"))
-    parser.add_argument("--out_dir", default=str(ROOT / "out" / "data"))
+    parser.add_argument("--tokenizer", default="out/tokenizer.json")
+    parser.add_argument("--out_dir", default="out/data")
     parser.add_argument("--val_fraction", type=float, default=0.01)
     parser.add_argument("--no_near_dedup", action="store_true", help="skip MinHash dedup")
     parser.add_argument("--dedup_threshold", type=float, default=0.8,

@@ -30,7 +30,6 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 PAD_ID = UNK_ID
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 
-ROOT = Path(__file__).resolve().parent
 
 
 def train_tokenizer(texts, vocab_size=6400, show_progress=False):
@@ -207,7 +206,7 @@ def main(argv=None):
                              "Chinese text training takes ~75 bytes of memory per byte")
     parser.add_argument("--skip_bad_lines", action="store_true",
                         help="skip and count malformed lines instead of stopping")
-    parser.add_argument("--out", default=str(ROOT / "out" / "tokenizer.json"))
+    parser.add_argument("--out", default="out/tokenizer.json")
     args = parser.parse_args(argv)
     try:
         train_texts, held_out = read_sample(args.data, args.max_bytes, args.text_field,

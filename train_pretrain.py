@@ -27,9 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import PretrainDataset, ShardedSampler, builtin_corpus, iter_texts, prepare
+from dataset import PretrainDataset, ShardedSampler, prepare
 from model import LMConfig, Transformer
-from tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
+from tokenizer import (load_tokenizer, read_sample, save_tokenizer, tokenizer_fingerprint,
+                       train_tokenizer)
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
 # a run that fits a 2-core CPU in minutes (the README's first command)
@@ -182,8 +183,9 @@ def resolve_tokenizer(args, sources, rank, world_size, verbose):
         return Path(args.tokenizer)
     path = Path(args.out_dir) / "tokenizer.json"
     if rank == 0 and not path.exists():
-        report(verbose, f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on the data")
-        texts = builtin_corpus() if sources is None else iter_texts(sources)
+        report(verbose, f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on "
+                        "the data")
+        texts, _ = read_sample(sources, verbose=verbose)  # a bounded sample: memory stays flat
         save_tokenizer(train_tokenizer(texts, args.vocab_size), path)
     if world_size > 1:
         dist.barrier()  # the others wait until rank 0 has written it
