@@ -29,8 +29,14 @@ def bash_blocks(section: str):
 
 
 def run(command: str, cwd: Path, extra=(), stdin=""):
-    """Run a README command with this Python; project scripts are found in the repository."""
-    argv = shlex.split(command)
+    """Run a README command with this Python; project scripts are found in the repository.
+    `echo TEXT | command` feeds TEXT on stdin; globs expand in cwd, as a shell would."""
+    if command.startswith("echo ") and " | " in command:
+        echo, command = command.split(" | ", 1)
+        stdin = shlex.split(echo)[1] + "\n"
+    argv = []
+    for arg in shlex.split(command):
+        argv += sorted(str(p.relative_to(cwd)) for p in cwd.glob(arg)) if "*" in arg else [arg]
     if argv[0] == "python":
         argv[0] = sys.executable
         if argv[1].endswith(".py"):
@@ -46,7 +52,7 @@ def run(command: str, cwd: Path, extra=(), stdin=""):
     return done.stdout + done.stderr
 
 
-def test_setup_commands_train_then_generate(tmp_path):
+def test_setup_then_every_script_example(tmp_path):
     install_and_run, install_and_test = bash_blocks("Set-up")[:3], bash_blocks("Set-up")[3:]
     assert install_and_run[0] == "pip install -r requirements.txt"
     train, generate = install_and_run[1:]
@@ -58,6 +64,15 @@ def test_setup_commands_train_then_generate(tmp_path):
     # the test command is the one CI runs
     assert install_and_test == ["pip install -r requirements-dev.txt", "python -m pytest -q tests"]
     assert "python -m pytest -q tests" in (ROOT / ".ci" / "run").read_text()
+
+    # the examples of "Scripts and flags", on the model just trained
+    for command in bash_blocks("Scripts and flags"):
+        if command.startswith("pip install matplotlib"):
+            continue  # a test dependency already
+        extra = ["--max_new_tokens", "4"] if "eval_model.py" in command else []
+        run(command, tmp_path, extra=extra)
+    assert (tmp_path / "out" / "imported" / "pretrain_192.pth").exists()
+    assert (tmp_path / "loss.png").stat().st_size > 0
 
 
 def minimind_lines(n, seed=0):
