@@ -359,23 +359,21 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     flops_per_token = raw_model.flops_per_token(args.max_seq_len)
     peak_flops = peak_flops_per_second(device)
 
-    if show:
-        say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters"
-                   + (f" ({raw_model.num_params(active=True) / 1e6:.2f}M active per token)"
-                      if args.use_moe else "")
-                   + f", vocab {config.vocab_size}, dim {args.dim}, {args.n_layers} layers")
-        say(f"train: {len(train_ds)} sequences of {args.max_seq_len} tokens, "
-                   f"{tokens_per_step} tokens per optimizer step, {total_steps} steps "
-                   f"({steps_per_epoch} per epoch), warmup {warmup}, world size {world_size}, "
-                   f"{device.type} {dtype_name}")
-        if state is not None:
-            say(f"resumed from {resume_path} at step {step}")
+    moe_note = (f" ({raw_model.num_params(active=True) / 1e6:.2f}M active per token)"
+                if args.use_moe else "")
+    say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters{moe_note}, "
+        f"vocab {config.vocab_size}, dim {args.dim}, {args.n_layers} layers")
+    say(f"train: {len(train_ds)} sequences of {args.max_seq_len} tokens, {tokens_per_step} "
+        f"tokens per optimizer step, {total_steps} steps ({steps_per_epoch} per epoch), "
+        f"warmup {warmup}, world size {world_size}, {device.type} {dtype_name}")
+    if state is not None:
+        say(f"resumed from {resume_path} at step {step}")
     if step >= total_steps:
-        say(f"nothing to do: the run is complete at step {step}; pass --resume none "
-                   "to start over, or raise --max_steps/--epochs")
+        say(f"nothing to do: the run is complete at step {step}; pass --resume none to start "
+            "over, or raise --max_steps/--epochs")
         return {"model": raw_model, "step": step, "tokens_seen": tokens_seen,
                 "bad_steps": bad_steps_total, "weights_path": weights_path,
-                "log_path": log_path}
+                "log_path": log_path, "stopped_by": None}
 
     # -- logging
     run_log = None
@@ -391,8 +389,8 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
                 import wandb
                 wandb_run = wandb.init(project=args.wandb_project, config=vars(args))
             except ImportError:
-                say("warning: --use_wandb asked but wandb is not installed; logging "
-                           "to the JSONL file only")
+                say("warning: --use_wandb asked but wandb is not installed; logging to "
+                    "the JSONL file only")
 
     def log(record):
         if run_log is not None:
@@ -560,10 +558,9 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
         if wandb_run is not None:
             wandb_run.finish()
 
-    if show:
-        verb = f"stopped by {stopped_by} at" if stopped_by else "finished at"
-        say(f"{verb} step {step}, {tokens_seen:,} tokens; weights: {weights_path}; "
-                   f"resume file: {resume_path}; log: {log_path}")
+    verb = f"stopped by {stopped_by} at" if stopped_by else "finished at"
+    say(f"{verb} step {step}, {tokens_seen:,} tokens; weights: {weights_path}; "
+            f"resume file: {resume_path}; log: {log_path}")
     return {"model": raw_model, "step": step, "tokens_seen": tokens_seen,
             "bad_steps": bad_steps_total, "weights_path": weights_path, "log_path": log_path,
             "stopped_by": stopped_by}
