@@ -560,7 +560,7 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
 
     verb = f"stopped by {stopped_by} at" if stopped_by else "finished at"
     say(f"{verb} step {step}, {tokens_seen:,} tokens; weights: {weights_path}; "
-            f"resume file: {resume_path}; log: {log_path}")
+        f"resume file: {resume_path}; log: {log_path}")
     return {"model": raw_model, "step": step, "tokens_seen": tokens_seen,
             "bad_steps": bad_steps_total, "weights_path": weights_path, "log_path": log_path,
             "stopped_by": stopped_by}
