@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# PyTorch 2.5 added enable_gqa to scaled_dot_product_attention (see Attention.forward)
+SDPA_HAS_GQA = torch.__version__ >= "2.5"
+
 
 @dataclass
 class LMConfig:
@@ -181,8 +184,9 @@ class Attention(nn.Module):
         self.flash = config.flash_attn
 
     def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
-        """mask: None for plain causal attention without cached tokens, else a boolean
-        (B or 1, 1, T, S) tensor, True where a query may attend to a key."""
+        """mask: a boolean (B or 1, 1, T, S) tensor, True where a query may attend to a key;
+        None where every query attends to every key up to itself: causal attention without
+        cached tokens, or one new token (decoding) attending to all of them."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -191,16 +195,26 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, hd)
-        k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, H, S, hd)
+        S = k.shape[2]
         dropout = self.dropout if self.training else 0.0
 
-        if self.flash:
+        if self.flash and SDPA_HAS_GQA and mask is None:
+            # enable_gqa: the kernel lets each key/value head serve its n_rep query heads in
+            # place of repeat_kv's copies (when decoding, a copy of the whole cache per layer
+            # and token). Used only without a mask: on GPUs the masked kernels lack it.
+            # is_causal puts the triangle top-left, right when T == S (no cache); a single
+            # new token attends to every key and needs no mask.
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout,
+                                                 is_causal=T > 1, enable_gqa=True)
+        elif self.flash:
+            k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, H, S, hd)
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None)
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None and T > 1)
         else:  # the same computation, spelled out
+            k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, H, S, hd)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
-            if mask is None:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is None:  # causal, with the new tokens at the end of the S keys
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
             scores = scores.masked_fill(~mask, float("-inf"))
             probs = F.softmax(scores, dim=-1, dtype=torch.float32).type_as(q)
             out = F.dropout(probs, dropout, self.training) @ v  # (B, H, T, hd)
@@ -380,14 +394,15 @@ class Transformer(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
 
     def _attention_mask(self, attention_mask, T, past_len, device):
-        """Boolean (B or 1, 1, T, S) mask, or None for plain causal attention.
+        """Boolean (B or 1, 1, T, S) mask, or None where Attention needs none (no padding, and
+        no cached tokens or a single new token).
 
         A query attends to keys at or before it (causal) that are real tokens. A padding
         query would then have no key at all, and softmax over an empty row is 0/0 = NaN,
         in the forward pass and in the gradient. So every query may always attend to
         itself: padding rows get a finite, unused output and real rows are unchanged.
         """
-        if attention_mask is None and past_len == 0:
+        if attention_mask is None and (past_len == 0 or T == 1):
             return None
         S = past_len + T
         key = torch.arange(S, device=device)
@@ -398,18 +413,25 @@ class Transformer(nn.Module):
             allowed = allowed & (real | (key == query))  # (B, T, S)
         return allowed.unsqueeze(-3) if allowed.dim() == 3 else allowed[None, None]
 
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False,
+                logits_to_keep: int = 0):
         """input_ids (B, T); attention_mask (B, S) with 1 for real tokens and 0 for padding,
-        covering cached and new tokens; past_key_values from an earlier call with use_cache."""
+        covering cached and new tokens; past_key_values from an earlier call with use_cache.
+        logits_to_keep > 0: logits of the last that many positions only (generate needs one;
+        the output layer over a 512-token prompt is ~1/8 of the prefill's work)."""
         B, T = input_ids.shape
         if use_cache and past_key_values is None:
             past_key_values = [KVCache() for _ in self.layers]
         past_len = past_key_values[0].length if past_key_values is not None else 0
 
         positions = self._positions(input_ids, attention_mask, past_len)  # (B or 1, T)
-        if positions.numel() and int(positions.max()) >= self.config.max_seq_len:
+        if attention_mask is None:  # known on the host: no wait for the device
+            last = past_len + T - 1
+        else:
+            last = int(positions.max()) if positions.numel() else -1
+        if last >= self.config.max_seq_len:
             raise ValueError(
-                f"position {int(positions.max())} asked for, but max_seq_len is "
+                f"position {last} asked for, but max_seq_len is "
                 f"{self.config.max_seq_len}; shorten the input or raise max_seq_len")
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hd/2)
         mask = self._attention_mask(attention_mask, T, past_len, input_ids.device)
@@ -418,6 +440,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             cache = past_key_values[i] if past_key_values is not None else None
             h = layer(h, cos, sin, mask, cache)
+        if logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
         logits = self.output(self.norm(h))
 
         aux_loss = logits.new_zeros((), dtype=torch.float32)
@@ -445,9 +469,9 @@ class Transformer(nn.Module):
     def _generate_steps(self, ids, attention_mask, max_new_tokens, temperature, top_k, top_p,
                         repetition_penalty, eos_token_id, use_cache, generator) -> Iterator:
         B, T = ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(ids)
-        longest = int(attention_mask.sum(-1).max()) + max_new_tokens
+        # without padding, attention_mask stays None: no mask to build or extend per step
+        prompt_len = T if attention_mask is None else int(attention_mask.sum(-1).max())
+        longest = prompt_len + max_new_tokens
         if longest > self.config.max_seq_len:
             raise ValueError(
                 f"prompt plus max_new_tokens is {longest} tokens but max_seq_len is "
@@ -458,7 +482,7 @@ class Transformer(nn.Module):
         for _ in range(max_new_tokens):
             with torch.inference_mode():
                 out = self(step_input if use_cache else ids, attention_mask,
-                           past_key_values=caches, use_cache=use_cache)
+                           past_key_values=caches, use_cache=use_cache, logits_to_keep=1)
             logits = out.logits[:, -1].float()  # (B, vocab)
             if repetition_penalty != 1.0:
                 logits = apply_repetition_penalty(logits, ids, attention_mask, repetition_penalty)
@@ -467,7 +491,8 @@ class Transformer(nn.Module):
                 token = torch.where(done, torch.full_like(token, eos_token_id), token)
                 done = done | (token == eos_token_id)
             ids = torch.cat([ids, token[:, None]], dim=1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], 1)
             step_input = token[:, None]
             yield token
             if eos_token_id is not None and bool(done.all()):
@@ -477,7 +502,9 @@ class Transformer(nn.Module):
 def apply_repetition_penalty(logits, ids, attention_mask, penalty: float):
     """Make every token already in the row less likely (CTRL, Keskar et al. 2019): divide a
     positive logit by the penalty, multiply a negative one by it. Padding is not counted."""
-    seen = torch.where(attention_mask.bool(), ids, ids[:, -1:])  # pads -> a real token
+    seen = ids
+    if attention_mask is not None:
+        seen = torch.where(attention_mask.bool(), ids, ids[:, -1:])  # pads -> a real token
     picked = logits.gather(1, seen)
     picked = torch.where(picked > 0, picked / penalty, picked * penalty)
     return logits.scatter(1, seen, picked)
