@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # PyTorch 2.5 added enable_gqa to scaled_dot_product_attention (see Attention.forward)
-SDPA_HAS_GQA = torch.__version__ >= "2.5"
+SDPA_HAS_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 @dataclass
