@@ -198,10 +198,14 @@ class Attention(nn.Module):
         S = k.shape[2]
         dropout = self.dropout if self.training else 0.0
 
-        if self.flash and SDPA_HAS_GQA and mask is None:
-            # enable_gqa: the kernel lets each key/value head serve its n_rep query heads in
-            # place of repeat_kv's copies (when decoding, a copy of the whole cache per layer
-            # and token). Used only without a mask: on GPUs the masked kernels lack it.
+        # enable_gqa: the kernel lets each key/value head serve its n_rep query heads in
+        # place of repeat_kv's copies (when decoding, a copy of the whole cache per layer and
+        # token). Only where a fused kernel takes it: the CPU one, or FlashAttention on a GPU,
+        # which needs half precision and no mask; elsewhere SDPA would fall back to its slow
+        # math path.
+        fused_gqa = SDPA_HAS_GQA and mask is None and (
+            x.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16))
+        if self.flash and fused_gqa:
             # is_causal puts the triangle top-left, right when T == S (no cache); a single
             # new token attends to every key and needs no mask.
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout,
