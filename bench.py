@@ -3,7 +3,8 @@
     python bench.py                                  # the 512 x 8 default shape
     python bench.py --vs-hf                          # the same, beside transformers' Llama
     python bench.py --device cuda --dtype bfloat16 --compile --batch_size 32
-    python bench.py --tasks data --data dataset/pretrain_hq.jsonl
+    python bench.py --tasks data --data dataset/pretrain_hq.jsonl \
+        --tokenizer out/tokenizer.json --cache_dir out/data --seed 1337   # training's data
 
 Every figure is the median over --repeats timed windows. The windows of the things compared
 (MyLLM and transformers; packed and padded) take turns, so that a busy machine slows each of
@@ -59,6 +60,8 @@ def parse_args(argv=None):
                    help="MiniMind-format .jsonl for packed vs padded; default: a synthetic one")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.json for --data; default: one trained on the data")
+    p.add_argument("--cache_dir", default=None,
+                   help="where prepared data is kept and reused; default: a temporary directory")
     p.add_argument("--vs-hf", dest="vs_hf", action="store_true",
                    help="also measure transformers' LlamaForCausalLM with the same weights")
     p.add_argument("--seed", type=int, default=0)
@@ -331,7 +334,8 @@ def synthetic_minimind(path, n_lines, seed):
 
 
 def prepare_samples(args, work_dir):
-    """(packed dataset, padded dataset) of the data, tokenized once into work_dir."""
+    """(packed dataset, padded dataset) of the data, tokenized once into --cache_dir, or
+    work_dir (also where the synthetic data and its tokenizer go)."""
     from dataset import PretrainDataset, iter_texts, prepare
     from tokenizer import save_tokenizer, train_tokenizer
 
@@ -343,7 +347,9 @@ def prepare_samples(args, work_dir):
     if tokenizer_path is None:
         tokenizer_path = work_dir / "tokenizer.json"
         save_tokenizer(train_tokenizer(iter_texts(sources), args.vocab_size), tokenizer_path)
-    prepared = prepare(sources, tokenizer_path, work_dir / "data", verbose=False)
+    # the seed picks the validation split; train_pretrain.py's (1337) finds its data again
+    prepared = prepare(sources, tokenizer_path, args.cache_dir or work_dir / "data",
+                       seed=args.seed, verbose=False)
     return (PretrainDataset(prepared, "train", args.max_seq_len, mode="packed"),
             PretrainDataset(prepared, "train", args.max_seq_len, mode="padded"))
 
