@@ -18,8 +18,8 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from tqdm import tqdm
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 PAD_ID = UNK_ID
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
-
 
 
 def train_tokenizer(texts, vocab_size=6400, show_progress=False):
@@ -73,17 +72,31 @@ def tokenizer_fingerprint(tok):
 
 
 def write_text_atomic(path, text):
-    """Write a file so that a reader sees either the old file or the whole new one."""
+    """Write a file so that a reader sees either the old file or the whole new one, also
+    after a crash: the text is fsynced before the rename, and the rename before returning.
+
+    The file gets the permissions open() would give it (0666 less the umask), not the 0600
+    of tempfile.mkstemp, which would hide a shared tokenizer from the other users.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # unique, hidden
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies umask
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    if os.name == "posix":  # make the rename itself durable; Windows cannot open a directory
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def save_tokenizer(tok, path):

@@ -1,13 +1,15 @@
 """tokenizer.py: special ids, lossless round trips, MiniMind files, transformers parity."""
 
 import json
+import os
+import stat
 
 import pydoc_data.topics
 import pytest
 
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, load_tokenizer, main,
                        read_sample, sample_texts, save_tokenizer, tokenizer_fingerprint,
-                       train_tokenizer)
+                       train_tokenizer, write_text_atomic)
 
 CHINESE = ["今天天气很好，我们一起去公园散步吧。", "机器学习是人工智能的一个分支，研究计算机怎样学习。",
            "他说：“你好！”然后离开了。", "数据清洗、去重和分词是预训练的第一步。"]
@@ -88,6 +90,50 @@ def test_save_and_load_keep_the_fingerprint(tok, tmp_path):
     assert reloaded.encode("中文 text").ids == tok.encode("中文 text").ids
     other = train_tokenizer(CHINESE, vocab_size=300)
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tok)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["022", "002", "077"])
+def test_saved_files_get_the_permissions_that_open_gives(tok, tmp_path, umask):
+    old_umask = os.umask(umask)
+    try:
+        save_tokenizer(tok, tmp_path)
+        (tmp_path / "by_open.txt").write_text("x")  # the reference: a plain open()
+    finally:
+        os.umask(old_umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes["by_open.txt"] == 0o666 & ~umask
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_the_text_is_on_disk_before_the_rename_makes_it_visible(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "tokenizer.json"
+    write_text_atomic(path, "新的 text")
+    file_inode, dir_inode = path.stat().st_ino, tmp_path.stat().st_ino
+    # the file's data, then the rename, then the directory entry the rename changed
+    assert events == [("fsync", file_inode), ("replace", file_inode), ("fsync", dir_inode)]
+    assert path.read_text(encoding="utf-8") == "新的 text"
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text("old")
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, "new text with a lone surrogate \ud800")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
 
 
 def bytes_to_unicode():
