@@ -5,12 +5,14 @@
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 \\
         --rdzv_backend c10d --rdzv_endpoint HOST:29500 train_pretrain.py   # on every node
 
-The story, top to bottom: flags -> learning-rate schedule -> checkpoint files -> distributed
-set-up -> data and tokenizer -> the training loop `pretrain(args)` -> main.
+The story, top to bottom: flags -> learning-rate schedule, loss and optimizer -> checkpoint
+files -> distributed set-up -> data and tokenizer -> resume -> evaluation -> one optimizer
+step `train_step` -> the training loop `pretrain(args)` -> main.
 """
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -27,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import PretrainDataset, ShardedSampler, prepare
+from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, prepare
 from model import LMConfig, Transformer
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, tokenizer_fingerprint,
                        train_tokenizer)
@@ -40,6 +42,49 @@ QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 256 --batch_size 16 --accum
 # Dense bf16 peak of common GPUs, in FLOP/s, for MFU (the share of it a run achieves).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12,
                    "RTX 4090": 165e12, "RTX 3090": 71e12}
+
+
+def str_to_bool(value) -> bool:
+    """argparse type of an on/off flag: `--use_moe`, `--use_moe 1` and `--use_moe true` all
+    switch it on (MiniMind passes 1/0), `--use_moe 0` / `false` / `no` / `off` off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off, not {value!r}")
+
+
+def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
+    """The model the flags describe. The RoPE tables keep their default length (8192) unless
+    training needs more. LMConfig raises ValueError for an impossible shape."""
+    return LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
+                    max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe)
+
+
+def is_prepared_dir(path) -> bool:
+    """A directory dataset.py finished: it writes meta.json last."""
+    return (Path(path) / "meta.json").is_file()
+
+
+def device_error(name: str):
+    """Why --device NAME cannot work on this machine, or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name} is not a device name; use cuda, cuda:1, cpu or mps"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return (f"--device {name}: this PyTorch sees no CUDA GPU; use --device cpu, or "
+                    "install the CUDA build of PyTorch (see the README)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return (f"--device {name}: there are only {torch.cuda.device_count()} CUDA "
+                    "device(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name}: MPS is not available here; use --device cpu"
+    return None
 
 
 def parse_args(argv=None):
@@ -69,13 +114,21 @@ def parse_args(argv=None):
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--n_layers", type=int, default=8)
     p.add_argument("--max_seq_len", type=int, default=512, help="tokens per training sequence")
-    p.add_argument("--use_moe", action="store_true")
+    p.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=False,
+                   help="mixture of experts: --use_moe, or --use_moe 1/0 as MiniMind passes it")
     p.add_argument("--data_path", nargs="+", default=None,
-                   help=f"raw .jsonl/.txt files or globs; default {MINIMIND_DATA} if present, "
-                        "else the built-in corpus")
+                   help=f"raw .jsonl/.txt files or globs, or one directory prepared by "
+                        f"dataset.py; default {MINIMIND_DATA} if present, else the built-in "
+                        "corpus")
     # what a serious run needs
+    p.add_argument("--text_field", default="text", help="JSON field that holds the text")
+    p.add_argument("--skip_bad_lines", action="store_true",
+                   help="skip and count malformed lines instead of stopping")
+    p.add_argument("--weights", nargs="+", type=float, default=None,
+                   help="one per --data_path entry: how often its documents appear in training")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json; default OUT_DIR/tokenizer.json, trained if absent")
+                   help="tokenizer.json; default OUT_DIR/tokenizer.json, trained if absent (for "
+                        "a prepared --data_path: the tokenizer that prepared it)")
     p.add_argument("--vocab_size", type=int, default=6400, help="when a tokenizer is trained")
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--max_tokens", type=float, default=None, help="stop after this many tokens")
@@ -83,7 +136,7 @@ def parse_args(argv=None):
     p.add_argument("--weight_decay", type=float, default=0.1)
     p.add_argument("--eval_interval", type=int, default=500, help="optimizer steps")
     p.add_argument("--eval_iters", type=int, default=20, help="validation batches per rank")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model and the loss")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--resume", default="auto",
                    help="auto: continue from the resume file if there is one; none; or a path")
@@ -92,9 +145,25 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bar or report")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval",
-                 "eval_interval", "max_seq_len", "dim", "n_layers"):
+                 "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    # shape and device problems show now, not after minutes of data preparation
+    try:
+        model_config(args)
+    except ValueError as e:
+        p.error(f"--dim {args.dim}: {e}")
+    if args.device is not None and (problem := device_error(args.device)):
+        p.error(problem)
+    if args.data_path and any(is_prepared_dir(path) for path in args.data_path):
+        if len(args.data_path) > 1:
+            p.error("--data_path: a directory prepared by dataset.py is used alone; prepare "
+                    "several sources together with `python dataset.py --data A B`")
+        if args.weights:
+            p.error("--weights applies to raw sources; a prepared directory has its weights")
+    if args.weights and len(args.weights) != len(args.data_path or [None]):
+        p.error(f"--weights: {len(args.weights)} weights for "
+                f"{len(args.data_path or [None])} --data_path entries; give one per entry")
     if args.min_lr is None:
         args.min_lr = args.learning_rate / 10
     return args
@@ -117,6 +186,56 @@ def masked_lm_loss(logits, targets, loss_mask):
     per_token = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     mask = loss_mask.flatten()
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def allow_tf32():
+    """Let float32 matmuls and convolutions run on tensor cores (TF32: fp32 range, a 10-bit
+    mantissa), several times faster on Ampere and later; autocast covers the rest."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def make_optimizer(model, learning_rate, weight_decay, device):
+    """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains).
+
+    The fused kernel updates all parameters in one launch; PyTorch has it on CUDA, and on
+    CPU from 2.4. Elsewhere the foreach kernels do the same a tensor list at a time."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    fused = device.type == "cuda" or (device.type == "cpu" and version >= (2, 4))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate, betas=(0.9, 0.95), fused=fused, foreach=not fused)
+
+
+def mixed_precision(device, dtype_name):
+    """(dtype name, autocast context, GradScaler) for --dtype on this device."""
+    dtype_name = dtype_name or ("bfloat16" if device.type == "cuda" else "float32")
+    if dtype_name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype_name = "float16"  # GPUs before Ampere
+    amp_dtype = getattr(torch, dtype_name)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
+                else contextlib.nullcontext())
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 have the range of fp32
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return dtype_name, autocast, scaler
+
+
+def plan_steps(args, n_train, world_size):
+    """(tokens per optimizer step, steps per epoch, total steps, warmup steps)."""
+    tokens_per_step = args.batch_size * args.max_seq_len * args.accumulation_steps * world_size
+    samples_per_rank = n_train // world_size  # ShardedSampler drops the remainder
+    micro_per_epoch = math.ceil(samples_per_rank / args.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / args.accumulation_steps)
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    if args.max_tokens is not None:
+        total_steps = min(total_steps, math.ceil(args.max_tokens / tokens_per_step))
+    warmup = args.warmup_iters if args.warmup_iters is not None else math.ceil(0.02 * total_steps)
+    return tokens_per_step, steps_per_epoch, total_steps, warmup
 
 
 def checkpoint_paths(out_dir, dim: int, use_moe: bool):
@@ -162,8 +281,8 @@ def setup_distributed(device_arg):
         device = torch.device(device_arg)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and (world_size > 1 or device.index is None):
+        device = torch.device("cuda", local_rank)  # one GPU per process; set_device needs an index
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
@@ -185,7 +304,9 @@ def resolve_tokenizer(args, sources, rank, world_size, verbose):
     if rank == 0 and not path.exists():
         report(verbose, f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on "
                         "the data")
-        texts, _ = read_sample(sources, verbose=verbose)  # a bounded sample: memory stays flat
+        # a bounded sample: memory stays flat
+        texts, _ = read_sample(sources, text_field=args.text_field,
+                               skip_bad_lines=args.skip_bad_lines, verbose=verbose)
         save_tokenizer(train_tokenizer(texts, args.vocab_size), path)
     if world_size > 1:
         dist.barrier()  # the others wait until rank 0 has written it
@@ -205,16 +326,67 @@ def resolve_data(args, verbose):
     return None
 
 
-def load_resume(args, resume_path, config, tok_fingerprint, world_size, warn):
-    """The resume state to continue from, or None for a fresh run."""
+def load_data(args, rank, world_size, verbose):
+    """(tokenizer, train split, val split). A directory prepared by dataset.py is used as it
+    is; raw sources are prepared by rank 0 into OUT_DIR/data (cached there, so a second run
+    reuses them), where the other ranks then find them."""
+    if args.data_path and is_prepared_dir(args.data_path[0]):
+        prepared = Path(args.data_path[0])
+        tok = load_tokenizer(args.tokenizer or load_meta(prepared)["tokenizer_path"])
+        check_tokenizer(prepared, tok)
+        report(verbose, f"data: {prepared}, prepared by dataset.py")
+    else:
+        sources = resolve_data(args, verbose)
+        tok_path = resolve_tokenizer(args, sources, rank, world_size, verbose)
+        tok = load_tokenizer(tok_path)
+        options = {"text_field": args.text_field, "skip_bad_lines": args.skip_bad_lines,
+                   "weights": args.weights}
+        cache_dir = Path(args.out_dir) / "data"
+        if rank == 0:
+            prepared = prepare(sources, tok_path, cache_dir, verbose=verbose, **options)
+        if world_size > 1:
+            dist.barrier()
+        if rank != 0:
+            prepared = prepare(sources, tok_path, cache_dir, verbose=False, **options)
+    train_ds = PretrainDataset(prepared, "train", args.max_seq_len)
+    val_ds = PretrainDataset(prepared, "val", args.max_seq_len)
+    if len(train_ds) < world_size:
+        raise ValueError(f"{prepared} has {len(train_ds)} training sequences of "
+                         f"{args.max_seq_len} tokens, fewer than the {world_size} ranks; "
+                         "add data or lower --max_seq_len")
+    return tok, train_ds, val_ds
+
+
+def find_resume_file(args, resume_path, world_size, device):
+    """The resume file to continue from, or None for a fresh run. Every rank must see the
+    same answer: on several nodes --out_dir has to be a filesystem they share."""
     if args.resume == "none":
         return None
     path = resume_path if args.resume == "auto" else Path(args.resume)
-    if not path.exists():
-        if args.resume != "auto":
-            raise FileNotFoundError(f"--resume {path}: no such file")
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    found = path.is_file()
+    if world_size > 1:
+        seen_by = torch.tensor([int(found)], device=device)
+        dist.all_reduce(seen_by)  # how many ranks see the file
+        if 0 < seen_by.item() < world_size:
+            raise ValueError(
+                f"{path} is visible to {seen_by.item()} of {world_size} ranks; put --out_dir "
+                "on a filesystem all nodes share (or copy the file to every node), or pass "
+                "--resume none to start over")
+    if not found and args.resume != "auto":
+        raise FileNotFoundError(f"--resume {path}: no such file")
+    return path if found else None
+
+
+def load_resume(path, args, config, tok_fingerprint, world_size, warn):
+    """The state saved in resume file `path`, checked against this run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file fails in pickle, zip or tensor reading
+        raise ValueError(f"{path} is not a readable resume file ({type(e).__name__}); delete "
+                         "it, or pass --resume none to start over") from None
+    if not isinstance(state, dict) or not {"optimizer", "config", "args"} <= state.keys():
+        raise ValueError(f"{path} is not a resume file (a weights file?); pass a "
+                         "*_resume.pth written by train_pretrain.py, or --resume none")
     asked, saved = asdict(config), state["config"]
     differ = [k for k in asked if asked[k] != saved.get(k)]
     if differ:
@@ -225,6 +397,19 @@ def load_resume(args, resume_path, config, tok_fingerprint, world_size, warn):
     if state["tokenizer_fingerprint"] != tok_fingerprint:
         raise ValueError(f"{path} was trained with another tokenizer; pass the run's "
                          "--tokenizer, or --resume none to start over")
+    # the data position counts sequences of max_seq_len tokens: another length would
+    # continue somewhere else in the data
+    old = state["args"]
+    if old["max_seq_len"] != args.max_seq_len:
+        raise ValueError(f"{path} was trained with --max_seq_len {old['max_seq_len']}; pass "
+                         f"--max_seq_len {old['max_seq_len']} to continue it, or --resume "
+                         "none to start over")
+    if (old["batch_size"], old["accumulation_steps"]) != (args.batch_size,
+                                                          args.accumulation_steps):
+        report(warn, f"warning: resuming a run of --batch_size {old['batch_size']} "
+                     f"--accumulation_steps {old['accumulation_steps']} with "
+                     f"{args.batch_size} and {args.accumulation_steps}: the tokens per "
+                     "optimizer step change, and the steps and LR schedule are recomputed")
     if state["world_size"] != world_size:
         report(warn, f"warning: resuming a run of world size {state['world_size']} "
                      f"with {world_size}; training continues at the same token position, "
@@ -239,22 +424,71 @@ def make_loader(ds, sampler, batch_size, num_workers, device):
 
 @torch.no_grad()
 def evaluate(model, val_ds, args, rank, world_size, device, autocast):
-    """Mean validation loss over up to eval_iters batches per rank, averaged over ranks."""
+    """Validation loss: the NLL summed over every target token of up to eval_iters batches
+    per rank and over all ranks, divided by their number (as eval_model.py computes it);
+    None when the validation split has no batch."""
     model.eval()
     sampler = ShardedSampler(len(val_ds), rank, world_size, seed=args.seed, epoch=0)
-    total = torch.zeros(2, device=device)  # (sum of losses, batches)
-    for i, (X, Y, loss_mask) in enumerate(make_loader(val_ds, sampler, args.batch_size, 0,
-                                                      device)):
-        if i >= args.eval_iters:
-            break
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of NLL, targets)
+    batches = make_loader(val_ds, sampler, args.batch_size, 0, device)
+    for X, Y, loss_mask in itertools.islice(batches, args.eval_iters):
         X, Y, loss_mask = X.to(device), Y.to(device), loss_mask.to(device)
         with autocast:
-            total[0] += masked_lm_loss(model(X).logits, Y, loss_mask)
-        total[1] += 1
+            logits = model(X).logits
+        targets = loss_mask.sum()
+        totals[0] += masked_lm_loss(logits, Y, loss_mask).double() * targets  # mean -> sum
+        totals[1] += targets
     if world_size > 1:
-        dist.all_reduce(total)
+        dist.all_reduce(totals)
     model.train()
-    return (total[0] / total[1].clamp(min=1)).item()
+    return (totals[0] / totals[1]).item() if totals[1] > 0 else None
+
+
+def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, device,
+               grad_clip):
+    """One optimizer step on the next n_micro micro-batches of `batches`.
+
+    Returns (loss, grad_norm, samples, good): the loss averaged over the micro-steps (and
+    over the ranks), the gradient norm before clipping, the samples this rank read, and
+    whether the step was good; a bad step (non-finite loss or gradient) is not applied."""
+    ddp = isinstance(model, DistributedDataParallel)
+    step_loss = torch.zeros((), device=device)
+    samples = 0
+    for micro in range(n_micro):
+        X, Y, loss_mask = next(batches)
+        X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
+        loss_mask = loss_mask.to(device, non_blocking=True)
+        samples += X.shape[0]
+        # DDP averages gradients across ranks during backward; that is only needed once per
+        # optimizer step, on the last micro-step
+        last = micro == n_micro - 1
+        sync = model.no_sync() if ddp and not last else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                out = model(X)
+                loss = loss_fn(out.logits, Y, loss_mask)
+            # the last accumulation of an epoch may be short: divide by its real length
+            scaler.scale((loss + out.aux_loss) / n_micro).backward()
+        step_loss += loss.detach()
+    step_loss /= n_micro
+    if ddp:  # every rank then logs the same loss, and judges the step alike
+        dist.all_reduce(step_loss)
+        step_loss /= dist.get_world_size()
+
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # One host sync per optimizer step: a bad step must not be applied. With float16 the
+    # scaler skips a step whose gradients overflowed and lowers the scale; that is routine,
+    # so there only a non-finite loss makes a step bad.
+    finite = torch.isfinite(step_loss)
+    if not scaler.is_enabled():
+        finite &= torch.isfinite(grad_norm)
+    good = bool(finite)
+    if good:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm, samples, good
 
 
 def pretrain(args):
@@ -275,50 +509,25 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     def say(message):
         report(show, message)
 
-    # -- data and tokenizer: rank 0 prepares, the others then find it cached
-    sources = resolve_data(args, show)
-    tok_path = resolve_tokenizer(args, sources, rank, world_size, show)
-    tok = load_tokenizer(tok_path)
-    prepared = None
-    if rank == 0:
-        prepared = prepare(sources, tok_path, out_dir / "data", verbose=show)
-    if ddp:
-        dist.barrier()
-    if rank != 0:
-        prepared = prepare(sources, tok_path, out_dir / "data", verbose=False)
-    train_ds = PretrainDataset(prepared, "train", args.max_seq_len)
-    val_ds = PretrainDataset(prepared, "val", args.max_seq_len)
-    if len(train_ds) < world_size:
-        raise ValueError(f"{prepared} has {len(train_ds)} training sequences of "
-                         f"{args.max_seq_len} tokens, fewer than the {world_size} ranks; "
-                         "add data or lower --max_seq_len")
+    # -- data and tokenizer
+    tok, train_ds, val_ds = load_data(args, rank, world_size, show)
 
     # -- model: every rank builds the same initial weights from the same seed
-    # the RoPE tables keep their default length (8192) unless training needs more
-    config = LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=tok.get_vocab_size(),
-                      max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len),
-                      use_moe=args.use_moe)
+    config = model_config(args, tok.get_vocab_size())
     torch.manual_seed(args.seed)
     model = Transformer(config).to(device)
     weights_path, resume_path = checkpoint_paths(out_dir, args.dim, args.use_moe)
-    state = load_resume(args, resume_path, config, tokenizer_fingerprint(tok), world_size,
-                        warn=rank == 0)  # warnings show even with --quiet
+    found = find_resume_file(args, resume_path, world_size, device)
+    state = None
+    if found is not None:
+        state = load_resume(found, args, config, tokenizer_fingerprint(tok), world_size,
+                            warn=rank == 0)  # warnings show even with --quiet
 
-    # -- optimizer: weight decay on matrices only, not on norms
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda")
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    if dtype_name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype_name = "float16"
-    amp_dtype = getattr(torch, dtype_name)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
-                else contextlib.nullcontext())
-    # fp16 gradients underflow without loss scaling; bf16 and fp32 have the range of fp32
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # -- optimizer and precision
+    if device.type == "cuda":
+        allow_tf32()
+    optimizer = make_optimizer(model, args.learning_rate, args.weight_decay, device)
+    dtype_name, autocast, scaler = mixed_precision(device, args.dtype)
 
     step, epoch, samples_in_epoch, tokens_seen, bad_steps_total = 0, 0, 0, 0, 0
     log_path = out_dir / "logs" / f"{weights_path.stem}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
@@ -340,22 +549,21 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     num_workers = args.num_workers if args.num_workers is not None else int(
         device.type == "cuda")
     raw_model = model
+    loss_fn = masked_lm_loss
     if args.compile:
-        model = torch.compile(model)
+        # Compile the model in place, then wrap it in DDP, as PyTorch's torch.compile guide
+        # advises: Dynamo traces the plain model, and DDP's gradient hooks stay outside the
+        # graph (Dynamo's DDPOptimizer still splits it at bucket boundaries, so the
+        # all-reduce overlaps backward). In place, the state_dict keys stay unprefixed.
+        model.compile()
+        loss_fn = torch.compile(masked_lm_loss)  # fuses the fp32 upcast into cross-entropy
     if ddp:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type ==
                                         "cuda" else None)
 
     # -- schedule, counted in optimizer steps
-    tokens_per_step = args.batch_size * args.max_seq_len * args.accumulation_steps * world_size
-    micro_per_epoch = math.ceil(len(train_ds) // world_size / args.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / args.accumulation_steps)
-    total_steps = steps_per_epoch * args.epochs
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-    if args.max_tokens is not None:
-        total_steps = min(total_steps, math.ceil(args.max_tokens / tokens_per_step))
-    warmup = args.warmup_iters if args.warmup_iters is not None else math.ceil(0.02 * total_steps)
+    tokens_per_step, steps_per_epoch, total_steps, warmup = plan_steps(args, len(train_ds),
+                                                                       world_size)
     flops_per_token = raw_model.flops_per_token(args.max_seq_len)
     peak_flops = peak_flops_per_second(device)
 
@@ -366,8 +574,11 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     say(f"train: {len(train_ds)} sequences of {args.max_seq_len} tokens, {tokens_per_step} "
         f"tokens per optimizer step, {total_steps} steps ({steps_per_epoch} per epoch), "
         f"warmup {warmup}, world size {world_size}, {device.type} {dtype_name}")
+    if len(val_ds) < world_size:
+        say(f"note: the validation split has {len(val_ds)} sequences of {args.max_seq_len} "
+            "tokens, too few for every rank: no validation loss is reported")
     if state is not None:
-        say(f"resumed from {resume_path} at step {step}")
+        say(f"resumed from {found} at step {step}")
     if step >= total_steps:
         say(f"nothing to do: the run is complete at step {step}; pass --resume none to start "
             "over, or raise --max_steps/--epochs")
@@ -407,7 +618,7 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
         if ddp:
             all_rng = [None] * world_size
             dist.all_gather_object(all_rng, rng)
-        if rank == 0:
+        if rank == 0:  # only global rank 0 writes: on several nodes --out_dir must be shared
             weights = {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}
             save_atomic(weights, weights_path)
             save_atomic({"model": weights, "optimizer": optimizer.state_dict(),
@@ -443,50 +654,24 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
     stopped_by = None
     try:
         while step < total_steps and epoch < args.epochs:
+            # samples_in_epoch counts the samples of this epoch all ranks together have read;
             # rank r reads global positions start + r, start + r + world_size, ... of this
             # epoch's shuffled order, so the ranks' shards are disjoint
             sampler = ShardedSampler(len(train_ds), rank, world_size, seed=args.seed,
                                      epoch=epoch, start=samples_in_epoch)
             batches = iter(make_loader(train_ds, sampler, args.batch_size, num_workers, device))
             micro_left = math.ceil(len(sampler) / args.batch_size)
-            local_samples = 0
             while micro_left > 0 and step < total_steps:
                 lr = get_lr(step, total_steps, args.learning_rate, args.min_lr, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                # the last accumulation of an epoch may be short: divide by its real length
                 n_micro = min(args.accumulation_steps, micro_left)
-                step_loss = torch.zeros((), device=device)
-                for micro in range(n_micro):
-                    X, Y, loss_mask = next(batches)
-                    X, Y = X.to(device, non_blocking=True), Y.to(device, non_blocking=True)
-                    loss_mask = loss_mask.to(device, non_blocking=True)
-                    local_samples += X.shape[0]
-                    # DDP averages gradients across ranks during backward; that is only
-                    # needed once per optimizer step, on the last micro-step
-                    last = micro == n_micro - 1
-                    sync = model.no_sync() if ddp and not last else contextlib.nullcontext()
-                    with sync:
-                        with autocast:
-                            out = model(X)
-                            loss = masked_lm_loss(out.logits, Y, loss_mask)
-                        scaler.scale((loss + out.aux_loss) / n_micro).backward()
-                    step_loss += loss.detach()
+                loss, grad_norm, samples, good = train_step(
+                    model, optimizer, scaler, batches, n_micro, loss_fn, autocast, device,
+                    args.grad_clip)
                 micro_left -= n_micro
-
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
-                                                           args.grad_clip)
-                # One host sync per optimizer step: a non-finite step must not be applied.
-                finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(step_loss))
-                if finite:
-                    scaler.step(optimizer)
-                    bad_in_a_row = 0
-                else:
-                    bad_in_a_row += 1
-                    bad_steps_total += 1
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                bad_in_a_row = 0 if good else bad_in_a_row + 1
+                bad_steps_total += not good
                 if bad_in_a_row >= args.max_bad_steps:
                     raise FloatingPointError(
                         f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or "
@@ -496,11 +681,10 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
                         f"is kept: {resume_path}")
 
                 step += 1
-                samples_in_epoch += local_samples * world_size
-                local_samples = 0
-                tokens_seen += n_micro * args.batch_size * args.max_seq_len * world_size
-                if finite:
-                    loss_sum += step_loss / n_micro  # mean over the micro-steps
+                samples_in_epoch += samples * world_size
+                tokens_seen += samples * world_size * args.max_seq_len
+                if good:
+                    loss_sum += loss
                     logged_steps += 1
                 bar.update(1)
                 if step == first_step + 1 and device.type == "cpu":
@@ -528,12 +712,15 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
                     logged_steps = 0
                     last_log_time, last_log_tokens = now, tokens_seen
 
+                pause_start = time.perf_counter()
                 if step % args.eval_interval == 0 or step == total_steps:
                     val_loss = evaluate(model.module if ddp else model, val_ds, args, rank,
                                         world_size, device, autocast)
-                    log({"kind": "val", "step": step, "tokens": tokens_seen,
-                         "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
-                    say(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(val_loss):.2f}")
+                    if val_loss is not None:
+                        log({"kind": "val", "step": step, "tokens": tokens_seen,
+                             "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
+                        say(f"step {step}: val loss {val_loss:.4f}, "
+                            f"ppl {math.exp(min(val_loss, 50)):.2f}")
 
                 if ddp:  # every rank stops at the same step, or none does
                     flag = torch.tensor([stop["signal"] or 0], device=device)
@@ -544,6 +731,8 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
                     break
                 if step % args.save_interval == 0 and step < total_steps:
                     save()
+                # tokens/s measures training: evaluating and saving do not count
+                last_log_time += time.perf_counter() - pause_start
             if stopped_by:
                 break
             if micro_left == 0:  # the epoch is done (not merely capped by max_steps)
