@@ -89,7 +89,7 @@ def existing_checkpoints(out_dir):
         try:
             shape = checkpoint_shape(read_state_dict(path))
         except (ValueError, KeyError):
-            continue  # a resume file or something else that is not plain weights
+            continue  # a resume file, an incomplete file: nothing that loads
         flags = f"--dim {shape['dim']} --n_layers {shape['n_layers']}"
         flags += " --use_moe" if shape["use_moe"] else ""
         if path.name != checkpoint_paths(out_dir, shape["dim"], shape["use_moe"])[0].name:
@@ -116,9 +116,11 @@ def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=
                 else f"no weights files are in {path.parent}/")
         raise FileNotFoundError(f"{path} not found; train first ({train}), or {hint}")
     state = read_state_dict(path)
-    # a model saved while wrapped by torch.compile or DDP has these prefixes on every key
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
-    shape = checkpoint_shape(state)
+    try:
+        shape = checkpoint_shape(state)
+    except KeyError as e:  # tok_embeddings.weight is there, but not a layer's weights
+        raise ValueError(f"{path} has no {e.args[0]}, so the model's shape cannot be read from "
+                         "it; pass a complete pretrain_*.pth") from None
 
     asked = dict(dim=dim, n_layers=n_layers, use_moe=use_moe)
     differ = [name for name, value in asked.items() if value is not None and value != shape[name]]
@@ -336,7 +338,8 @@ def evaluate(model, batches, byte_counts, total=None):
         n_tokens += int(mask.sum().item())
         n_bytes += int((byte_counts[Y.flatten()] * mask).sum().item())
     if n_tokens == 0:
-        raise ValueError("the evaluation data holds no tokens to predict")
+        raise ValueError("the evaluation data holds no documents; pass --eval_data with "
+                         "text in it")
     loss = nll_sum / n_tokens
     return dict(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=n_tokens, bytes=n_bytes,
                 bits_per_byte=nll_sum / math.log(2) / n_bytes if n_bytes else float("nan"))
@@ -353,8 +356,13 @@ def load_probes(path):
                                 "probes/builtin_en.jsonl")
     example = '{"prompt": "...", "choices": ["...", "..."], "answer": 0}'
     probes = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 can be named
         for line_no, line in enumerate(f, 1):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}:{line_no} is not UTF-8 text; save the file as UTF-8"
+                                 ) from None
             if not line.strip():
                 continue
             try:
@@ -429,6 +437,33 @@ def str_to_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def check_flag_values(parser, args):
+    """Stop with a usage error on a flag value that cannot work (comparisons written so that
+    nan fails them too)."""
+    minimum = dict(n_heads=1, max_seq_len=1, batch_size=1, max_new_tokens=0, top_k=0,
+                   eval_iters=0, dim=1, n_layers=1, n_kv_heads=1)
+    for name, low in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < low:  # dim, n_layers and n_kv_heads may be unset
+            parser.error(f"--{name} must be at least {low}, not {value}")
+    if not 0 < args.top_p <= 1:
+        parser.error(f"--top_p must be above 0 and at most 1 (1 = off), not {args.top_p}")
+    if not args.temperature >= 0:
+        parser.error(f"--temperature must be at least 0 (0 = greedy), not {args.temperature}")
+    if not args.repetition_penalty > 0:
+        parser.error(f"--repetition_penalty must be above 0 (1 = off), not "
+                     f"{args.repetition_penalty}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device} is not a device; pass cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}, but PyTorch sees {torch.cuda.device_count()} "
+                     "CUDA GPUs; pass --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        parser.error("--device mps, but MPS is not available here; pass --device cpu")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Generate text with a pretrained MyLLM model, evaluate it, probe it.",
@@ -480,7 +515,9 @@ def parse_args(argv=None):
                     "(0 = all)")
     ev.add_argument("--probe", default=None,
                     help='.jsonl of {"prompt", "choices", "answer"} lines, e.g. probes/*.jsonl')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_flag_values(parser, args)
+    return args
 
 
 def check_minimind_flags(args):
@@ -569,6 +606,10 @@ def run(args):
           f"on {args.device}", file=sys.stderr)
 
     if args.eval or args.eval_data:
+        if args.max_seq_len > c.max_seq_len:
+            raise ValueError(f"--max_seq_len {args.max_seq_len} is longer than the model's "
+                             f"context ({c.max_seq_len} tokens); pass --max_seq_len "
+                             f"{c.max_seq_len} or less")
         batches, total = eval_batches(args, tok)
         if args.eval_iters:
             batches = (b for _, b in zip(range(args.eval_iters), batches))

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 import dataset
 from eval_model import (TextStream, batches_of, complete, evaluate, load_model, load_probes,
-                        main, print_probe_report, run_probes, text_windows, token_bytes)
+                        main, parse_args, print_probe_report, run_probes, text_windows,
+                        token_bytes)
 from model import LMConfig, Transformer
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, save_tokenizer, train_tokenizer
 
@@ -110,6 +111,16 @@ def one_line_error(code, err):
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
     return errors[0]
+
+
+def usage_error(argv, capsys):
+    """The parser's error line, after checking that it stopped the run with a usage error
+    (exit status 2) and without a traceback."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err, err
+    return err.rstrip().splitlines()[-1]
 
 
 def test_greedy_generation_with_and_without_cache_is_identical(memorised, tok):
@@ -321,3 +332,82 @@ def test_no_prepared_data_for_the_default_evaluation(uniform, tok, tmp_path, cap
 def test_minimind_modes_that_myllm_does_not_have(flags, words, capsys):
     line = one_line_error(*run_main(flags, capsys)[::2])
     assert all(word in line for word in words)
+
+
+BAD_FLAG_VALUES = [
+    (["--max_seq_len", "0"], "--max_seq_len must be at least 1, not 0"),
+    (["--batch_size", "0"], "--batch_size must be at least 1, not 0"),
+    (["--max_new_tokens", "-5"], "--max_new_tokens must be at least 0, not -5"),
+    (["--n_heads", "0"], "--n_heads must be at least 1, not 0"),
+    (["--dim", "-64"], "--dim must be at least 1, not -64"),
+    (["--top_p", "0"], "--top_p must be above 0 and at most 1"),
+    (["--top_p", "1.2"], "--top_p must be above 0 and at most 1"),
+    (["--top_p", "nan"], "--top_p must be above 0 and at most 1"),
+    (["--temperature", "-0.5"], "--temperature must be at least 0"),
+    (["--repetition_penalty", "0"], "--repetition_penalty must be above 0"),
+    (["--device", "gpu"], "--device gpu is not a device"),
+    (["--device", "cuda:64"], "--device cuda:64, but PyTorch sees"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAG_VALUES,
+                         ids=[" ".join(flags) for flags, _ in BAD_FLAG_VALUES])
+def test_flag_values_that_cannot_work_are_usage_errors(flags, message, capsys):
+    line = usage_error(flags, capsys)
+    assert f"error: {message}" in line
+
+
+def test_the_edges_of_each_flag_range_are_accepted():
+    args = parse_args(["--top_p", "1", "--temperature", "0", "--max_new_tokens", "0",
+                       "--top_k", "0", "--eval_iters", "0", "--max_seq_len", "1",
+                       "--batch_size", "1", "--device", "cpu"])
+    assert (args.top_p, args.temperature, args.max_new_tokens, args.max_seq_len) == (1, 0, 0, 1)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("resume file", ["holds no tok_embeddings.weight", "['model', 'step']"]),
+    ("keys with a wrapper's prefix", ["holds no tok_embeddings.weight",
+                                      "_orig_mod.tok_embeddings.weight"]),
+    ("a layer's weight missing", ["has no layers.0.attention.wk.weight"]),
+])
+def test_a_file_that_is_not_complete_weights_is_a_one_line_error(uniform, tok, tmp_path, capsys,
+                                                                 kind, words):
+    out = write_out_dir(tmp_path / "out", uniform, tok)
+    weights = uniform.state_dict()
+    bad = {"resume file": {"model": weights, "step": 10},
+           "keys with a wrapper's prefix": {"_orig_mod." + k: v for k, v in weights.items()},
+           "a layer's weight missing": {k: v for k, v in weights.items() if ".wk." not in k},
+           }[kind]
+    torch.save(bad, tmp_path / "bad.pth")
+    line = one_line_error(*run_main(["--out_dir", str(out), "--ckpt", str(tmp_path / "bad.pth"),
+                                     "--prompt", "x"], capsys)[::2])
+    assert str(tmp_path / "bad.pth") in line and all(word in line for word in words), line
+
+
+def test_probe_file_that_is_not_utf8_names_the_line(uniform, tok, tmp_path, capsys):
+    out = write_out_dir(tmp_path / "out", uniform, tok)
+    probes = tmp_path / "latin1.jsonl"
+    good = '{"prompt": "x", "choices": ["a", "b"], "answer": 0}\n'
+    probes.write_bytes(good.encode() + good.replace("x", "caf\u00e9").encode("latin-1"))
+    line = one_line_error(*run_main(["--out_dir", str(out), *SHAPE_FLAGS, "--probe",
+                                     str(probes)], capsys)[::2])
+    assert f"{probes}:2 is not UTF-8" in line
+
+
+def test_empty_evaluation_file(uniform, tok, tmp_path, capsys):
+    out = write_out_dir(tmp_path / "out", uniform, tok)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    line = one_line_error(*run_main(["--out_dir", str(out), *SHAPE_FLAGS, "--eval_data",
+                                     str(empty)], capsys)[::2])
+    assert "holds no documents" in line and "--eval_data" in line
+
+
+def test_evaluation_window_longer_than_the_model_context(uniform, tok, tmp_path, capsys):
+    out = write_out_dir(tmp_path / "out", uniform, tok)
+    data = tmp_path / "held_out.jsonl"
+    data.write_text(json.dumps({"text": EN}) + "\n", encoding="utf-8")
+    context = uniform.config.max_seq_len
+    line = one_line_error(*run_main(["--out_dir", str(out), *SHAPE_FLAGS, "--eval_data", str(data),
+                                     "--max_seq_len", str(context + 1)], capsys)[::2])
+    assert f"--max_seq_len {context + 1} is longer than the model's context ({context}" in line
