@@ -242,21 +242,40 @@ def test_moe_routes_each_token_to_exactly_k_distinct_experts():
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 9))
 
 
-@pytest.mark.parametrize("seq_aux", [True, False])
-def test_moe_aux_loss_is_alpha_for_uniform_routing_and_grows_with_imbalance(seq_aux):
-    model = tiny(**TINY_MOE, seq_aux=seq_aux, aux_loss_alpha=0.1).train()
+def routed_tokens(*rows):
+    """x (B, T, 64) from rows of "+" / "-": a token along +e0 or along -e0."""
+    e0 = torch.zeros(64)
+    e0[0] = 1.0
+    return torch.stack([torch.stack([e0 if c == "+" else -e0 for c in row]) for row in rows])
+
+
+@pytest.mark.parametrize("seq_aux, skewed_loss", [(True, 1.25), (False, 1.125)],
+                         ids=["per_sequence", "per_batch"])
+def test_moe_aux_loss_equals_the_hand_computed_balance_loss(seq_aux, skewed_loss):
+    """DeepSeek-V2's expert-level balance loss (MiniMind's too): alpha * sum_e
+    f_e * P_e, f_e = E / (k T) * slots routed to expert e, P_e = the mean router probability
+    of expert e, over each sequence and then averaged (seq_aux) or over the whole batch."""
+    model = tiny(**TINY_MOE, seq_aux=seq_aux, aux_loss_alpha=0.1).train()  # E 4, k 2
     gate = model.layers[0].feed_forward.gate
-    u = F.normalize(torch.randn(64), dim=0)
-    x = u + 0.01 * torch.randn(2, 16, 64)  # tokens that all point the same way
+    a = math.log(3) / 2
     with torch.no_grad():
-        gate.weight.zero_()  # every expert equally likely for every token
-        _, _, uniform = gate(x)
-        gate.weight[0], gate.weight[1] = 50 * u, 49 * u  # every token: experts 0 and 1
-        _, _, skewed = gate(x)
-    assert uniform.item() == pytest.approx(0.1, abs=1e-6)
-    # all load on 2 of 4 experts, each with probability ~1/2: sum = 2 * (2 * 1/2) = 2
-    assert skewed.item() == pytest.approx(0.2, abs=0.01)
-    assert skewed.item() > uniform.item() > 0
+        gate.weight.zero_()
+        gate.weight[:, 0] = torch.tensor([a, a, -a, -a])
+    # A "+" token has logits (a, a, -a, -a): probabilities (3/8, 3/8, 1/8, 1/8), since
+    # e^2a = 3, and its 2 slots go to experts 0 and 1. A "-" token mirrors it: experts 2, 3.
+    balanced = routed_tokens("+-", "-+")
+    experts, _, loss = gate(balanced)
+    assert sorted(experts[0, 0].tolist()) == [0, 1] and sorted(experts[0, 1].tolist()) == [2, 3]
+    # every expert gets 1 of every 4 slots (f_e = 1) and P_e = (3/8 + 1/8) / 2 = 1/4:
+    # alpha * 4 * (1 * 1/4) = alpha
+    assert loss.item() == pytest.approx(0.1 * 1.0, rel=1e-6)
+
+    _, _, loss = gate(routed_tokens("++", "+-"))
+    # per sequence: "++" gives f = (2, 2, 0, 0), P = (3/8, 3/8, 1/8, 1/8): 2 * 3/8 * 2 = 1.5;
+    # "+-" is balanced: 1; the mean is 1.25.
+    # per batch: 3 "+" and 1 "-": slots (3, 3, 1, 1) of 8, f = (1.5, 1.5, 0.5, 0.5),
+    # P = (5/16, 5/16, 3/16, 3/16): 2 * 1.5 * 5/16 + 2 * 0.5 * 3/16 = 18/16 = 1.125
+    assert loss.item() == pytest.approx(0.1 * skewed_loss, rel=1e-6)
 
 
 def test_moe_every_expert_and_the_gate_get_gradient():
@@ -350,8 +369,13 @@ def test_top_k_and_top_p_keep_exactly_the_hand_computed_sets():
     draws = lambda **kw: {sample_next_token(logits, 1.0, generator=torch.Generator().manual_seed(s),
                                             **kw).item() for s in range(300)}
     assert draws(top_k=2, top_p=1.0) == {0, 1}
-    assert draws(top_k=0, top_p=0.8) == {0, 1}  # 0.5 + 0.3 reaches 0.8
-    assert draws(top_k=0, top_p=0.81) == {0, 1, 2}
+    # nucleus: the fewest most likely tokens whose probability reaches top_p; the top_p
+    # values stay clear of the sums 0.5, 0.8, 0.95, where float rounding would decide
+    assert draws(top_k=0, top_p=0.49) == {0}
+    assert draws(top_k=0, top_p=0.51) == {0, 1}  # 0.5 falls short
+    assert draws(top_k=0, top_p=0.79) == {0, 1}  # 0.5 + 0.3 reaches it
+    assert draws(top_k=0, top_p=0.81) == {0, 1, 2}  # 0.8 falls short
+    assert draws(top_k=0, top_p=0.96) == {0, 1, 2, 3}
     assert sample_next_token(logits, 0.0, 0, 1.0).item() == 0
 
 
