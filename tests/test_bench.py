@@ -11,14 +11,46 @@ TINY_FLAGS = ["--dim", "64", "--n_layers", "2", "--vocab_size", "300", "--batch_
               "--device", "cpu"]
 
 
-def test_training_flops_are_flops_per_token_times_tokens_per_second():
+def hand_counted_params(use_moe):
+    """(all, active per token) parameters of bench's model for TINY_FLAGS, from the shapes:
+    dim 64, 2 layers, vocabulary 300, LMConfig's 8 heads of 8 with 2 key/value heads
+    (kv_dim 16), SwiGLU width 192 (8/3 * 64 = 170.7, rounded up to a multiple of 64), and
+    for MoE 4 routed experts (2 per token), 1 shared expert and the gate."""
+    dim, layers, vocab, kv_dim, hidden = 64, 2, 300, 16, 192
+    attention = dim * dim + dim * kv_dim + dim * kv_dim + dim * dim  # wq, wk, wv, wo
+    swiglu = 3 * dim * hidden  # w1, w2, w3
+    norms = 2 * dim  # attention_norm, ffn_norm
+    if use_moe:
+        ffn_all = 4 * swiglu + swiglu + 4 * dim  # routed experts, shared expert, gate
+        ffn_active = 2 * swiglu + swiglu + 4 * dim
+    else:
+        ffn_all = ffn_active = swiglu
+    # the embedding is also the output layer (tied), counted once; then the final norm
+    total = vocab * dim + layers * (attention + ffn_all + norms) + dim
+    active = vocab * dim + layers * (attention + ffn_active + norms) + dim
+    return total, active
+
+
+@pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
+def test_flops_per_token_is_6n_plus_attention_counted_by_hand(use_moe):
+    total, active = hand_counted_params(use_moe)
+    assert (total, active) == ((409_152, 261_696) if use_moe else (113_728, 113_728))
+    args = bench.parse_args(TINY_FLAGS + ["--use_moe"] * use_moe)
+    model = bench.build_model(args, torch.device("cpu"))
+    assert model.num_params() == total and model.num_params(active=True) == active
+    # 6 N (forward 2 N, backward 4 N) + 12 * layers * dim * T for attention scores and values
+    assert model.flops_per_token(32) == 6 * active + 12 * 2 * 64 * 32
+
+
+def test_training_gflops_are_the_hand_counted_flops_times_tokens_per_second():
     args = bench.parse_args(TINY_FLAGS)
     model = bench.build_model(args, torch.device("cpu"))
     figures = bench.measure_training({"MyLLM": model}, args, torch.device("cpu"),
                                      torch.float32)["MyLLM"]
     assert figures["tokens_per_sec"] == pytest.approx(2 * 32 / (figures["ms_per_step"] / 1e3))
-    expected = model.flops_per_token(32) * figures["tokens_per_sec"] / 1e9
-    assert figures["gflops_per_sec"] == pytest.approx(expected)
+    flops_per_token = 6 * 113_728 + 12 * 2 * 64 * 32  # = 731,520, as counted above
+    assert figures["gflops_per_sec"] == pytest.approx(
+        flops_per_token * figures["tokens_per_sec"] / 1e9)
     assert figures["mfu"] is None  # a CPU has no entry in the table of GPU peaks
 
 
