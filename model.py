@@ -169,6 +169,30 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+class StaticKVCache:
+    """Keys and values of one layer in buffers of a fixed size, written at a position held
+    in a tensor (`pos`, shared by all layers and advanced by the caller).
+
+    Nothing here depends on a Python number that changes from step to step: every decoding
+    step runs the same kernels on the same memory, which is what a CUDA graph needs (see
+    GraphedDecoder). Attention reads all `capacity` slots; a mask hides the ones not written.
+    """
+
+    def __init__(self, capacity: int, pos):
+        self.capacity = capacity
+        self.pos = pos  # 0-dim long tensor: the slot of the first new token
+        self.k = self.v = None  # (B, Hkv, capacity, hd), allocated in the dtype of the first k
+
+    def update(self, k, v):
+        if self.k is None:
+            self.k = k.new_zeros(*k.shape[:2], self.capacity, k.shape[3])
+            self.v = torch.zeros_like(self.k)
+        slots = self.pos + torch.arange(k.shape[2], device=k.device)
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k, self.v
+
+
 class Attention(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -305,14 +329,16 @@ class MoEFeedForward(nn.Module):
         order = torch.argsort(slot_expert, stable=True)
         slot_token = order // experts.shape[-1]
         slot_weight = weights.flatten()[order, None]
+        # the one host sync of the layer: slicing needs the counts as Python ints
         counts = torch.bincount(slot_expert, minlength=len(self.experts)).tolist()
 
         routed = torch.zeros_like(tokens)
         start = 0
         for expert, count in zip(self.experts, counts):
-            if count:
-                idx = slot_token[start:start + count]
-                routed.index_add_(0, idx, expert(tokens[idx]) * slot_weight[start:start + count])
+            # an expert with no tokens still runs, on an empty batch: under DDP every
+            # parameter must take part in every backward pass, or the gradient sync hangs
+            idx = slot_token[start:start + count]
+            routed.index_add_(0, idx, expert(tokens[idx]) * slot_weight[start:start + count])
             start += count
         out = routed.view(B, T, D)
         if self.shared_experts is not None:
@@ -363,6 +389,17 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to(), .half(), .cuda() and the like go through here. A cast to bf16 or fp16 would
+        round the RoPE tables too (bf16 keeps 8 bits: angles far off at long positions), so
+        they are rebuilt in float32 on the new device; apply_rope computes in float32."""
+        super()._apply(fn, *args, **kwargs)
+        if self.rope_cos.dtype != torch.float32:
+            cos, sin = precompute_rope(self.config)
+            self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(
+                self.rope_sin.device)
+        return self
 
     @staticmethod
     def _init_weights(module):
@@ -426,19 +463,27 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         if use_cache and past_key_values is None:
             past_key_values = [KVCache() for _ in self.layers]
-        past_len = past_key_values[0].length if past_key_values is not None else 0
 
-        positions = self._positions(input_ids, attention_mask, past_len)  # (B or 1, T)
-        if attention_mask is None:  # known on the host: no wait for the device
-            last = past_len + T - 1
+        if past_key_values is not None and isinstance(past_key_values[0], StaticKVCache):
+            # positions and mask from the position tensor, with no host sync (GraphedDecoder
+            # checked the capacity against max_seq_len when it allocated the caches)
+            cache = past_key_values[0]
+            positions = (cache.pos + torch.arange(T, device=input_ids.device))[None]  # (1, T)
+            slots = torch.arange(cache.capacity, device=input_ids.device)
+            mask = (slots <= positions[0, :, None])[None, None]  # (1, 1, T, capacity)
         else:
-            last = int(positions.max()) if positions.numel() else -1
-        if last >= self.config.max_seq_len:
-            raise ValueError(
-                f"position {last} asked for, but max_seq_len is "
-                f"{self.config.max_seq_len}; shorten the input or raise max_seq_len")
+            past_len = past_key_values[0].length if past_key_values is not None else 0
+            positions = self._positions(input_ids, attention_mask, past_len)  # (B or 1, T)
+            if attention_mask is None:  # known on the host: no wait for the device
+                last = past_len + T - 1
+            else:
+                last = int(positions.max()) if positions.numel() else -1
+            if last >= self.config.max_seq_len:
+                raise ValueError(
+                    f"position {last} asked for, but max_seq_len is "
+                    f"{self.config.max_seq_len}; shorten the input or raise max_seq_len")
+            mask = self._attention_mask(attention_mask, T, past_len, input_ids.device)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hd/2)
-        mask = self._attention_mask(attention_mask, T, past_len, input_ids.device)
 
         h = self.dropout(self.tok_embeddings(input_ids))
         for i, layer in enumerate(self.layers):
@@ -453,25 +498,45 @@ class Transformer(nn.Module):
             aux_loss = sum(layer.feed_forward.aux_loss for layer in self.layers)
         return CausalLMOutput(logits, aux_loss, past_key_values if use_cache else None)
 
+    def _static_decoder(self, batch_size: int, length: int) -> "GraphedDecoder":
+        """A GraphedDecoder for batch_size rows of up to `length` tokens, kept for the next
+        call while the batch size, the capacity (length rounded up to 256, so nearby prompt
+        lengths share one), the autocast dtype and the parameters' memory stay the same."""
+        capacity = min(256 * math.ceil(length / 256), self.config.max_seq_len)
+        device = self.tok_embeddings.weight.device
+        record = device.type == "cuda"
+        autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(
+            device.type)
+        key = (batch_size, capacity, record, autocast, self.tok_embeddings.weight.dtype,
+               tuple(p.data_ptr() for p in self.parameters()))
+        cached = getattr(self, "_decoder_cache", None)
+        if cached is None or cached[0] != key:
+            self._decoder_cache = None  # free the old graph's memory before recording anew
+            self._decoder_cache = (key, GraphedDecoder(self, batch_size, capacity, record))
+        return self._decoder_cache[1]
+
     def generate(self, input_ids, attention_mask=None, max_new_tokens=256, temperature=1.0,
                  top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=None,
-                 use_cache=True, stream=False, generator=None):
+                 use_cache=True, stream=False, generator=None, static_cache=None):
         """Continue each prompt of input_ids (B, T), left-padded where attention_mask is 0.
 
         temperature 0 is greedy; top_k 0 and top_p 1 disable those filters. Rows that
         produce eos_token_id keep emitting it until every row is done. Returns (B, T + new)
         ids, or with stream=True an iterator of (B,) tensors, one per step.
+        static_cache: decode with StaticKVCache and, on a GPU, a CUDA graph (GraphedDecoder);
+        None: where it pays off, a dense model on CUDA. Batches with padding never use it.
         """
         steps = self._generate_steps(input_ids, attention_mask, max_new_tokens, temperature,
                                      top_k, top_p, repetition_penalty, eos_token_id,
-                                     use_cache, generator)
+                                     use_cache, generator, static_cache)
         if stream:
             return steps
         new = list(steps)
         return torch.cat([input_ids] + [t[:, None] for t in new], dim=1)
 
     def _generate_steps(self, ids, attention_mask, max_new_tokens, temperature, top_k, top_p,
-                        repetition_penalty, eos_token_id, use_cache, generator) -> Iterator:
+                        repetition_penalty, eos_token_id, use_cache, generator,
+                        static_cache) -> Iterator:
         B, T = ids.shape
         # without padding, attention_mask stays None: no mask to build or extend per step
         prompt_len = T if attention_mask is None else int(attention_mask.sum(-1).max())
@@ -480,14 +545,23 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"prompt plus max_new_tokens is {longest} tokens but max_seq_len is "
                 f"{self.config.max_seq_len}; shorten the prompt or lower max_new_tokens")
+        if static_cache is None:  # a CUDA graph pays off on a GPU; MoE routing syncs the host
+            static_cache = ids.device.type == "cuda" and not self.config.use_moe
+        decoder = None
+        if use_cache and static_cache and attention_mask is None:
+            decoder = self._static_decoder(B, T + max_new_tokens)
         caches = [KVCache(T + max_new_tokens) for _ in self.layers] if use_cache else None
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         step_input = ids
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             with torch.inference_mode():
-                out = self(step_input if use_cache else ids, attention_mask,
-                           past_key_values=caches, use_cache=use_cache, logits_to_keep=1)
-            logits = out.logits[:, -1].float()  # (B, vocab)
+                if decoder is not None:
+                    logits = decoder.prefill(ids) if i == 0 else decoder.step(step_input)
+                else:
+                    logits = self(step_input if use_cache else ids, attention_mask,
+                                  past_key_values=caches, use_cache=use_cache,
+                                  logits_to_keep=1).logits[:, -1]
+            logits = logits.float()  # (B, vocab)
             if repetition_penalty != 1.0:
                 logits = apply_repetition_penalty(logits, ids, attention_mask, repetition_penalty)
             token = sample_next_token(logits, temperature, top_k, top_p, generator)
@@ -501,6 +575,62 @@ class Transformer(nn.Module):
             yield token
             if eos_token_id is not None and bool(done.all()):
                 return
+
+
+class GraphedDecoder:
+    """Decoding with static caches, each new token's step replayed from a CUDA graph.
+
+    At batch 1 a decoding step of a small model is a few hundred tiny kernels, and on a GPU
+    launching them one by one from Python takes far longer than running them. A CUDA graph
+    records the kernels of one step once; `replay` then launches all of them in one call.
+    Replaying reuses the recorded memory, so everything a step reads must stay in place: the
+    input token buffer, the position tensor and the StaticKVCache buffers.
+
+    With record=False (on a CPU) the same steps run eagerly: the tests check them there.
+    Parameters are read in place, so the graph sees weights updated in place by training;
+    if they move (.to(), a new device) Transformer._static_decoder records a new one.
+    """
+
+    def __init__(self, model, batch_size: int, capacity: int, record: bool):
+        device = model.tok_embeddings.weight.device
+        self.model, self.capacity = model, capacity
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.caches = [StaticKVCache(capacity, self.pos) for _ in model.layers]
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.graph = None
+        if record:
+            # warm up on a side stream (allocates the caches, lets libraries pick their
+            # kernels), as CUDA graph capture requires; slot 0 is overwritten by prefill
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._forward(self.token)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self._forward(self.token)  # refilled by every replay
+
+    def _forward(self, ids):
+        return self.model(ids, past_key_values=self.caches, logits_to_keep=1).logits[:, -1]
+
+    def prefill(self, ids):
+        """Logits (B, vocab) after the prompt ids (B, T), which fill slots 0..T-1."""
+        self.pos.zero_()
+        logits = self._forward(ids)
+        self.pos += ids.shape[1]
+        return logits
+
+    def step(self, token):
+        """Logits (B, vocab) after one more token per row, token (B, 1)."""
+        if self.graph is None:
+            logits = self._forward(token)
+        else:
+            self.token.copy_(token)
+            self.graph.replay()
+            logits = self.logits
+        self.pos += 1
+        return logits
 
 
 def apply_repetition_penalty(logits, ids, attention_mask, penalty: float):
