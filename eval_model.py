@@ -29,7 +29,7 @@ from tqdm import tqdm
 import dataset
 from model import LMConfig, Transformer
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
-from train_pretrain import checkpoint_paths
+from train_pretrain import checkpoint_paths, str_to_bool
 
 # Pretraining-only prompts, in the style of each corpus: the built-in corpus is Python's
 # own documentation; MiniMind's pretrain_hq.jsonl is general Chinese text.
@@ -428,15 +428,6 @@ def print_probe_report(probes, results, out):
     return right_total / n, right_per_byte / n
 
 
-def str_to_bool(text):
-    """'--use_moe', '--use_moe 1' and '--use_moe true' all mean True, as in MiniMind."""
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
 def check_flag_values(parser, args):
     """Stop with a usage error on a flag value that cannot work (comparisons written so that
     nan fails them too)."""
@@ -475,7 +466,8 @@ def parse_args(argv=None):
     model.add_argument("--n_layers", "--num_hidden_layers", type=int, default=None,
                        help="layers (default 8; with --ckpt read from the file)")
     model.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=None,
-                       help="mixture-of-experts weights, pretrain_{dim}_moe.pth")
+                       help="mixture-of-experts weights, pretrain_{dim}_moe.pth (--use_moe, "
+                       "--use_moe 1 or 0; with --ckpt read from the file)")
     model.add_argument("--n_heads", type=int, default=8)
     model.add_argument("--n_kv_heads", type=int, default=None, help="default: read from the file")
     model.add_argument("--ckpt", default=None, help="load this .pth instead of "

@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
 
 from model import LMConfig, Transformer  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer  # noqa: E402
+from train_pretrain import checkpoint_paths, str_to_bool  # noqa: E402
 
 
 def to_half_split(w, n_heads: int):
@@ -275,7 +276,8 @@ def parse_args(argv=None):
                                             "directory (Llama, or GraniteMoeShared for MoE).")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--n_layers", type=int, default=8)
-    p.add_argument("--use_moe", action="store_true")
+    p.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=False,
+                   help="mixture-of-experts weights (--use_moe, or MiniMind's --use_moe 1 / 0)")
     p.add_argument("--out_dir", default="out", help="where training wrote weights and tokenizer")
     p.add_argument("--ckpt", help="weights file; default {out_dir}/pretrain_{dim}{_moe}.pth")
     p.add_argument("--tokenizer", help="tokenizer.json; default {out_dir}/tokenizer.json")
@@ -286,7 +288,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     suffix = f"{args.dim}{'_moe' if args.use_moe else ''}"
-    ckpt = Path(args.ckpt or Path(args.out_dir) / f"pretrain_{suffix}.pth")
+    ckpt = Path(args.ckpt) if args.ckpt else checkpoint_paths(args.out_dir, args.dim,
+                                                              args.use_moe)[0]
     tokenizer_path = Path(args.tokenizer or Path(args.out_dir) / "tokenizer.json")
     out = Path(args.out or Path(args.out_dir) / f"hf-{suffix}")
     if not ckpt.is_file():

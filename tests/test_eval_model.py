@@ -253,7 +253,8 @@ def test_piped_stdin_with_minimind_command(memorised, tok, tmp_path):
     write_out_dir(tmp_path / "out", memorised, tok)
     # MiniMind's command, with this test's tiny shape
     command = [sys.executable, str(ROOT / "eval_model.py"), "--model_mode", "0", *SHAPE_FLAGS,
-               "--out_dir", "out", "--load", "0", "--temperature", "0", "--device", "cpu"]
+               "--use_moe", "0", "--out_dir", "out", "--load", "0", "--temperature", "0",
+               "--device", "cpu"]
     env = dict(os.environ, PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1")
     result = subprocess.run(command, input="The quick brown\n\n天地玄黄，\n".encode("utf-8"),
                             cwd=tmp_path, capture_output=True, env=env, timeout=120)
@@ -355,6 +356,23 @@ BAD_FLAG_VALUES = [
 def test_flag_values_that_cannot_work_are_usage_errors(flags, message, capsys):
     line = usage_error(flags, capsys)
     assert f"error: {message}" in line
+
+
+@pytest.mark.parametrize("flags, use_moe", [
+    ([], None),  # not given: read from the checkpoint
+    (["--use_moe"], True),
+    (["--use_moe", "1"], True),  # MiniMind's spelling
+    (["--use_moe", "0"], False),
+    (["--use_moe", "true"], True),
+    (["--use_moe", "False"], False),
+])
+def test_use_moe_takes_minimind_1_and_0_as_well_as_a_bare_flag(flags, use_moe):
+    args = parse_args(flags + ["--dim", "64", "--device", "cpu"])
+    assert args.use_moe is use_moe and args.dim == 64
+
+
+def test_use_moe_with_a_value_that_is_not_on_or_off(capsys):
+    assert "argument --use_moe" in usage_error(["--use_moe", "2"], capsys)
 
 
 def test_the_edges_of_each_flag_range_are_accepted():

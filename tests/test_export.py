@@ -43,10 +43,17 @@ def exported(tmp_path_factory):
         model = random_model(use_moe)
         suffix = "64_moe" if use_moe else "64"
         torch.save(model.state_dict(), out_dir / f"pretrain_{suffix}.pth")
-        export_hf.main(["--dim", "64", "--n_layers", "2", "--out_dir", str(out_dir)]
-                       + ["--use_moe"] * use_moe)
+        # MiniMind's spelling of the flag, --use_moe 1 / 0
+        export_hf.main(["--dim", "64", "--n_layers", "2", "--out_dir", str(out_dir),
+                        "--use_moe", "1" if use_moe else "0"])
         result[kind] = model, out_dir, out_dir / f"hf-{suffix}"
     return result
+
+
+def test_export_use_moe_is_a_bare_flag_or_minimind_1_and_0():
+    for flags, use_moe in [([], False), (["--use_moe"], True), (["--use_moe", "1"], True),
+                           (["--use_moe", "0"], False)]:
+        assert export_hf.parse_args(flags + ["--dim", "64"]).use_moe is use_moe, flags
 
 
 def test_half_split_takes_even_rows_then_odd_rows_of_each_head_and_inverts():
