@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from model import LMConfig, Transformer
-from train_pretrain import masked_lm_loss, peak_flops_per_second
+from train_pretrain import (allow_tf32, make_optimizer, masked_lm_loss, peak_flops_per_second,
+                            str_to_bool)
 
 PEER = "transformers"
 
@@ -42,13 +43,14 @@ def parse_args(argv=None):
                    help="autocast dtype; default bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--n_layers", type=int, default=8)
-    p.add_argument("--use_moe", action="store_true")
+    p.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=False,
+                   help="mixture-of-experts feed-forward (also --use_moe 1 / 0)")
     p.add_argument("--vocab_size", type=int, default=6400)
     p.add_argument("--batch_size", type=int, default=None,
                    help="training sequences per step; default 32 on CUDA, 4 on CPU")
     p.add_argument("--max_seq_len", type=int, default=512, help="training sequence length")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the models for the training steps")
+                   help="torch.compile the models and the loss for the training steps")
     p.add_argument("--steps", type=int, default=2, help="optimizer steps per timed window")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, default=3, help="timed windows per figure")
@@ -73,15 +75,13 @@ def parse_args(argv=None):
 
 
 def setup_device(device_arg):
-    """The device, with TF32 matmuls on for CUDA (fp32 matmuls on tensor cores: ~8x faster,
-    10 mantissa bits, which training tolerates; PyTorch leaves it off by default)."""
+    """The device, with TF32 matmuls on for CUDA, as train_pretrain.py runs."""
     if device_arg:
         device = torch.device(device_arg)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32()
     return device
 
 
@@ -182,15 +182,6 @@ def build_peer(model):
     return peer.float().to(next(model.parameters()).device)
 
 
-def make_optimizer(model, device):
-    """AdamW as train_pretrain.py builds it: decay on matrices only, fused kernel on CUDA."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
-
-
 class Trainer:
     """One model with its optimizer, taking optimizer steps exactly as train_pretrain.py does
     with one micro-step: forward under autocast, masked loss (+ MoE loss), backward, unscale,
@@ -199,7 +190,8 @@ class Trainer:
     def __init__(self, model, device, dtype, compile_model):
         self.model = model.train()
         self.step_model = torch.compile(model) if compile_model else model
-        self.optimizer = make_optimizer(model, device)
+        self.loss_fn = torch.compile(masked_lm_loss) if compile_model else masked_lm_loss
+        self.optimizer = make_optimizer(model, 1e-4, 0.1, device)
         self.autocast = autocast_for(device, dtype)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 do not need it
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -207,7 +199,7 @@ class Trainer:
     def step(self, X, Y, loss_mask):
         with self.autocast:
             out = self.step_model(X)
-            loss = masked_lm_loss(out.logits, Y, loss_mask)
+            loss = self.loss_fn(out.logits, Y, loss_mask)
         aux_loss = getattr(out, "aux_loss", None)  # transformers' Llama has none
         if aux_loss is not None:
             loss = loss + aux_loss
@@ -256,18 +248,38 @@ def measure_training(models, args, device, dtype):
     return figures
 
 
+# How a decode case uses the KV cache: "default" as generate() chooses (MyLLM: static
+# caches replayed from a CUDA graph on a GPU); "growing": MyLLM's KVCache run step by step
+# (the peer has no such case); None: no cache, the whole sequence again at every step.
 def myllm_generate(model):
-    def generate(prompt, new_tokens, use_cache):
+    def generate(prompt, new_tokens, cache):
         return model.generate(prompt, max_new_tokens=new_tokens, temperature=0.0,
-                              use_cache=use_cache)
+                              use_cache=cache is not None,
+                              static_cache=False if cache == "growing" else None)
     return generate
 
 
 def peer_generate(peer):
-    def generate(prompt, new_tokens, use_cache):
+    def generate(prompt, new_tokens, cache):
+        if cache == "growing":
+            return None
         return peer.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                             max_new_tokens=new_tokens, use_cache=use_cache)
+                             max_new_tokens=new_tokens, use_cache=cache is not None)
     return generate
+
+
+def static_decode_error(model, args, device, steps=32):
+    """Largest |logit| difference between GraphedDecoder (on a GPU, replaying its CUDA graph)
+    and one forward pass over the whole sequence, across a prefill and `steps` new tokens:
+    the speed figures are worth something only if this is at rounding level."""
+    g = torch.Generator().manual_seed(args.seed + 1)
+    ids = torch.randint(3, args.vocab_size, (1, args.prompt_len + steps), generator=g).to(device)
+    with torch.inference_mode():
+        full = model(ids).logits[0, args.prompt_len - 1:].float()
+        decoder = model._static_decoder(1, ids.shape[1])
+        logits = [decoder.prefill(ids[:, :args.prompt_len])]
+        logits += [decoder.step(ids[:, t:t + 1]) for t in range(args.prompt_len, ids.shape[1])]
+    return (torch.cat(logits).float()[:-1] - full[:-1]).abs().max().item()
 
 
 def measure_decode(models, generators, args, device):
@@ -277,25 +289,29 @@ def measure_decode(models, generators, args, device):
     for m in models.values():
         m.eval()
     g = torch.Generator().manual_seed(args.seed)
-    cases = {  # key: (batch, prompt length, new tokens, use_cache)
-        "decode_b1": (1, args.prompt_len, args.new_tokens, True),
-        "decode_b8": (8, args.prompt_len, args.new_tokens, True),
-        "decode_b1_no_cache": (1, args.prompt_len, args.new_tokens, False),
-        "ttft": (1, args.ttft_prompt_len, 1, True),
+    cases = {  # key: (batch, prompt length, new tokens, cache)
+        "decode_b1": (1, args.prompt_len, args.new_tokens, "default"),
+        "decode_b8": (8, args.prompt_len, args.new_tokens, "default"),
+        "decode_b1_growing": (1, args.prompt_len, args.new_tokens, "growing"),
+        "decode_b1_no_cache": (1, args.prompt_len, args.new_tokens, None),
+        "ttft": (1, args.ttft_prompt_len, 1, "default"),
     }
     figures = {name: {} for name in generators}
-    for key, (batch, prompt_len, new_tokens, use_cache) in cases.items():
+    for key, (batch, prompt_len, new_tokens, cache) in cases.items():
         prompt = torch.randint(3, args.vocab_size, (batch, prompt_len), generator=g).to(device)
 
         def run(generate):
             def once():
                 with torch.inference_mode():
-                    generate(prompt, new_tokens, use_cache)
+                    generate(prompt, new_tokens, cache)
             return once
 
-        tasks = {name: run(generate) for name, generate in generators.items()}
+        tasks = {name: run(generate) for name, generate in generators.items()
+                 if name == "MyLLM" or cache != "growing"}
+        for name in generators.keys() - tasks.keys():
+            figures[name][key] = None
         for task in tasks.values():
-            task()  # warm-up
+            task()  # warm-up (records the CUDA graph)
         for name, (seconds, memory) in timed_rounds(tasks, args.repeats, device).items():
             median = statistics.median(seconds)
             figures[name][key] = 1e3 * median if key == "ttft" else batch * new_tokens / median
@@ -430,6 +446,8 @@ def decode_rows(figures, names, args):
     get = lambda key: [figures[n][key] for n in names]  # noqa: E731
     return [("decode tokens/s, batch 1", get("decode_b1"), True, "{:,.0f}"),
             ("decode tokens/s, batch 8", get("decode_b8"), True, "{:,.0f}"),
+            ("decode tokens/s, batch 1, growing cache", get("decode_b1_growing"), True,
+             "{:,.0f}"),
             ("decode tokens/s, batch 1, no cache", get("decode_b1_no_cache"), True, "{:,.0f}"),
             (f"first token ms, {args.ttft_prompt_len}-token prompt", get("ttft"), False,
              "{:,.0f}")]
@@ -468,6 +486,10 @@ def main(argv=None):
         if args.vs_hf:
             generators[PEER] = peer_generate(models[PEER])
         rows += decode_rows(measure_decode(models, generators, args, device), names, args)
+        if not args.use_moe:
+            print(f"static-cache decode, max |logit difference| against a full forward: "
+                  f"{static_decode_error(model.eval(), args, device):.2e}")
+            model.train()
     if rows:
         print(format_rows(rows, names))
 
