@@ -1,5 +1,7 @@
-"""train_pretrain.py: schedule, accumulation, DDP equivalence, exact resume, signals, NaN guard."""
+"""train_pretrain.py: schedule, accumulation, DDP equivalence, exact resume, signals, NaN guard,
+precision, compile, validation loss, flags and the errors a user can meet."""
 
+import contextlib
 import json
 import math
 import os
@@ -13,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import train_pretrain
 from dataset import PretrainDataset, ShardedSampler, prepare
 from model import LMConfig, Transformer
 from tokenizer import save_tokenizer, train_tokenizer
-from train_pretrain import get_lr, masked_lm_loss, parse_args, pretrain, save_atomic
+from train_pretrain import (allow_tf32, evaluate, get_lr, main, make_optimizer, masked_lm_loss,
+                            parse_args, pretrain, save_atomic)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
@@ -246,20 +250,27 @@ def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, 
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0)
 
 
+def run_two_nodes(*node_flags):
+    """Two torchrun nodes on localhost, one process each, node r given node_flags[r];
+    returns [(returncode, stderr)] per node."""
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                               "--node_rank", str(r), "--nproc_per_node", "1",
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+                               "--rdzv_id", "t", str(ROOT / "train_pretrain.py"), *flags],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r, flags in enumerate(node_flags)]
+    errors = [n.communicate(timeout=300)[1] for n in nodes]
+    return [(n.returncode, err) for n, err in zip(nodes, errors)]
+
+
 def test_two_nodes_on_localhost_train_together(corpus, tmp_path):
     data, tok = corpus
-    port = free_port()
-    cmd = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "t",
-           str(ROOT / "train_pretrain.py"), *TINY_FLAGS, "--data_path", str(data),
-           "--tokenizer", str(tok), "--max_steps", "2", "--device", "cpu",
-           "--out_dir", str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    nodes = [subprocess.Popen([sys.executable, *cmd[:6], "--node_rank", str(r), *cmd[6:]],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for r in range(2)]
-    outputs = [n.communicate(timeout=300) for n in nodes]
-    assert all(n.returncode == 0 for n in nodes), outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    flags = [*TINY_FLAGS, "--data_path", str(data), "--tokenizer", str(tok), "--max_steps", "2",
+             "--device", "cpu", "--out_dir", str(tmp_path)]
+    (rc0, err0), (rc1, err1) = run_two_nodes(flags, flags)
+    assert rc0 == rc1 == 0, err0[-2000:] + err1[-2000:]
     run = read_log(next((tmp_path / "logs").iterdir()))[0]
     assert run["world_size"] == 2
     assert torch.load(tmp_path / "pretrain_32.pth", weights_only=True)
@@ -275,8 +286,10 @@ def test_sigterm_mid_run_leaves_a_resume_file_that_continues(corpus, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs = tmp_path / "logs"
     deadline = time.time() + 120
-    while time.time() < deadline and not (logs.exists() and any(
-            len(p.read_text().splitlines()) > 3 for p in logs.iterdir())):
+    while not (logs.exists() and any(len(p.read_text().splitlines()) > 3
+                                     for p in logs.iterdir())):  # the run line and 3 steps
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "no 3 logged steps within 120 s"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -313,3 +326,249 @@ def test_resume_with_another_world_size_continues_at_the_same_sample(corpus, tmp
     state = torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)
     assert state["step"] == 4 and state["world_size"] == 2
     assert state["samples_in_epoch"] == 2 * 4 + 2 * 4 * 2  # then 2 steps x 4 samples x 2 ranks
+
+
+def test_nodes_that_disagree_about_the_resume_file_stop_with_a_clear_error(corpus, tmp_path):
+    # Each node has its own --out_dir, as on nodes without a shared filesystem: only one of
+    # them holds the resume file. Continuing would train half the ranks from a checkpoint.
+    data, tok = corpus
+    flags = [*TINY_FLAGS, "--data_path", str(data), "--tokenizer", str(tok), "--device", "cpu"]
+    pretrain(parse_args(flags + ["--max_steps", "1", "--out_dir", str(tmp_path / "a")]))
+    results = run_two_nodes(*(flags + ["--max_steps", "2", "--out_dir", str(tmp_path / node)]
+                              for node in "ab"))
+    for returncode, err in results:
+        assert returncode != 0
+        assert "visible to 1 of 2 ranks" in err and "filesystem all nodes share" in err, err[-2000:]
+
+
+def test_two_process_moe_equals_one_process_though_experts_go_without_tokens(corpus, tmp_path):
+    # One sequence of 2 tokens per micro-step has 4 routed slots for 4 experts per layer, so
+    # most micro-steps leave some expert without a token; DDP must still get its gradient.
+    data, tok = corpus
+    common = TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok), "--device", "cpu",
+                           "--max_steps", "3", "--use_moe", "1", "--batch_size", "1",
+                           "--max_seq_len", "2"]
+    # as in the dense test: the 12 samples of 3 steps avoid the one window with padding
+    ds = PretrainDataset(prepare([str(data)], tok, tmp_path / "one" / "data", verbose=False),
+                         "train", 2)
+    seed = next(s for s in range(100)
+                if len(ds) - 1 not in list(ShardedSampler(len(ds), seed=s))[:12])
+    common += ["--seed", str(seed)]
+    # 8 validation sequences either way: 8 batches of one here, 4 per rank there
+    one = pretrain(parse_args(common + ["--accumulation_steps", "4", "--eval_iters", "8",
+                                        "--out_dir", str(tmp_path / "one")]))
+    done = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2",
+                      "--master_port", str(free_port()), str(ROOT / "train_pretrain.py"),
+                      *common, "--accumulation_steps", "2", "--eval_iters", "4",
+                      "--out_dir", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    log_one = read_log(one["log_path"])
+    log_two = read_log(next((tmp_path / "two" / "logs").iterdir()))
+    assert sorted(losses(log_two)) == [1, 2, 3]
+    for step, loss in losses(log_one).items():
+        assert math.isfinite(loss) and losses(log_two)[step] == pytest.approx(loss, abs=1e-5)
+    val = [[r["val_loss"] for r in log if r["kind"] == "val"] for log in (log_one, log_two)]
+    assert val[1] == pytest.approx(val[0], abs=1e-5)
+    weights_one = torch.load(tmp_path / "one" / "pretrain_32_moe.pth", weights_only=True)
+    weights_two = torch.load(tmp_path / "two" / "pretrain_32_moe.pth", weights_only=True)
+    for name in weights_one:
+        torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-5, rtol=0)
+
+
+def test_use_moe_takes_minimind_style_values():
+    assert parse_args([]).use_moe is False
+    assert parse_args(["--use_moe"]).use_moe is True
+    for value, expected in [("1", True), ("true", True), ("0", False), ("False", False)]:
+        assert parse_args(["--use_moe", value]).use_moe is expected, value
+    with pytest.raises(SystemExit):
+        parse_args(["--use_moe", "maybe"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda:99"], "--device cuda:99"),  # no such GPU, with or without CUDA
+    (["--device", "gpu0"], "not a device name"),
+    (["--dim", "100"], "divisible by n_heads"),  # 100 / 8 heads
+    (["--dim", "24"], "must be even for RoPE"),  # 3 channels per head
+    (["--eval_iters", "0"], "--eval_iters must be at least 1"),
+    (["--data_path", "a.jsonl", "b.jsonl", "--weights", "1"], "1 weights for 2"),
+])
+def test_flags_that_cannot_work_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args(argv)
+    assert stop.value.code == 2  # argparse's usage error, before any data is prepared
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ": error: " in last_line and message in last_line
+
+
+def test_optimizer_decays_matrices_only_with_llama_betas():
+    model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320))
+    optimizer = make_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
+    decay, no_decay = optimizer.param_groups
+    norms = {id(p) for name, p in model.named_parameters() if "norm" in name}
+    assert {id(p) for p in no_decay["params"]} == norms  # every RMSNorm gain, nothing else
+    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters()} - norms
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["lr"] == 1e-3
+    assert optimizer.defaults["fused"]  # the fused CPU kernel: torch >= 2.4 (requirements.txt)
+
+
+def test_allow_tf32_lets_float32_matmuls_use_tensor_cores():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        allow_tf32()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_compiled_run_matches_eager(corpus, tmp_path):
+    flags = ("--max_steps", "2", "--accumulation_steps", "2")
+    eager = pretrain(run_args(corpus, tmp_path / "eager", *flags))
+    compiled = pretrain(run_args(corpus, tmp_path / "compiled", *flags, "--compile"))
+    a, b = losses(read_log(eager["log_path"])), losses(read_log(compiled["log_path"]))
+    assert sorted(b) == [1, 2]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+    for name, p in eager["model"].state_dict().items():  # same keys: compiled in place
+        torch.testing.assert_close(compiled["model"].state_dict()[name], p, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_on_cpu_tracks_float32(corpus, tmp_path, dtype):
+    flags = ("--max_steps", "2", "--accumulation_steps", "1")
+    full = pretrain(run_args(corpus, tmp_path / "fp32", *flags))
+    low = pretrain(run_args(corpus, tmp_path / dtype, *flags, "--dtype", dtype))
+    assert low["bad_steps"] == 0
+    a, b = losses(read_log(full["log_path"])), losses(read_log(low["log_path"]))
+    for step in a:  # bf16 keeps 8 mantissa bits, fp16 11: either is within 2 %
+        assert b[step] == pytest.approx(a[step], rel=2e-2), step
+    # only float16 needs loss scaling: a disabled GradScaler saves an empty state
+    scaler = torch.load(tmp_path / dtype / "pretrain_32_resume.pth", weights_only=True)["scaler"]
+    assert bool(scaler) == (dtype == "float16")
+
+
+def test_float16_overflow_skipped_by_the_scaler_is_not_a_bad_step(corpus, tmp_path,
+                                                                  monkeypatch):
+    # A loss scale of 2**100 overflows every float16 gradient: the scaler skips each step and
+    # halves the scale, its normal recovery. Counted as bad steps, 3 would stop the run at 2.
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda *a, **kw: real_scaler(*a, init_scale=2.0 ** 100, **kw))
+    args = run_args(corpus, tmp_path, "--max_steps", "3", "--accumulation_steps", "1",
+                    "--dtype", "float16", "--max_bad_steps", "2")
+    torch.manual_seed(args.seed)
+    initial = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320, max_seq_len=8192))
+    result = pretrain(args)
+    assert result["step"] == 3 and result["bad_steps"] == 0
+    for name, p in initial.state_dict().items():  # no update was applied
+        assert torch.equal(p, result["model"].state_dict()[name]), name
+    state = torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)
+    assert state["scaler"]["scale"] == 2.0 ** 97
+    assert all(math.isfinite(loss) for loss in losses(read_log(result["log_path"])).values())
+
+
+def test_resume_with_another_max_seq_len_is_a_clear_error(corpus, tmp_path):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
+    with pytest.raises(ValueError, match="--max_seq_len 32 to continue it, or --resume none"):
+        pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--max_seq_len", "16"))
+
+
+def test_resume_with_another_batch_size_warns_and_continues(corpus, tmp_path, capsys):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
+    capsys.readouterr()
+    resumed = pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--batch_size", "2"))
+    assert resumed["step"] == 2
+    assert "tokens per optimizer step change" in capsys.readouterr().out
+
+
+def test_corrupt_resume_file_is_a_one_line_error_naming_it(corpus, tmp_path):
+    data, tok = corpus
+    resume = tmp_path / "pretrain_32_resume.pth"
+    resume.write_bytes(b"PK\x03\x04 cut short")  # what a copy that died half-way leaves
+    argv = TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok), "--device", "cpu",
+                         "--out_dir", str(tmp_path), "--max_steps", "1"]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    message = str(stop.value.code)
+    assert "\n" not in message and str(resume) in message and "--resume none" in message
+    # the weights file beside it loads, but holds no optimizer: not a resume file either
+    resume.unlink()
+    pretrain(parse_args(argv))
+    with pytest.raises(ValueError, match="pretrain_32.pth is not a resume file"):
+        pretrain(parse_args(argv + ["--resume", str(tmp_path / "pretrain_32.pth")]))
+
+
+def test_val_loss_weights_every_target_token_equally(corpus, tmp_path):
+    data, tok = corpus
+    val_ds = PretrainDataset(prepare([str(data)], tok, tmp_path, verbose=False), "val", 32)
+    # batches of 4 of the 6 windows, the last partly padding: a mean of the batch means
+    # would give its tokens more weight than the others'
+    assert len(val_ds) == 6 and 0 < val_ds[5][2].sum() < 32
+    torch.manual_seed(0)
+    model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320))
+    with torch.no_grad():  # sharp logits: at initialisation every token's loss is near ln 320,
+        model.norm.weight.mul_(30)  # and any way of averaging them agrees
+    nll, targets = 0.0, 0.0
+    with torch.no_grad():
+        for X, Y, mask in (val_ds[i] for i in range(len(val_ds))):
+            per_token = F.cross_entropy(model(X[None]).logits[0], Y, reduction="none")
+            nll += (per_token * mask).sum().item()
+            targets += mask.sum().item()
+    args = parse_args(TINY_FLAGS + ["--eval_iters", "2"])  # 2 batches: every window
+    got = evaluate(model, val_ds, args, 0, 1, torch.device("cpu"), contextlib.nullcontext())
+    assert got == pytest.approx(nll / targets, rel=1e-5)
+
+
+def test_prepared_directory_without_a_val_split_trains_and_logs_no_val_loss(corpus, tmp_path):
+    data, tok = corpus
+    prepared = prepare([str(data)], tok, tmp_path / "data", val_fraction=0, verbose=False)
+    val_ds = PretrainDataset(prepared, "val", 32)
+    assert len(val_ds) == 0
+    # the prepared directory as --data_path; the tokenizer is the one that prepared it
+    args = parse_args(TINY_FLAGS + ["--data_path", str(prepared), "--device", "cpu",
+                                    "--out_dir", str(tmp_path / "out"), "--max_steps", "2",
+                                    "--eval_interval", "1"])
+    result = pretrain(args)
+    log = read_log(result["log_path"])
+    assert sorted(losses(log)) == [1, 2]
+    assert [r for r in log if r["kind"] == "val"] == []  # not a val loss of 0
+    assert not (tmp_path / "out" / "data").exists()  # nothing prepared again
+    assert evaluate(result["model"], val_ds, args, 0, 1, torch.device("cpu"),
+                    contextlib.nullcontext()) is None
+
+
+def test_data_flags_reach_the_tokenizer_and_dataset_preparation(tmp_path):
+    # two sources whose text sits under "content", one with a broken line
+    rng = random.Random(1)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(300)]
+    for name, n_docs in (("a", 30), ("b", 20)):
+        lines = [json.dumps({"content": " ".join(rng.choices(words, k=40)) + "."})
+                 for _ in range(n_docs)]
+        if name == "a":
+            lines.insert(3, '{"content": "a line cut sh')
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    flags = TINY_FLAGS + ["--data_path", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+                          "--text_field", "content", "--skip_bad_lines", "--weights", "2", "0.5",
+                          "--vocab_size", "300", "--device", "cpu", "--max_steps", "1",
+                          "--out_dir", str(tmp_path / "out")]
+    pretrain(parse_args(flags))  # the tokenizer is trained on "content" too: no --tokenizer
+    (prepared,) = (tmp_path / "out" / "data").iterdir()
+    meta = json.loads((prepared / "meta.json").read_text())
+    assert meta["options"]["text_field"] == "content"
+    assert meta["report"]["bad_lines"] == 1
+    assert [source["weight"] for source in meta["sources"]] == [2.0, 0.5]
+
+
+def test_tokens_per_second_leaves_out_evaluation_and_saving(corpus, tmp_path, monkeypatch):
+    def slow_evaluate(*args):
+        time.sleep(1.0)
+        return 1.0
+
+    monkeypatch.setattr(train_pretrain, "evaluate", slow_evaluate)
+    result = pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--accumulation_steps", "1",
+                               "--log_interval", "2", "--eval_interval", "1",
+                               "--save_interval", "1"))
+    (record,) = (r for r in read_log(result["log_path"]) if r["kind"] == "train")
+    seconds = 2 * 4 * 32 / record["tokens_per_sec"]  # 2 steps of 4 sequences of 32 tokens
+    assert seconds < 0.9  # not the 1 s evaluation (nor the save) after step 1
