@@ -670,8 +670,11 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
                     model, optimizer, scaler, batches, n_micro, loss_fn, autocast, device,
                     args.grad_clip)
                 micro_left -= n_micro
-                bad_in_a_row = 0 if good else bad_in_a_row + 1
-                bad_steps_total += not good
+                if good:
+                    bad_in_a_row = 0
+                else:
+                    bad_in_a_row += 1
+                    bad_steps_total += 1
                 if bad_in_a_row >= args.max_bad_steps:
                     raise FloatingPointError(
                         f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or "
