@@ -498,7 +498,8 @@ class Transformer(nn.Module):
             aux_loss = sum(layer.feed_forward.aux_loss for layer in self.layers)
         return CausalLMOutput(logits, aux_loss, past_key_values if use_cache else None)
 
-    def _static_decoder(self, batch_size: int, length: int) -> "GraphedDecoder":
+    def _static_decoder(self, batch_size: int, length: int,
+                        compile_step: bool = False) -> "GraphedDecoder":
         """A GraphedDecoder for batch_size rows of up to `length` tokens, kept for the next
         call while the batch size, the capacity (length rounded up to 256, so nearby prompt
         lengths share one), the autocast dtype and the parameters' memory stay the same."""
@@ -507,17 +508,20 @@ class Transformer(nn.Module):
         record = device.type == "cuda"
         autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(
             device.type)
-        key = (batch_size, capacity, record, autocast, self.tok_embeddings.weight.dtype,
+        key = (batch_size, capacity, record, compile_step, autocast,
+               self.tok_embeddings.weight.dtype,
                tuple(p.data_ptr() for p in self.parameters()))
         cached = getattr(self, "_decoder_cache", None)
         if cached is None or cached[0] != key:
             self._decoder_cache = None  # free the old graph's memory before recording anew
-            self._decoder_cache = (key, GraphedDecoder(self, batch_size, capacity, record))
+            self._decoder_cache = (key, GraphedDecoder(self, batch_size, capacity, record,
+                                                       compile_step))
         return self._decoder_cache[1]
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=256, temperature=1.0,
                  top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=None,
-                 use_cache=True, stream=False, generator=None, static_cache=None):
+                 use_cache=True, stream=False, generator=None, static_cache=None,
+                 compile_decode=False):
         """Continue each prompt of input_ids (B, T), left-padded where attention_mask is 0.
 
         temperature 0 is greedy; top_k 0 and top_p 1 disable those filters. Rows that
@@ -525,10 +529,11 @@ class Transformer(nn.Module):
         ids, or with stream=True an iterator of (B,) tensors, one per step.
         static_cache: decode with StaticKVCache and, on a GPU, a CUDA graph (GraphedDecoder);
         None: where it pays off, a dense model on CUDA. Batches with padding never use it.
+        compile_decode: torch.compile its step as well (see GraphedDecoder).
         """
         steps = self._generate_steps(input_ids, attention_mask, max_new_tokens, temperature,
                                      top_k, top_p, repetition_penalty, eos_token_id,
-                                     use_cache, generator, static_cache)
+                                     use_cache, generator, static_cache, compile_decode)
         if stream:
             return steps
         new = list(steps)
@@ -536,7 +541,7 @@ class Transformer(nn.Module):
 
     def _generate_steps(self, ids, attention_mask, max_new_tokens, temperature, top_k, top_p,
                         repetition_penalty, eos_token_id, use_cache, generator,
-                        static_cache) -> Iterator:
+                        static_cache, compile_decode) -> Iterator:
         B, T = ids.shape
         # without padding, attention_mask stays None: no mask to build or extend per step
         prompt_len = T if attention_mask is None else int(attention_mask.sum(-1).max())
@@ -549,7 +554,7 @@ class Transformer(nn.Module):
             static_cache = ids.device.type == "cuda" and not self.config.use_moe
         decoder = None
         if use_cache and static_cache and attention_mask is None:
-            decoder = self._static_decoder(B, T + max_new_tokens)
+            decoder = self._static_decoder(B, T + max_new_tokens, compile_decode)
         caches = [KVCache(T + max_new_tokens) for _ in self.layers] if use_cache else None
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         step_input = ids
@@ -586,14 +591,19 @@ class GraphedDecoder:
     Replaying reuses the recorded memory, so everything a step reads must stay in place: the
     input token buffer, the position tensor and the StaticKVCache buffers.
 
+    An eager step is still ~50 small kernels per layer, each a few microseconds even inside
+    a graph; compile_step=True has torch.compile fuse them first (tens of seconds, once per
+    batch size and capacity), so each step launches a fraction as many.
     With record=False (on a CPU) the same steps run eagerly: the tests check them there.
     Parameters are read in place, so the graph sees weights updated in place by training;
     if they move (.to(), a new device) Transformer._static_decoder records a new one.
     """
 
-    def __init__(self, model, batch_size: int, capacity: int, record: bool):
+    def __init__(self, model, batch_size: int, capacity: int, record: bool,
+                 compile_step: bool = False):
         device = model.tok_embeddings.weight.device
         self.model, self.capacity = model, capacity
+        self.step_model = torch.compile(model, dynamic=False) if compile_step else model
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.caches = [StaticKVCache(capacity, self.pos) for _ in model.layers]
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
@@ -604,15 +614,18 @@ class GraphedDecoder:
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(self.token)
+                self._forward(self.token)  # eagerly first: the caches exist before compiling
+                for _ in range(3):
+                    self._forward(self.token, self.step_model)
             torch.cuda.current_stream(device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.logits = self._forward(self.token)  # refilled by every replay
+                # refilled by every replay: read it before the next step
+                self.logits = self._forward(self.token, self.step_model)
 
-    def _forward(self, ids):
-        return self.model(ids, past_key_values=self.caches, logits_to_keep=1).logits[:, -1]
+    def _forward(self, ids, model=None):
+        model = self.model if model is None else model
+        return model(ids, past_key_values=self.caches, logits_to_keep=1).logits[:, -1]
 
     def prefill(self, ids):
         """Logits (B, vocab) after the prompt ids (B, T), which fill slots 0..T-1."""
@@ -624,7 +637,7 @@ class GraphedDecoder:
     def step(self, token):
         """Logits (B, vocab) after one more token per row, token (B, 1)."""
         if self.graph is None:
-            logits = self._forward(token)
+            logits = self._forward(token, self.step_model)
         else:
             self.token.copy_(token)
             self.graph.replay()
