@@ -50,7 +50,12 @@ def parse_args(argv=None):
                    help="training sequences per step; default 32 on CUDA, 4 on CPU")
     p.add_argument("--max_seq_len", type=int, default=512, help="training sequence length")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the models and the loss for the training steps")
+                   help="torch.compile the models and the loss for the training steps, "
+                        "and MyLLM's decoding step")
+    p.add_argument("--compile_mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode of the training step; reduce-overhead replays "
+                        "it from CUDA graphs")
     p.add_argument("--steps", type=int, default=2, help="optimizer steps per timed window")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, default=3, help="timed windows per figure")
@@ -187,9 +192,9 @@ class Trainer:
     with one micro-step: forward under autocast, masked loss (+ MoE loss), backward, unscale,
     clip, step. Nothing here waits for the device; the caller syncs around the timed window."""
 
-    def __init__(self, model, device, dtype, compile_model):
+    def __init__(self, model, device, dtype, compile_model, compile_mode="default"):
         self.model = model.train()
-        self.step_model = torch.compile(model) if compile_model else model
+        self.step_model = torch.compile(model, mode=compile_mode) if compile_model else model
         self.loss_fn = torch.compile(masked_lm_loss) if compile_model else masked_lm_loss
         self.optimizer = make_optimizer(model, 1e-4, 0.1, device)
         self.autocast = autocast_for(device, dtype)
@@ -221,7 +226,8 @@ def random_batch(batch_size, seq_len, vocab_size, device, seed):
 def measure_training(models, args, device, dtype):
     """{name: figures} for optimizer steps on a random batch of batch_size x max_seq_len."""
     batch = random_batch(args.batch_size, args.max_seq_len, args.vocab_size, device, args.seed)
-    trainers = {name: Trainer(m, device, dtype, args.compile) for name, m in models.items()}
+    trainers = {name: Trainer(m, device, dtype, args.compile, args.compile_mode)
+                for name, m in models.items()}
     for trainer in trainers.values():
         for _ in range(args.warmup):  # the first steps allocate state (and compile)
             trainer.step(*batch)
@@ -251,11 +257,12 @@ def measure_training(models, args, device, dtype):
 # How a decode case uses the KV cache: "default" as generate() chooses (MyLLM: static
 # caches replayed from a CUDA graph on a GPU); "growing": MyLLM's KVCache run step by step
 # (the peer has no such case); None: no cache, the whole sequence again at every step.
-def myllm_generate(model):
+def myllm_generate(model, compile_decode):
     def generate(prompt, new_tokens, cache):
         return model.generate(prompt, max_new_tokens=new_tokens, temperature=0.0,
                               use_cache=cache is not None,
-                              static_cache=False if cache == "growing" else None)
+                              static_cache=False if cache == "growing" else None,
+                              compile_decode=compile_decode)
     return generate
 
 
@@ -276,9 +283,11 @@ def static_decode_error(model, args, device, steps=32):
     ids = torch.randint(3, args.vocab_size, (1, args.prompt_len + steps), generator=g).to(device)
     with torch.inference_mode():
         full = model(ids).logits[0, args.prompt_len - 1:].float()
-        decoder = model._static_decoder(1, ids.shape[1])
-        logits = [decoder.prefill(ids[:, :args.prompt_len])]
-        logits += [decoder.step(ids[:, t:t + 1]) for t in range(args.prompt_len, ids.shape[1])]
+        decoder = model._static_decoder(1, ids.shape[1], args.compile)
+        # clone: on a GPU every step returns the same graph output buffer
+        logits = [decoder.prefill(ids[:, :args.prompt_len]).clone()]
+        logits += [decoder.step(ids[:, t:t + 1]).clone()
+                   for t in range(args.prompt_len, ids.shape[1])]
     return (torch.cat(logits).float()[:-1] - full[:-1]).abs().max().item()
 
 
@@ -482,7 +491,7 @@ def main(argv=None):
     if "train" in args.tasks:
         rows += training_rows(measure_training(models, args, device, dtype), names, device)
     if "decode" in args.tasks:
-        generators = {"MyLLM": myllm_generate(model)}
+        generators = {"MyLLM": myllm_generate(model, args.compile)}
         if args.vs_hf:
             generators[PEER] = peer_generate(models[PEER])
         rows += decode_rows(measure_decode(models, generators, args, device), names, args)
