@@ -1,7 +1,7 @@
 """The MyLLM decoder: a Llama-style transformer, written to be read top to bottom.
 
-RMSNorm -> RoPE -> repeat_kv -> Attention -> FeedForward (SwiGLU) -> MoEGate ->
-MoEFeedForward -> Block -> Transformer.
+RMSNorm -> RoPE -> repeat_kv -> KVCache / StaticKVCache -> Attention -> FeedForward (SwiGLU)
+-> MoEGate -> MoEFeedForward -> Block -> Transformer -> GraphedDecoder (fast decoding).
 
 Parameter names and shapes follow MiniMind (2025), so its `.pth` files load with strict=True.
 Shapes in comments: B batch, T new tokens, S tokens attended to (cached + new), D model dim,
