@@ -395,6 +395,7 @@ class Transformer(nn.Module):
         round the RoPE tables too (bf16 keeps 8 bits: angles far off at long positions), so
         they are rebuilt in float32 on the new device; apply_rope computes in float32."""
         super()._apply(fn, *args, **kwargs)
+        self.clear_decode_cache()  # a recorded CUDA graph reads the old memory
         if self.rope_cos.dtype != torch.float32:
             cos, sin = precompute_rope(self.config)
             self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(
@@ -466,7 +467,7 @@ class Transformer(nn.Module):
 
         if past_key_values is not None and isinstance(past_key_values[0], StaticKVCache):
             # positions and mask from the position tensor, with no host sync (GraphedDecoder
-            # checked the capacity against max_seq_len when it allocated the caches)
+            # keeps its position within the capacity, itself within max_seq_len)
             cache = past_key_values[0]
             positions = (cache.pos + torch.arange(T, device=input_ids.device))[None]  # (1, T)
             slots = torch.arange(cache.capacity, device=input_ids.device)
@@ -502,21 +503,37 @@ class Transformer(nn.Module):
                         compile_step: bool = False) -> "GraphedDecoder":
         """A GraphedDecoder for batch_size rows of up to `length` tokens, kept for the next
         call while the batch size, the capacity (length rounded up to 256, so nearby prompt
-        lengths share one), the autocast dtype and the parameters' memory stay the same."""
+        lengths share one), the mode, the autocast dtype and the parameters' memory stay the
+        same. A decoder still in use by an unfinished stream is not shared: the caller gets a
+        fresh one, kept by nobody."""
         capacity = min(256 * math.ceil(length / 256), self.config.max_seq_len)
         device = self.tok_embeddings.weight.device
-        record = device.type == "cuda"
+        # MoE routing reads its expert counts on the host, which a CUDA graph cannot record
+        record = device.type == "cuda" and not self.config.use_moe
         autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(
             device.type)
-        key = (batch_size, capacity, record, compile_step, autocast,
+        key = (batch_size, capacity, record, compile_step, self.training, autocast,
                self.tok_embeddings.weight.dtype,
                tuple(p.data_ptr() for p in self.parameters()))
         cached = getattr(self, "_decoder_cache", None)
-        if cached is None or cached[0] != key:
-            self._decoder_cache = None  # free the old graph's memory before recording anew
-            self._decoder_cache = (key, GraphedDecoder(self, batch_size, capacity, record,
-                                                       compile_step))
+        if cached is not None and cached[0] == key and not cached[1].in_use:
+            return cached[1]
+        if cached is not None and cached[1].in_use:
+            return GraphedDecoder(self, batch_size, capacity, record, compile_step)
+        self.clear_decode_cache()  # free the old graph's memory before recording anew
+        self._decoder_cache = (key, GraphedDecoder(self, batch_size, capacity, record,
+                                                   compile_step))
         return self._decoder_cache[1]
+
+    def clear_decode_cache(self):
+        """Drop the kept GraphedDecoder and the GPU memory its caches and graph hold."""
+        self._decoder_cache = None
+
+    def __getstate__(self):
+        # copy.deepcopy and pickle: a recorded CUDA graph can be neither; it is rebuilt
+        state = self.__dict__.copy()
+        state["_decoder_cache"] = None
+        return state
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=256, temperature=1.0,
                  top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=None,
@@ -555,14 +572,26 @@ class Transformer(nn.Module):
         decoder = None
         if use_cache and static_cache and attention_mask is None:
             decoder = self._static_decoder(B, T + max_new_tokens, compile_decode)
+            decoder.in_use = True  # until this generator ends (or is closed / collected)
+        try:
+            yield from self._decode_loop(ids, attention_mask, max_new_tokens, temperature,
+                                         top_k, top_p, repetition_penalty, eos_token_id,
+                                         use_cache, generator, decoder)
+        finally:
+            if decoder is not None:
+                decoder.in_use = False
+
+    def _decode_loop(self, ids, attention_mask, max_new_tokens, temperature, top_k, top_p,
+                     repetition_penalty, eos_token_id, use_cache, generator, decoder):
+        B, T = ids.shape
         caches = [KVCache(T + max_new_tokens) for _ in self.layers] if use_cache else None
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         step_input = ids
         for i in range(max_new_tokens):
-            with torch.inference_mode():
-                if decoder is not None:
-                    logits = decoder.prefill(ids) if i == 0 else decoder.step(step_input)
-                else:
+            if decoder is not None:
+                logits = decoder.prefill(ids) if i == 0 else decoder.step(step_input)
+            else:
+                with torch.inference_mode():
                     logits = self(step_input if use_cache else ids, attention_mask,
                                   past_key_values=caches, use_cache=use_cache,
                                   logits_to_keep=1).logits[:, -1]
@@ -594,9 +623,10 @@ class GraphedDecoder:
     An eager step is still ~50 small kernels per layer, each a few microseconds even inside
     a graph; compile_step=True has torch.compile fuse them first (tens of seconds, once per
     batch size and capacity), so each step launches a fraction as many.
-    With record=False (on a CPU) the same steps run eagerly: the tests check them there.
-    Parameters are read in place, so the graph sees weights updated in place by training;
-    if they move (.to(), a new device) Transformer._static_decoder records a new one.
+    With record=False (on a CPU, or for MoE) the same steps run eagerly: the tests check
+    them there. Parameters are read in place, so the graph sees weights updated in place by
+    training; if they move (.to(), a new device) Transformer._static_decoder records anew.
+    Everything runs under inference_mode: no autograd state is recorded or kept.
     """
 
     def __init__(self, model, batch_size: int, capacity: int, record: bool,
@@ -607,35 +637,54 @@ class GraphedDecoder:
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.caches = [StaticKVCache(capacity, self.pos) for _ in model.layers]
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.length = 0  # the same position as self.pos, known on the host: no sync to check
+        self.in_use = False
         self.graph = None
         if record:
-            # warm up on a side stream (allocates the caches, lets libraries pick their
-            # kernels), as CUDA graph capture requires; slot 0 is overwritten by prefill
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                self._forward(self.token)  # eagerly first: the caches exist before compiling
-                for _ in range(3):
-                    self._forward(self.token, self.step_model)
-            torch.cuda.current_stream(device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                # refilled by every replay: read it before the next step
-                self.logits = self._forward(self.token, self.step_model)
+            self._record()
+
+    @torch.inference_mode()
+    def _record(self):
+        device = self.pos.device
+        # warm up on a side stream (allocates the caches, lets libraries pick their
+        # kernels), as CUDA graph capture requires; slot 0 is overwritten by prefill
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            self._forward(self.token)  # eagerly first: the caches exist before compiling
+            for _ in range(3):
+                self._forward(self.token, self.step_model)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            # refilled by every replay: read it before the next step
+            self.logits = self._forward(self.token, self.step_model)
 
     def _forward(self, ids, model=None):
         model = self.model if model is None else model
         return model(ids, past_key_values=self.caches, logits_to_keep=1).logits[:, -1]
 
+    def _advance(self, n: int):
+        if self.length + n > self.capacity:
+            raise ValueError(f"{self.length + n} tokens do not fit this decoder's "
+                             f"{self.capacity} slots; make a larger one")
+        self.length += n
+
+    @torch.inference_mode()
     def prefill(self, ids):
         """Logits (B, vocab) after the prompt ids (B, T), which fill slots 0..T-1."""
+        self.length = 0
+        self._advance(ids.shape[1])
         self.pos.zero_()
         logits = self._forward(ids)
         self.pos += ids.shape[1]
         return logits
 
+    @torch.inference_mode()
     def step(self, token):
-        """Logits (B, vocab) after one more token per row, token (B, 1)."""
+        """Logits (B, vocab) after one more token per row, token (B, 1). On a GPU this is
+        the graph's output buffer, overwritten by the next step: use or copy it first."""
+        self._advance(1)
         if self.graph is None:
             logits = self._forward(token, self.step_model)
         else:

@@ -1,7 +1,9 @@
 """Static-cache decoding, RoPE tables under dtype casts, and MoE experts left without tokens."""
 
+import copy
 import math
 
+import pytest
 import torch
 
 from model import LMConfig, StaticKVCache, Transformer
@@ -10,8 +12,29 @@ TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq
 
 
 def tiny_model(**overrides):
+    """A model whose outputs depend on the context: at the usual init (std 0.02) a tiny
+    model mostly echoes its input token, and a broken attention mask would go unnoticed.
+    Larger weights make attention matter; the first test checks that it does."""
     torch.manual_seed(0)
-    return Transformer(LMConfig(**{**TINY, **overrides})).eval()
+    model = Transformer(LMConfig(**{**TINY, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("wq.weight", "wk.weight", "wv.weight", "wo.weight")):
+                p.mul_(8)
+    return model
+
+
+def test_the_test_model_depends_on_context():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randint(3, 300, (1, 12), generator=g), torch.randint(3, 300, (1, 12), generator=g)
+    b[0, -1] = a[0, -1]  # same last token, different history
+    with torch.inference_mode():
+        diff = (model(a).logits[0, -1] - model(b).logits[0, -1]).abs().max()
+        greedy_a = model.generate(a, max_new_tokens=8, temperature=0)[0, 12:]
+        greedy_b = model.generate(b, max_new_tokens=8, temperature=0)[0, 12:]
+    assert diff > 0.1
+    assert not torch.equal(greedy_a, greedy_b)
 
 
 def test_static_cache_generates_the_same_tokens_as_the_growing_cache_and_no_cache():
@@ -24,31 +47,68 @@ def test_static_cache_generates_the_same_tokens_as_the_growing_cache_and_no_cach
     assert torch.equal(static, uncached)
 
 
+def decoder_logits(decoder, ids, prompt_len):
+    """Logits after positions prompt_len-1 .. end-1: a prefill, then one step per token."""
+    steps = [decoder.prefill(ids[:, :prompt_len]).clone()]
+    steps += [decoder.step(ids[:, t:t + 1]).clone() for t in range(prompt_len, ids.shape[1])]
+    return torch.stack(steps, dim=1)
+
+
 def test_static_decoder_logits_match_a_full_forward_at_every_step():
     model = tiny_model()
     ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         full = model(ids).logits  # (2, 12, vocab): the truth, no cache at all
-        decoder = model._static_decoder(2, 12)
-        steps = [decoder.prefill(ids[:, :5])]
-        steps += [decoder.step(ids[:, t:t + 1]) for t in range(5, 12)]
-    for i, logits in enumerate(steps):
-        torch.testing.assert_close(logits, full[:, 4 + i], atol=1e-5, rtol=1e-5)
+    steps = decoder_logits(model._static_decoder(2, 12), ids, 5)
+    torch.testing.assert_close(steps, full[:, 4:], atol=1e-4, rtol=1e-4)
 
 
 def test_static_decoder_is_reused_across_calls_and_stale_slots_stay_hidden():
-    """The second, shorter call reuses the buffers the first one filled further: slots past
-    the new prompt hold old keys, which the mask must keep out."""
+    """The second, shorter sequence reuses buffers the first one filled further: the slots
+    past it hold old keys, which the mask must keep out of attention."""
     model = tiny_model()
     g = torch.Generator().manual_seed(3)
-    long_prompt, short_prompt = torch.randint(3, 300, (1, 40), generator=g), torch.randint(
-        3, 300, (1, 4), generator=g)
-    model.generate(long_prompt, max_new_tokens=30, temperature=0, static_cache=True)
-    first = model._decoder_cache[1]
-    static = model.generate(short_prompt, max_new_tokens=30, temperature=0, static_cache=True)
-    assert model._decoder_cache[1] is first  # both fit the same 256-slot capacity
-    growing = model.generate(short_prompt, max_new_tokens=30, temperature=0, static_cache=False)
-    assert torch.equal(static, growing)
+    long_ids, short_ids = torch.randint(3, 300, (1, 200), generator=g), torch.randint(
+        3, 300, (1, 10), generator=g)
+    decoder = model._static_decoder(1, 200)
+    decoder_logits(decoder, long_ids, 150)
+    assert model._static_decoder(1, 10) is decoder  # both fit the same 256-slot capacity
+    with torch.inference_mode():
+        full = model(short_ids).logits
+    torch.testing.assert_close(decoder_logits(decoder, short_ids, 3), full[:, 2:],
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_two_unfinished_streams_do_not_share_a_decoder():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randint(3, 300, (1, 6), generator=g), torch.randint(3, 300, (1, 6), generator=g)
+    alone_a = model.generate(a, max_new_tokens=10, temperature=0, static_cache=True)[0, 6:]
+    alone_b = model.generate(b, max_new_tokens=10, temperature=0, static_cache=True)[0, 6:]
+    stream_a = model.generate(a, max_new_tokens=10, temperature=0, static_cache=True,
+                              stream=True)
+    stream_b = model.generate(b, max_new_tokens=10, temperature=0, static_cache=True,
+                              stream=True)
+    tokens_a, tokens_b = [], []
+    for token_a, token_b in zip(stream_a, stream_b):  # taking turns, step by step
+        tokens_a.append(token_a.item())
+        tokens_b.append(token_b.item())
+    assert tokens_a == alone_a.tolist() and tokens_b == alone_b.tolist()
+
+
+def test_a_model_that_has_decoded_can_be_copied_and_the_decoder_refuses_overflow():
+    model = tiny_model()
+    prompt = torch.randint(3, 300, (1, 5))
+    model.generate(prompt, max_new_tokens=3, temperature=0, static_cache=True)
+    twin = copy.deepcopy(model)  # the kept decoder is dropped, not copied
+    assert twin._decoder_cache is None
+    assert torch.equal(twin.generate(prompt, max_new_tokens=3, temperature=0),
+                       model.generate(prompt, max_new_tokens=3, temperature=0))
+    decoder = model._static_decoder(1, 8)  # 256 slots
+    decoder.prefill(torch.randint(3, 300, (1, 255)))
+    decoder.step(prompt[:, :1])
+    with pytest.raises(ValueError, match="do not fit"):
+        decoder.step(prompt[:, :1])
 
 
 def test_static_cache_capacity_is_a_multiple_of_256_within_max_seq_len():
