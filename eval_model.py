@@ -338,8 +338,8 @@ def evaluate(model, batches, byte_counts, total=None):
         n_tokens += int(mask.sum().item())
         n_bytes += int((byte_counts[Y.flatten()] * mask).sum().item())
     if n_tokens == 0:
-        raise ValueError("the evaluation data holds no documents; pass --eval_data with "
-                         "text in it")
+        raise ValueError("the evaluation data has no tokens to predict (no document of 2 "
+                         "tokens or more); pass --eval_data with text in it")
     loss = nll_sum / n_tokens
     return dict(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=n_tokens, bytes=n_bytes,
                 bits_per_byte=nll_sum / math.log(2) / n_bytes if n_bytes else float("nan"))

@@ -335,8 +335,8 @@ class MoEFeedForward(nn.Module):
         routed = torch.zeros_like(tokens)
         start = 0
         for expert, count in zip(self.experts, counts):
-            # an expert with no tokens still runs, on an empty batch: under DDP every
-            # parameter must take part in every backward pass, or the gradient sync hangs
+            # an expert with no tokens still runs, on an empty batch (next to free): under
+            # DDP every parameter must take part in every backward pass, or the sync hangs
             idx = slot_token[start:start + count]
             routed.index_add_(0, idx, expert(tokens[idx]) * slot_weight[start:start + count])
             start += count

@@ -152,7 +152,7 @@ def parse_args(argv=None):
     try:
         model_config(args)
     except ValueError as e:
-        p.error(f"--dim {args.dim}: {e}")
+        p.error(f"model shape: {e}")
     if args.device is not None and (problem := device_error(args.device)):
         p.error(problem)
     if args.data_path and any(is_prepared_dir(path) for path in args.data_path):
@@ -715,8 +715,12 @@ def _pretrain(args, rank, world_size, device, ddp, out_dir):
                     logged_steps = 0
                     last_log_time, last_log_tokens = now, tokens_seen
 
+                evaluating = step % args.eval_interval == 0 or step == total_steps
+                if evaluating or step % args.save_interval == 0:
+                    if device.type == "cuda":  # the step's queued kernels are training time
+                        torch.cuda.synchronize(device)
                 pause_start = time.perf_counter()
-                if step % args.eval_interval == 0 or step == total_steps:
+                if evaluating:
                     val_loss = evaluate(model.module if ddp else model, val_ds, args, rank,
                                         world_size, device, autocast)
                     if val_loss is not None:

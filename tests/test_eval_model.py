@@ -418,7 +418,7 @@ def test_empty_evaluation_file(uniform, tok, tmp_path, capsys):
     empty.write_text("\n\n", encoding="utf-8")
     line = one_line_error(*run_main(["--out_dir", str(out), *SHAPE_FLAGS, "--eval_data",
                                      str(empty)], capsys)[::2])
-    assert "holds no documents" in line and "--eval_data" in line
+    assert "no tokens to predict" in line and "--eval_data" in line
 
 
 def test_evaluation_window_longer_than_the_model_context(uniform, tok, tmp_path, capsys):
