@@ -36,7 +36,7 @@ from tokenizer import (load_tokenizer, read_sample, save_tokenizer, tokenizer_fi
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
 # a run that fits a 2-core CPU in minutes (the README's first command)
-QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 256 --batch_size 16 --accumulation_steps 1 "
+QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 128 --batch_size 32 --accumulation_steps 1 "
                "--epochs 2 --log_interval 20 --eval_interval 100")
 
 # Dense bf16 peak of common GPUs, in FLOP/s, for MFU (the share of it a run achieves).

@@ -109,3 +109,26 @@ def test_full_path_on_minimind_format_data(tmp_path):
         else:
             run(command, tmp_path)
     assert (tmp_path / "out" / "hf-512" / "model.safetensors").exists()
+
+
+def test_performance_commands(tmp_path):
+    """The CPU benchmark commands run, scaled down to a tiny model; the GPU ones need a GPU
+    to run as written, so here their flags must at least parse."""
+    import bench
+
+    body = README.split("\n## Performance\n", 1)[1].split("\n## ", 1)[0]
+    gpu_block, cpu_block = re.findall(r"```bash\n(.*?)```", body, flags=re.S)[:2]
+    for command in gpu_block.splitlines():
+        argv = shlex.split(command)
+        assert argv[:2] == ["python", "bench.py"]
+        bench.parse_args(argv[2:])
+    tiny = ["--dim", "64", "--n_layers", "2", "--vocab_size", "300", "--max_seq_len", "32",
+            "--batch_size", "2", "--steps", "1", "--repeats", "1", "--new_tokens", "4",
+            "--prompt_len", "4", "--ttft_prompt_len", "8"]
+    commands = cpu_block.splitlines()
+    assert len(commands) == 3
+    for command in commands:
+        out = run(command, tmp_path, extra=tiny)
+        assert "train tokens/s" in out
+        if "--vs-hf" in command:
+            assert "transformers" in out
