@@ -585,3 +585,21 @@ def test_cli_errors_are_one_line(tmp_path, tok_path):
         dataset.main(["--data", "builtin", "--tokenizer", str(tmp_path / "no_tok.json"),
                       "--out_dir", str(tmp_path), "--quiet"])
     assert "no_tok.json" in str(exit_info.value.code)
+
+
+def test_character_classes_and_units_agree_with_the_regex_definitions():
+    """The numpy lookups stand in for regex passes: alphanumerics as [^\\W_], whitespace as
+    str.split() sees it, and a unit as a CJK character or a run of other \\w characters."""
+    rng = random.Random(0)
+    alphabet = list("abcXYZ 019_-.,!?\t\n") + ["中", "文", "の", "한", "é", "İ", "ß", "😀",
+                                                  "𠀀", "\u3000", "\u00a0", "٣", "²", "=="]
+    cjk = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in dataset.CJK_RANGES)
+    unit = re.compile(rf"[{cjk}]|(?:(?![{cjk}])\w)+")
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        cp = dataset.code_points(text)
+        alnum = dataset.char_class(cp, dataset.IS_ALNUM_BMP, str.isalnum)
+        space = dataset.char_class(cp, dataset.IS_SPACE_BMP, str.isspace)
+        assert alnum.sum() == len(re.sub(r"[\W_]+", "", text))
+        assert len(cp) - space.sum() == len("".join(text.split()))
+        assert len(dataset.shingle_units(text)) == len(unit.findall(text.lower()))
