@@ -249,7 +249,8 @@ IS_ALNUM_BMP, IS_SPACE_BMP = _bmp_table(str.isalnum), _bmp_table(str.isspace)
 
 
 def code_points(text):
-    return np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    # surrogatepass: a lone surrogate (a JSON escape such as "\ud800") is a code point too
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
 def char_class(cp, table, predicate):

@@ -15,17 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def bash_blocks(section: str):
+def bash_blocks(section: str, per_block=False):
     """The commands of every ```bash block in a `## section` of the README: continuation
-    lines joined, comments dropped, `a && b` split into a and b."""
+    lines joined, comments dropped, `a && b` split into a and b. per_block: one list of
+    commands per block."""
     body = README.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
+    blocks = []
     for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
+        commands = []
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line and not line.startswith("#"):
                 commands += [c.strip() for c in line.split("&&")]
-    return commands
+        blocks.append(commands)
+    return blocks if per_block else [c for commands in blocks for c in commands]
 
 
 def run(command: str, cwd: Path, extra=(), stdin=""):
@@ -116,18 +119,16 @@ def test_performance_commands(tmp_path):
     to run as written, so here their flags must at least parse."""
     import bench
 
-    body = README.split("\n## Performance\n", 1)[1].split("\n## ", 1)[0]
-    gpu_block, cpu_block = re.findall(r"```bash\n(.*?)```", body, flags=re.S)[:2]
-    for command in gpu_block.splitlines():
+    gpu_commands, cpu_commands = bash_blocks("Performance", per_block=True)[:2]
+    for command in gpu_commands:
         argv = shlex.split(command)
         assert argv[:2] == ["python", "bench.py"]
         bench.parse_args(argv[2:])
     tiny = ["--dim", "64", "--n_layers", "2", "--vocab_size", "300", "--max_seq_len", "32",
             "--batch_size", "2", "--steps", "1", "--repeats", "1", "--new_tokens", "4",
             "--prompt_len", "4", "--ttft_prompt_len", "8"]
-    commands = cpu_block.splitlines()
-    assert len(commands) == 3
-    for command in commands:
+    assert len(cpu_commands) == 3
+    for command in cpu_commands:
         out = run(command, tmp_path, extra=tiny)
         assert "train tokens/s" in out
         if "--vs-hf" in command:
