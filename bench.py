@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from model import LMConfig, Transformer
-from train_pretrain import (allow_tf32, make_optimizer, masked_lm_loss, peak_flops_per_second,
-                            str_to_bool)
+from train_pretrain import (allow_tf32, make_optimizer, masked_lm_loss, mixed_precision,
+                            peak_flops_per_second, str_to_bool)
 
 PEER = "transformers"
 
@@ -100,13 +100,6 @@ def machine_name(device):
                 model_name = line.split(":", 1)[1].strip()
                 break
     return f"{model_name}, {torch.get_num_threads()} threads"
-
-
-def autocast_for(device, dtype):
-    """Mixed precision as train_pretrain.py runs it: weights stay fp32, matmuls in dtype."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def sync(device):
@@ -192,14 +185,13 @@ class Trainer:
     with one micro-step: forward under autocast, masked loss (+ MoE loss), backward, unscale,
     clip, step. Nothing here waits for the device; the caller syncs around the timed window."""
 
-    def __init__(self, model, device, dtype, compile_model, compile_mode="default"):
+    def __init__(self, model, device, dtype_name, compile_model, compile_mode="default"):
         self.model = model.train()
         self.step_model = torch.compile(model, mode=compile_mode) if compile_model else model
         self.loss_fn = torch.compile(masked_lm_loss) if compile_model else masked_lm_loss
         self.optimizer = make_optimizer(model, 1e-4, 0.1, device)
-        self.autocast = autocast_for(device, dtype)
-        # fp16 gradients underflow without loss scaling; bf16 and fp32 do not need it
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        # weights stay fp32, matmuls in dtype_name; a loss scaler for float16 only
+        _, self.autocast, self.scaler = mixed_precision(device, dtype_name)
 
     def step(self, X, Y, loss_mask):
         with self.autocast:
@@ -223,10 +215,10 @@ def random_batch(batch_size, seq_len, vocab_size, device, seed):
     return tokens[:, :-1].to(device), tokens[:, 1:].to(device), loss_mask.to(device)
 
 
-def measure_training(models, args, device, dtype):
+def measure_training(models, args, device, dtype_name):
     """{name: figures} for optimizer steps on a random batch of batch_size x max_seq_len."""
     batch = random_batch(args.batch_size, args.max_seq_len, args.vocab_size, device, args.seed)
-    trainers = {name: Trainer(m, device, dtype, args.compile, args.compile_mode)
+    trainers = {name: Trainer(m, device, dtype_name, args.compile, args.compile_mode)
                 for name, m in models.items()}
     for trainer in trainers.values():
         for _ in range(args.warmup):  # the first steps allocate state (and compile)
@@ -379,10 +371,10 @@ def prepare_samples(args, work_dir):
             PretrainDataset(prepared, "train", args.max_seq_len, mode="padded"))
 
 
-def measure_useful_tokens(model, datasets, args, device, dtype):
+def measure_useful_tokens(model, datasets, args, device, dtype_name):
     """{mode: figures}: training steps on each dataset, counting the tokens that carry loss
     (loss_mask 1) per second; batches are loaded inside the timed window, as in training."""
-    trainer = Trainer(model, device, dtype, args.compile)
+    trainer = Trainer(model, device, dtype_name, args.compile)
     g = torch.Generator().manual_seed(args.seed)
     batches = {mode: iter(torch.utils.data.DataLoader(
         ds, batch_size=args.batch_size, shuffle=True, generator=g, drop_last=True,
@@ -467,10 +459,7 @@ def main(argv=None):
     device = setup_device(args.device)
     if args.batch_size is None:
         args.batch_size = 32 if device.type == "cuda" else 4
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    if dtype_name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype_name = "float16"  # GPUs before Ampere, as train_pretrain.py does
-    dtype = getattr(torch, dtype_name)
+    dtype_name = mixed_precision(device, args.dtype)[0]  # as train_pretrain.py chooses it
     if args.compile and device.type == "cpu" and not shutil.which("g++") and not shutil.which(
             "clang++"):
         raise SystemExit("--compile on CPU needs a C++ compiler (g++ or clang++); install one "
@@ -489,7 +478,7 @@ def main(argv=None):
 
     rows = []
     if "train" in args.tasks:
-        rows += training_rows(measure_training(models, args, device, dtype), names, device)
+        rows += training_rows(measure_training(models, args, device, dtype_name), names, device)
     if "decode" in args.tasks:
         generators = {"MyLLM": myllm_generate(model, args.compile)}
         if args.vs_hf:
@@ -505,7 +494,7 @@ def main(argv=None):
     if "data" in args.tasks:
         with tempfile.TemporaryDirectory(prefix="myllm-bench-") as work_dir:
             datasets = dict(zip(("packed", "padded"), prepare_samples(args, Path(work_dir))))
-            figures = measure_useful_tokens(model, datasets, args, device, dtype)
+            figures = measure_useful_tokens(model, datasets, args, device, dtype_name)
         print(format_rows([
             ("useful tokens/s (carrying loss)",
              [figures[m]["useful_tokens_per_sec"] for m in datasets], True, "{:,.0f}"),

@@ -29,7 +29,7 @@ from tqdm import tqdm
 import dataset
 from model import LMConfig, Transformer
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
-from train_pretrain import checkpoint_paths, str_to_bool
+from train_pretrain import checkpoint_paths, device_error, str_to_bool
 
 # Pretraining-only prompts, in the style of each corpus: the built-in corpus is Python's
 # own documentation; MiniMind's pretrain_hq.jsonl is general Chinese text.
@@ -444,15 +444,8 @@ def check_flag_values(parser, args):
     if not args.repetition_penalty > 0:
         parser.error(f"--repetition_penalty must be above 0 (1 = off), not "
                      f"{args.repetition_penalty}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device} is not a device; pass cpu, cuda or cuda:N")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        parser.error(f"--device {args.device}, but PyTorch sees {torch.cuda.device_count()} "
-                     "CUDA GPUs; pass --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        parser.error("--device mps, but MPS is not available here; pass --device cpu")
+    if problem := device_error(args.device):
+        parser.error(problem)
 
 
 def parse_args(argv=None):

@@ -584,7 +584,9 @@ class Transformer(nn.Module):
     def _decode_loop(self, ids, attention_mask, max_new_tokens, temperature, top_k, top_p,
                      repetition_penalty, eos_token_id, use_cache, generator, decoder):
         B, T = ids.shape
-        caches = [KVCache(T + max_new_tokens) for _ in self.layers] if use_cache else None
+        caches = None  # the growing caches, when the static decoder is not used
+        if use_cache and decoder is None:
+            caches = [KVCache(T + max_new_tokens) for _ in self.layers]
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         step_input = ids
         for i in range(max_new_tokens):
@@ -634,10 +636,10 @@ class GraphedDecoder:
         device = model.tok_embeddings.weight.device
         self.model, self.capacity = model, capacity
         self.step_model = torch.compile(model, dynamic=False) if compile_step else model
+        self.length = 0  # slots filled; self.pos is set from it before every forward
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.caches = [StaticKVCache(capacity, self.pos) for _ in model.layers]
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.length = 0  # the same position as self.pos, known on the host: no sync to check
         self.in_use = False
         self.graph = None
         if record:
@@ -664,34 +666,34 @@ class GraphedDecoder:
         model = self.model if model is None else model
         return model(ids, past_key_values=self.caches, logits_to_keep=1).logits[:, -1]
 
-    def _advance(self, n: int):
+    def _place(self, n: int):
+        """Point the caches at the next n free slots (checked on the host: no sync)."""
         if self.length + n > self.capacity:
             raise ValueError(f"{self.length + n} tokens do not fit this decoder's "
                              f"{self.capacity} slots; make a larger one")
-        self.length += n
+        self.pos.fill_(self.length)
 
     @torch.inference_mode()
     def prefill(self, ids):
         """Logits (B, vocab) after the prompt ids (B, T), which fill slots 0..T-1."""
         self.length = 0
-        self._advance(ids.shape[1])
-        self.pos.zero_()
+        self._place(ids.shape[1])
         logits = self._forward(ids)
-        self.pos += ids.shape[1]
+        self.length = ids.shape[1]
         return logits
 
     @torch.inference_mode()
     def step(self, token):
         """Logits (B, vocab) after one more token per row, token (B, 1). On a GPU this is
         the graph's output buffer, overwritten by the next step: use or copy it first."""
-        self._advance(1)
+        self._place(1)
         if self.graph is None:
             logits = self._forward(token, self.step_model)
         else:
             self.token.copy_(token)
             self.graph.replay()
             logits = self.logits
-        self.pos += 1
+        self.length += 1
         return logits
 
 

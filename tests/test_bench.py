@@ -46,7 +46,7 @@ def test_training_gflops_are_the_hand_counted_flops_times_tokens_per_second():
     args = bench.parse_args(TINY_FLAGS)
     model = bench.build_model(args, torch.device("cpu"))
     figures = bench.measure_training({"MyLLM": model}, args, torch.device("cpu"),
-                                     torch.float32)["MyLLM"]
+                                     "float32")["MyLLM"]
     assert figures["tokens_per_sec"] == pytest.approx(2 * 32 / (figures["ms_per_step"] / 1e3))
     flops_per_token = 6 * 113_728 + 12 * 2 * 64 * 32  # = 731,520, as counted above
     assert figures["gflops_per_sec"] == pytest.approx(
@@ -81,7 +81,7 @@ def test_padded_samples_carry_fewer_useful_tokens_than_packed(tmp_path):
     packed, padded = bench.prepare_samples(args, tmp_path)
     model = bench.build_model(args, torch.device("cpu"))
     figures = bench.measure_useful_tokens(model, {"packed": packed, "padded": padded}, args,
-                                          torch.device("cpu"), torch.float32)
+                                          torch.device("cpu"), "float32")
     useful = {mode: figures[mode]["useful_tokens_per_step"] for mode in figures}
     assert useful["padded"] < useful["packed"] <= 2 * 128
     assert figures["padded"]["padding_share"] > figures["packed"]["padding_share"]

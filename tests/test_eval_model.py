@@ -347,7 +347,7 @@ BAD_FLAG_VALUES = [
     (["--temperature", "-0.5"], "--temperature must be at least 0"),
     (["--repetition_penalty", "0"], "--repetition_penalty must be above 0"),
     (["--device", "gpu"], "--device gpu is not a device"),
-    (["--device", "cuda:64"], "--device cuda:64, but PyTorch sees"),
+    (["--device", "cuda:64"], "--device cuda:64: "),  # no such GPU, with or without CUDA
 ]
 
 
