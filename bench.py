@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from decode import StaticDecoder
 from model import LMConfig, Transformer
 from train_pretrain import (allow_tf32, make_optimizer, masked_lm_loss, mixed_precision,
                             peak_flops_per_second, str_to_bool)
@@ -250,11 +251,19 @@ def measure_training(models, args, device, dtype_name):
 # caches replayed from a CUDA graph on a GPU); "growing": MyLLM's KVCache run step by step
 # (the peer has no such case); None: no cache, the whole sequence again at every step.
 def myllm_generate(model, compile_decode):
+    decoders = {}  # one StaticDecoder per prompt shape, made once and kept, as a caller would
+
     def generate(prompt, new_tokens, cache):
+        decoder = None
+        if cache == "default" and prompt.device.type == "cuda" and not model.config.use_moe:
+            key = (prompt.shape, new_tokens)
+            if key not in decoders:
+                decoders[key] = StaticDecoder(model, prompt.shape[0],
+                                              prompt.shape[1] + new_tokens,
+                                              compile_step=compile_decode)
+            decoder = decoders[key]
         return model.generate(prompt, max_new_tokens=new_tokens, temperature=0.0,
-                              use_cache=cache is not None,
-                              static_cache=False if cache == "growing" else None,
-                              compile_decode=compile_decode)
+                              use_cache=cache is not None, decoder=decoder)
     return generate
 
 
@@ -268,14 +277,14 @@ def peer_generate(peer):
 
 
 def static_decode_error(model, args, device, steps=32):
-    """Largest |logit| difference between GraphedDecoder (on a GPU, replaying its CUDA graph)
+    """Largest |logit| difference between StaticDecoder (on a GPU, replaying its CUDA graph)
     and one forward pass over the whole sequence, across a prefill and `steps` new tokens:
     the speed figures are worth something only if this is at rounding level."""
     g = torch.Generator().manual_seed(args.seed + 1)
     ids = torch.randint(3, args.vocab_size, (1, args.prompt_len + steps), generator=g).to(device)
     with torch.inference_mode():
         full = model(ids).logits[0, args.prompt_len - 1:].float()
-        decoder = model._static_decoder(1, ids.shape[1], args.compile)
+        decoder = StaticDecoder(model, 1, ids.shape[1], compile_step=args.compile)
         # clone: on a GPU every step returns the same graph output buffer
         logits = [decoder.prefill(ids[:, :args.prompt_len]).clone()]
         logits += [decoder.step(ids[:, t:t + 1]).clone()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataset
+from decode import StaticDecoder
 from model import LMConfig, Transformer
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
 from train_pretrain import checkpoint_paths, device_error, str_to_bool
@@ -239,15 +240,19 @@ class Completion:
 
 
 def complete(model, tok, prompt, out, max_new_tokens=256, temperature=0.85, top_k=0,
-             top_p=0.85, repetition_penalty=1.0, use_cache=True, generator=None):
-    """Write the model's continuation of prompt to out as it is generated."""
+             top_p=0.85, repetition_penalty=1.0, use_cache=True, generator=None, decoder=None):
+    """Write the model's continuation of prompt to out as it is generated. decoder: a
+    decode.StaticDecoder to use where the prompt and its continuation fit it."""
     context = model.config.max_seq_len
     ids = prompt_ids(tok, prompt, context)
     device = model.tok_embeddings.weight.device
+    max_new_tokens = min(max_new_tokens, context - len(ids))
     steps = model.generate(
-        torch.tensor([ids], device=device), max_new_tokens=min(max_new_tokens, context - len(ids)),
+        torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-        eos_token_id=EOS_ID, use_cache=use_cache, stream=True, generator=generator)
+        eos_token_id=EOS_ID, use_cache=use_cache, stream=True, generator=generator,
+        decoder=decoder if use_cache and decoder and decoder.fits(1, len(ids) + max_new_tokens)
+        else None)
     stream, pieces = TextStream(tok), []
     n_tokens, first_token_s = 0, 0.0
     start = time.perf_counter()
@@ -612,11 +617,14 @@ def run(args):
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    decoder = None  # on a GPU, one CUDA-graph decoder for every prompt of up to 256 tokens
+    if torch.device(args.device).type == "cuda" and not c.use_moe and not args.no_cache:
+        decoder = StaticDecoder(model, 1, min(256 + args.max_new_tokens, c.max_seq_len))
     for prompt in prompts_to_run(args, tok, sys.stdin):
         sys.stdout.write(prompt)
         done = complete(model, tok, prompt, sys.stdout, args.max_new_tokens, args.temperature,
                         args.top_k, args.top_p, args.repetition_penalty,
-                        use_cache=not args.no_cache, generator=generator)
+                        use_cache=not args.no_cache, generator=generator, decoder=decoder)
         print("\n")
         if args.show_speed and done.n_tokens:
             # decoding speed: the tokens after the first, over the time after the first

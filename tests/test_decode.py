@@ -1,4 +1,5 @@
-"""Static-cache decoding, RoPE tables under dtype casts, and MoE experts left without tokens."""
+"""decode.py's StaticDecoder against a full forward, RoPE tables under dtype casts, and MoE
+experts left without tokens."""
 
 import copy
 import math
@@ -6,7 +7,8 @@ import math
 import pytest
 import torch
 
-from model import LMConfig, StaticKVCache, Transformer
+from decode import StaticDecoder, StaticKVCache
+from model import LMConfig, Transformer
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=600)
 
@@ -37,13 +39,14 @@ def test_the_test_model_depends_on_context():
     assert not torch.equal(greedy_a, greedy_b)
 
 
-def test_static_cache_generates_the_same_tokens_as_the_growing_cache_and_no_cache():
+def test_static_decoder_generates_the_same_tokens_as_the_kv_cache_and_no_cache():
     model = tiny_model()
     prompt = torch.randint(3, 300, (3, 9), generator=torch.Generator().manual_seed(1))
-    growing = model.generate(prompt, max_new_tokens=25, temperature=0, static_cache=False)
-    static = model.generate(prompt, max_new_tokens=25, temperature=0, static_cache=True)
+    cached = model.generate(prompt, max_new_tokens=25, temperature=0)
+    static = model.generate(prompt, max_new_tokens=25, temperature=0,
+                            decoder=StaticDecoder(model, 3, 34))
     uncached = model.generate(prompt, max_new_tokens=25, temperature=0, use_cache=False)
-    assert torch.equal(static, growing)
+    assert torch.equal(static, cached)
     assert torch.equal(static, uncached)
 
 
@@ -59,36 +62,36 @@ def test_static_decoder_logits_match_a_full_forward_at_every_step():
     ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         full = model(ids).logits  # (2, 12, vocab): the truth, no cache at all
-    steps = decoder_logits(model._static_decoder(2, 12), ids, 5)
+    steps = decoder_logits(StaticDecoder(model, 2, 12), ids, 5)
     torch.testing.assert_close(steps, full[:, 4:], atol=1e-4, rtol=1e-4)
 
 
-def test_static_decoder_is_reused_across_calls_and_stale_slots_stay_hidden():
+def test_a_kept_decoder_serves_the_next_call_and_stale_slots_stay_hidden():
     """The second, shorter sequence reuses buffers the first one filled further: the slots
     past it hold old keys, which the mask must keep out of attention."""
     model = tiny_model()
     g = torch.Generator().manual_seed(3)
     long_ids, short_ids = torch.randint(3, 300, (1, 200), generator=g), torch.randint(
         3, 300, (1, 10), generator=g)
-    decoder = model._static_decoder(1, 200)
+    decoder = StaticDecoder(model, 1, 200)
     decoder_logits(decoder, long_ids, 150)
-    assert model._static_decoder(1, 10) is decoder  # both fit the same 256-slot capacity
+    assert decoder.fits(1, 10) and not decoder.fits(2, 10) and not decoder.fits(1, 257)
     with torch.inference_mode():
         full = model(short_ids).logits
     torch.testing.assert_close(decoder_logits(decoder, short_ids, 3), full[:, 2:],
                                atol=1e-4, rtol=1e-4)
+    again = model.generate(short_ids, max_new_tokens=6, temperature=0, decoder=decoder)
+    assert torch.equal(again, model.generate(short_ids, max_new_tokens=6, temperature=0))
 
 
-def test_two_unfinished_streams_do_not_share_a_decoder():
+def test_two_unfinished_streams_do_not_disturb_each_other():
     model = tiny_model()
     g = torch.Generator().manual_seed(5)
     a, b = torch.randint(3, 300, (1, 6), generator=g), torch.randint(3, 300, (1, 6), generator=g)
-    alone_a = model.generate(a, max_new_tokens=10, temperature=0, static_cache=True)[0, 6:]
-    alone_b = model.generate(b, max_new_tokens=10, temperature=0, static_cache=True)[0, 6:]
-    stream_a = model.generate(a, max_new_tokens=10, temperature=0, static_cache=True,
-                              stream=True)
-    stream_b = model.generate(b, max_new_tokens=10, temperature=0, static_cache=True,
-                              stream=True)
+    alone_a = model.generate(a, max_new_tokens=10, temperature=0)[0, 6:]
+    alone_b = model.generate(b, max_new_tokens=10, temperature=0)[0, 6:]
+    stream_a = model.generate(a, max_new_tokens=10, temperature=0, stream=True)
+    stream_b = model.generate(b, max_new_tokens=10, temperature=0, stream=True)
     tokens_a, tokens_b = [], []
     for token_a, token_b in zip(stream_a, stream_b):  # taking turns, step by step
         tokens_a.append(token_a.item())
@@ -96,26 +99,29 @@ def test_two_unfinished_streams_do_not_share_a_decoder():
     assert tokens_a == alone_a.tolist() and tokens_b == alone_b.tolist()
 
 
-def test_a_model_that_has_decoded_can_be_copied_and_the_decoder_refuses_overflow():
+def test_a_decoded_model_copies_and_a_decoder_refuses_what_does_not_fit():
     model = tiny_model()
     prompt = torch.randint(3, 300, (1, 5))
-    model.generate(prompt, max_new_tokens=3, temperature=0, static_cache=True)
-    twin = copy.deepcopy(model)  # the kept decoder is dropped, not copied
-    assert twin._decoder_cache is None
+    decoder = StaticDecoder(model, 1, 8)  # 256 slots
+    model.generate(prompt, max_new_tokens=3, temperature=0, decoder=decoder)
+    twin = copy.deepcopy(model)  # nothing of the decoding is kept on the model
     assert torch.equal(twin.generate(prompt, max_new_tokens=3, temperature=0),
                        model.generate(prompt, max_new_tokens=3, temperature=0))
-    decoder = model._static_decoder(1, 8)  # 256 slots
     decoder.prefill(torch.randint(3, 300, (1, 255)))
     decoder.step(prompt[:, :1])
     with pytest.raises(ValueError, match="do not fit"):
         decoder.step(prompt[:, :1])
+    with pytest.raises(ValueError, match="make a decoder that fits"):
+        model.generate(prompt.repeat(2, 1), max_new_tokens=3, decoder=decoder)
+    with pytest.raises(ValueError, match="without padding"):
+        model.generate(prompt, torch.ones_like(prompt), max_new_tokens=3, decoder=decoder)
 
 
-def test_static_cache_capacity_is_a_multiple_of_256_within_max_seq_len():
+def test_static_decoder_capacity_is_a_multiple_of_256_within_max_seq_len():
     model = tiny_model()
-    assert model._static_decoder(1, 10).capacity == 256
-    assert model._static_decoder(1, 257).capacity == 512
-    assert model._static_decoder(1, 590).capacity == 600  # capped at max_seq_len
+    assert StaticDecoder(model, 1, 10).capacity == 256
+    assert StaticDecoder(model, 1, 257).capacity == 512
+    assert StaticDecoder(model, 1, 590).capacity == 600  # capped at max_seq_len
 
 
 def test_static_kv_cache_writes_at_the_position_tensor():

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (LMConfig, Transformer, apply_repetition_penalty, apply_rope, repeat_kv,
-                   rope_frequencies, sample_next_token)
+from decode import apply_repetition_penalty, sample_next_token
+from model import LMConfig, Transformer, apply_rope, repeat_kv, rope_frequencies
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from export_hf import to_hf_state_dict  # noqa: E402  the one place the Llama mapping lives
