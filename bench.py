@@ -28,8 +28,8 @@ import torch
 
 from decode import StaticDecoder
 from model import LMConfig, Transformer
-from train_pretrain import (allow_tf32, make_optimizer, masked_lm_loss, mixed_precision,
-                            peak_flops_per_second, str_to_bool)
+from common import allow_tf32, mixed_precision, peak_flops_per_second, str_to_bool
+from train_pretrain import make_optimizer, masked_lm_loss
 
 PEER = "transformers"
 

@@ -1,500 +1,64 @@
-"""Pretraining data: read raw text, clean it, deduplicate it, tokenize it once, pack it.
+"""Pretraining data, prepared once: read and clean the sources (corpus.py), drop copies
+(dedup.py), split train/val, tokenize, write flat token files; then cut them into training
+samples.
 
-    python dataset.py --data dataset/pretrain_hq.jsonl --tokenizer out/tokenizer.json
+    python dataset.py --data_path dataset/pretrain_hq.jsonl --tokenizer out/tokenizer.json
 
-prepare() turns the sources into a directory under cache_dir, named by a fingerprint of the
+prepare() turns the sources into a directory under data_dir, named by a fingerprint of the
 sources, the tokenizer and the options, so it is reused while all three are unchanged:
 
     train.bin, val.bin          token ids, little-endian uint16 (uint32 when the vocabulary
-                                has more than 65536 tokens); every document is <s> ... </s>
+                                has more than 65536 tokens); every document is framed
+                                <s> ... </s> (tokenizer.frame_document)
     train.idx.npy, val.idx.npy  int64 offset of every document's first token, then the total
     meta.json                   fingerprints, counts, cleaning report, dtype, vocab_size
 
 It is built in a temporary directory that is renamed into place at the end, so an interrupted
-run never leaves a directory that looks complete. The steps, in order:
-
-    1. read     .jsonl / .txt files (gzip too), streaming, or the text that ships with Python
-    2. clean    counted rules: control characters, runs of spaces or of one symbol, documents
-                that are too short or mostly symbols
-    3. dedup    exact (hash, confirmed by comparing the texts), then near (MinHash-LSH)
-    4. tokenize in parallel batches, split train/val by a hash of each document
+run never leaves a directory that looks complete. Pass 1 reads, cleans, hashes and signs the
+documents in worker processes and appends the cleaned text to a file on disk (memory stays
+bounded on a corpus of any size); then exact and near duplicates are dropped and each kept
+document goes to train or val by a hash of its text; pass 2 tokenizes in parallel batches.
 
 PretrainDataset memory-maps one split and cuts it into (X, Y, loss_mask) windows, and
 ShardedSampler gives each DDP rank its share of a shuffled epoch.
 """
 
 import argparse
-import ast
-import gzip
 import hashlib
 import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import sys
 import sysconfig
 import time
-import zlib
 from collections import Counter, deque
 from functools import partial
-from glob import glob
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
-import pydoc_data.topics
 import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer,
-                       tokenizer_fingerprint)
+from common import add_prepare_flags, add_source_flags, renamed, write_text_atomic
+from corpus import (CLEANING_RULES, MIN_CHARS, clean_text, expand_paths, file_fingerprint,
+                    iter_texts, normalize)
+from dedup import (band_hashes, candidate_pairs, exact_duplicates, lsh_bands, minhash,
+                   near_duplicates, shingles, text_hash)
+from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
+                       token_bytes, tokenizer_fingerprint)
 
-FORMAT_VERSION = 1  # bump when a change here changes what prepare() writes
-
-
-def stdlib_docstrings(stdlib_dir):
-    """One document per module of the standard library: the docstrings of the module and of
-    its classes and functions, each under its qualified name. Files are read in sorted order."""
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data",
-            "__pycache__"}
-    root = Path(stdlib_dir)
-    files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [d for d in subfolders if d not in skip]  # prune: not walked at all
-        files += [(Path(folder) / n).relative_to(root).as_posix() for n in names
-                  if n.endswith(".py")]
-    docs = []
-    for rel in sorted(files):
-        try:
-            tree = ast.parse((root / rel).read_bytes())
-        except (SyntaxError, ValueError):  # a few files are invalid on purpose
-            continue
-        module = rel[:-3].replace("/", ".").removesuffix(".__init__")
-        sections = []
-        _collect_docstrings(tree, module, sections)
-        if sections:
-            docs.append("\n\n".join(sections))
-    return docs
-
-
-def _collect_docstrings(node, name, sections):
-    doc = ast.get_docstring(node)
-    if doc:
-        sections.append(f"{name}\n{doc}")
-    for child in node.body:
-        if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            _collect_docstrings(child, f"{name}.{child.name}", sections)
-
-
-def builtin_corpus():
-    """Text that ships with Python, so MyLLM trains without downloading anything: the
-    language reference topics of pydoc (~0.47 M characters), then stdlib docstrings."""
-    topics = pydoc_data.topics.topics
-    docs = [topics[key] for key in sorted(topics)]
-    return docs + stdlib_docstrings(sysconfig.get_paths()["stdlib"])
-
-
-def expand_paths(sources):
-    """Expand a source list (paths, globs, 'builtin') into files in sorted order per glob."""
-    if sources is None:
-        sources = ["builtin"]
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    paths = []
-    for source in sources:
-        if source == "builtin":
-            paths.append(source)
-            continue
-        # a str may be a glob; a Path is taken as it is
-        pattern = isinstance(source, str) and any(c in source for c in "*?[")
-        matches = sorted(glob(source)) if pattern else [source]
-        if not matches or not Path(matches[0]).exists():
-            raise FileNotFoundError(f"{source} not found; pass existing .jsonl/.txt files "
-                                    f"(optionally .gz), a glob, or 'builtin'")
-        for match in matches:
-            if Path(match).is_dir():
-                raise ValueError(f"{match} is a directory; pass the files in it, or a glob "
-                                 f"like {Path(match) / '*.jsonl'}")
-        paths += [Path(m) for m in matches]
-    return paths
-
-
-def _bad_line(message, skip_bad_lines, counts):
-    if not skip_bad_lines:
-        raise ValueError(message)
-    if counts is not None:
-        counts["bad_lines"] += 1
-
-
-def read_file(path, text_field="text", skip_bad_lines=False, counts=None):
-    """Yield the documents of one file, streaming: a .jsonl file gives the text_field of every
-    line, a .txt file its paragraphs (separated by blank lines); either may be gzipped."""
-    path = Path(path)
-    zipped = path.name.endswith(".gz")
-    kind = Path(path.name[:-3] if zipped else path.name).suffix
-    if kind not in (".jsonl", ".txt"):
-        raise ValueError(f"{path}: unsupported file type; use .jsonl or .txt (or .jsonl.gz, "
-                         f".txt.gz)")
-    skip_hint = "or pass --skip_bad_lines to skip and count such lines"
-    try:
-        with (gzip.open if zipped else open)(path, "rb") as f:
-            lines = _decoded_lines(f, path, skip_hint, skip_bad_lines, counts)
-            if kind == ".txt":
-                yield from _paragraphs(lines)
-                return
-            for lineno, line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    _bad_line(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno}); "
-                              f"fix the line, {skip_hint}", skip_bad_lines, counts)
-                    continue
-                if not isinstance(record, dict) or text_field not in record:
-                    keys = list(record)[:5] if isinstance(record, dict) else type(record).__name__
-                    _bad_line(f"{path}:{lineno}: no '{text_field}' field (found {keys}); pass "
-                              f"--text_field with the field that holds the text, {skip_hint}",
-                              skip_bad_lines, counts)
-                    continue
-                text = record[text_field]
-                if not isinstance(text, str):
-                    _bad_line(f"{path}:{lineno}: field '{text_field}' is "
-                              f"{type(text).__name__}, not text; {skip_hint}",
-                              skip_bad_lines, counts)
-                    continue
-                yield text
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: damaged gzip file ({e}); recompress it or pass the "
-                         f"uncompressed file") from None
-
-
-def _decoded_lines(f, path, skip_hint, skip_bad_lines, counts):
-    """(line number, text) of every line that is valid UTF-8."""
-    for lineno, raw in enumerate(f, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            _bad_line(f"{path}:{lineno}: bytes that are not UTF-8 ({e.reason} at byte "
-                      f"{e.start} of the line); convert the file to UTF-8, {skip_hint}",
-                      skip_bad_lines, counts)
-            continue
-        yield lineno, (line.removeprefix("\ufeff") if lineno == 1 else line)
-
-
-def _paragraphs(lines):
-    paragraph = []
-    for _, line in lines:
-        if line.strip():
-            paragraph.append(line)
-        elif paragraph:
-            yield "".join(paragraph)
-            paragraph = []
-    if paragraph:
-        yield "".join(paragraph)
-
-
-def iter_texts(paths, text_field="text", skip_bad_lines=False, counts=None):
-    """Stream the documents of several sources in order; counts['bad_lines'] counts skips."""
-    for path in expand_paths(paths):
-        if path == "builtin":
-            yield from builtin_corpus()
-        else:
-            yield from read_file(path, text_field, skip_bad_lines, counts)
-
-
-def source_bytes(path):
-    """Size of a file's text without reading it; for gzip the size its trailer records
-    (exact below 4 GiB). Used to spread a sample evenly over a corpus."""
-    path = Path(path)
-    if path.name.endswith(".gz"):
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            return int.from_bytes(f.read(4), "little")
-    return path.stat().st_size
-
-
-def file_fingerprint(path):
-    """Content hash of a file, so an edited source is noticed even when its size and
-    modification time look the same."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-CLEANING_RULES = ("control_chars", "space_runs", "symbol_runs", "too_short", "mostly_symbols")
-MIN_CHARS = 20  # shorter documents carry too little context to learn from
-MIN_ALNUM_SHARE = 0.5  # of the non-space characters; below it, a document is mostly symbols
-
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # every control char but \t, \n
-SPACE_RUN = re.compile(r"(?<=\S)[^\S\n]{8,}")  # inside a line only: indentation is kept
-BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n){2,}")
-SYMBOL_RUN = re.compile(r"([^\w\s]|_)\1{5,}")  # 6 or more of one symbol: =====, ------, ....
-MARKERS = re.compile("|".join(map(re.escape, SPECIAL_TOKENS[1:])))
-
-
-# Character classes looked up by code point in numpy, several times faster than a regex pass
-# over every document. Tables cover the first 64 K code points; the rare others (emoji, rare
-# ideographs) are asked one by one.
-def _bmp_table(predicate):
-    return np.fromiter((predicate(chr(c)) for c in range(0x10000)), bool, 0x10000)
-
-
-IS_ALNUM_BMP, IS_SPACE_BMP = _bmp_table(str.isalnum), _bmp_table(str.isspace)
-
-
-def code_points(text):
-    # surrogatepass: a lone surrogate (a JSON escape such as "\ud800") is a code point too
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-
-
-def char_class(cp, table, predicate):
-    """predicate(chr(c)) for every code point c of cp, as a boolean array."""
-    out = table[np.minimum(cp, 0xFFFF)]
-    far = np.flatnonzero(cp > 0xFFFF)
-    if len(far):
-        out[far] = [predicate(chr(c)) for c in cp[far]]
-    return out
-
-
-def clean_text(text, min_chars=MIN_CHARS):
-    """Apply the cleaning rules in order; returns (cleaned text, or None if the document is
-    dropped, and the names of the rules that fired)."""
-    fired = []
-    new = CONTROL_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    if new != text:
-        fired.append("control_chars")
-        text = new
-    new = BLANK_LINES.sub("\n\n", SPACE_RUN.sub(" ", text))
-    if new != text:
-        fired.append("space_runs")
-        text = new
-    new = SYMBOL_RUN.sub(r"\1\1\1", text)
-    if new != text:
-        fired.append("symbol_runs")
-        text = new
-    text = text.strip()
-    content = MARKERS.sub("", text)  # MiniMind's <s> ... </s> markers are not content
-    if len(content.strip()) < min_chars:
-        return None, fired + ["too_short"]
-    cp = code_points(content)
-    non_space = len(cp) - char_class(cp, IS_SPACE_BMP, str.isspace).sum()
-    if char_class(cp, IS_ALNUM_BMP, str.isalnum).sum() < MIN_ALNUM_SHARE * non_space:
-        return None, fired + ["mostly_symbols"]
-    return text, fired
-
-
-def normalize(text):
-    """The form two texts are compared in: lower case, whitespace runs as one space."""
-    return " ".join(text.lower().split())
-
-
-def text_hash(normalized):
-    """64-bit hash of a normalised text for exact dedup; equal hashes are confirmed by
-    comparing the texts, so a collision never drops a distinct document."""
-    return int.from_bytes(hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest(),
-                          "little")
+FORMAT_VERSION = 2  # bump when a change here changes what prepare() writes
+# 2: one framing (frame_document) and one byte accounting (token_bytes) with evaluation
 
 
 def unit_hash(normalized, salt):
     """A number in [0, 1) fixed by the text: a document's split never depends on the others."""
     digest = hashlib.blake2b(normalized.encode("utf-8"), digest_size=8, salt=salt.encode()[:16])
     return int.from_bytes(digest.digest(), "little") / 2**64
-
-
-# A shingle unit is a word, or a single CJK character: Chinese has no spaces, so splitting it on
-# non-word characters would make whole clauses into one "word" and near duplicates that differ
-# by one character would share no shingle at all.
-CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
-              (0xAC00, 0xD7AF))  # kana, CJK ideographs, compatibility ideographs, hangul
-
-
-def _cjk_table():
-    """Boolean table indexed by code point (all the ranges lie in the first 64 K)."""
-    table = np.zeros(0x10000, bool)
-    for lo, hi in CJK_RANGES:
-        table[lo:hi + 1] = True
-    return table
-
-
-IS_CJK = _cjk_table()
-SHINGLE_SIZE = 5
-SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd, so the polynomial hashes mix all bits
-MULT_POWERS = np.cumprod(np.r_[np.uint64(1), np.full(63, SHINGLE_MULT)], dtype=np.uint64)
-
-
-def shingle_units(text):
-    """A 64-bit hash of every unit of the text, in order (uint64 array).
-
-    Works on an array of code points rather than on one Python string per unit: several
-    times faster on Chinese, where nearly every character is a unit. Word characters are
-    those of the regex \\w: alphanumeric, or "_".
-    """
-    cp = code_points(text.lower())
-    in_word = char_class(cp, IS_ALNUM_BMP, str.isalnum) | (cp == ord("_"))
-    if not in_word.any():
-        return np.zeros(0, np.uint64)
-    cjk = IS_CJK[np.minimum(cp, 0xFFFF)]
-    # a unit starts at a CJK character, or at a word character after a non-word or CJK one
-    after_break = np.empty(len(cp), bool)
-    after_break[0] = True
-    np.logical_or(~in_word[:-1], cjk[:-1], out=after_break[1:])
-    is_start = in_word & (cjk | after_break)
-    starts = np.flatnonzero(is_start)
-    # unit hash: sum of cp[j] * SHINGLE_MULT**(j - start) over its characters, mod 2**64;
-    # the non-word characters after a word add 0
-    # (characters before the first unit get a meaningless offset, clipped: their term is 0)
-    offsets = np.arange(len(cp)) - starts[np.cumsum(is_start) - 1]
-    terms = np.where(in_word, cp, 0).astype(np.uint64) * MULT_POWERS[np.clip(offsets, 0, 63)]
-    return np.add.reduceat(terms, starts)
-
-
-def shingles(text, size=SHINGLE_SIZE):
-    """64-bit hashes of the text's shingles: runs of `size` consecutive units (uint64 array)."""
-    ids = shingle_units(text)
-    if len(ids) == 0:
-        return ids
-    n = max(len(ids) - size + 1, 1)  # a text shorter than one shingle is a single shingle
-    hashes = np.zeros(n, np.uint64)
-    for k in range(min(size, len(ids))):
-        hashes = hashes * SHINGLE_MULT + ids[k:k + n]  # wraps mod 2**64
-    return hashes
-
-
-def minhash_params(num_perm):
-    """The (a, b) of each of the num_perm hash functions: fixed, so signatures are too."""
-    rng = np.random.default_rng(20240607)
-    a = rng.integers(0, 2**64, num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
-    b = rng.integers(0, 2**64, num_perm, dtype=np.uint64, endpoint=False)
-    return a, b
-
-
-def minhash(shingle_arrays, num_perm=128, chunk=1024):
-    """MinHash signatures, (n_docs, num_perm) uint32.
-
-    Hash function k maps a shingle x to (a_k * x + b_k) mod 2**64 >> 32 (multiply-shift
-    hashing); a signature keeps the minimum over the document's shingles. Two documents agree
-    at one position with probability equal to the Jaccard similarity of their shingle sets.
-    Documents without shingles get all-ones signatures. Rows are hashed `chunk` at a time,
-    a block small enough to stay in the CPU cache.
-    """
-    a, b = minhash_params(num_perm)
-    sig = np.full((len(shingle_arrays), num_perm), 2**64 - 1, np.uint64)
-    lengths = np.array([len(s) for s in shingle_arrays], np.int64)
-    if lengths.sum() == 0:
-        return (sig >> np.uint64(32)).astype(np.uint32)
-    flat = np.concatenate(shingle_arrays)
-    docs = np.flatnonzero(lengths)
-    starts = (np.cumsum(lengths) - lengths)[docs]  # strictly increasing
-    block = np.empty((chunk, num_perm), np.uint64)
-    for r0 in range(0, len(flat), chunk):
-        r1 = min(r0 + chunk, len(flat))
-        # The documents with rows in [r0, r1): the one holding row r0, up to the last starting
-        # before r1; each contributes one segment of rows.
-        first = np.searchsorted(starts, r0, side="right") - 1
-        last = np.searchsorted(starts, r1, side="left")
-        seg_starts = np.maximum(starts[first:last], r0) - r0
-        hashed = block[:r1 - r0]
-        np.multiply(flat[r0:r1, None], a, out=hashed)  # (rows, num_perm), wraps mod 2**64
-        hashed += b
-        seg_min = np.minimum.reduceat(hashed, seg_starts, axis=0)
-        seg_docs = docs[first:last]
-        sig[seg_docs] = np.minimum(sig[seg_docs], seg_min)
-    # The >> 32 comes after the minimum: it keeps the order, and runs on far fewer values.
-    return (sig >> np.uint64(32)).astype(np.uint32)
-
-
-def lsh_bands(num_perm, threshold):
-    """LSH bands and rows for a similarity threshold.
-
-    Two documents with Jaccard similarity s share all `rows` values of one band with
-    probability s**rows, so they become candidates with P = 1 - (1 - s**rows)**bands. Take
-    the most rows (fewest false candidates to check) that still finds a pair at the threshold
-    with P >= 0.99; candidates are confirmed by their exact Jaccard similarity anyway.
-    """
-    for rows in range(num_perm, 0, -1):
-        bands = num_perm // rows
-        if 1 - (1 - threshold**rows) ** bands >= 0.99:
-            return bands, rows
-    return num_perm, 1
-
-
-def band_hashes(sig, bands, rows):
-    """(n_docs, bands) uint64: one hash of the rows of each band."""
-    coef = np.random.default_rng(7).integers(1, 2**63, rows, dtype=np.uint64) | np.uint64(1)
-    cols = sig[:, :bands * rows].astype(np.uint64).reshape(len(sig), bands, rows)
-    return (cols * coef).sum(axis=2, dtype=np.uint64)  # wraps mod 2**64
-
-
-def candidate_pairs(hashes, eligible):
-    """Pairs (i, j), i < j, of eligible documents that agree on some band: within each bucket
-    every member is paired with the bucket's first document. Returns an int64 (n, 2) array."""
-    ids = np.flatnonzero(eligible)
-    if len(ids) < 2:
-        return np.zeros((0, 2), np.int64)
-    pairs = []
-    for band in range(hashes.shape[1]):
-        order = np.argsort(hashes[ids, band], kind="stable")  # stable: ascending ids in a bucket
-        values = hashes[ids[order], band]
-        new_bucket = np.r_[True, values[1:] != values[:-1]]
-        first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(ids)), 0))
-        members = np.flatnonzero(~new_bucket)
-        pairs.append(np.stack([ids[order[first[members]]], ids[order[members]]], axis=1))
-    pairs = np.concatenate(pairs).astype(np.int64)
-    n = len(eligible)
-    codes = np.unique(pairs[:, 0] * n + pairs[:, 1])  # one code per pair drops repeats
-    return np.stack([codes // n, codes % n], axis=1)
-
-
-def jaccard(a, b):
-    """Exact Jaccard similarity |a & b| / |a | b| of two sets given as np.unique arrays."""
-    common = len(np.intersect1d(a, b, assume_unique=True))
-    union = len(a) + len(b) - common
-    return common / union if union else 1.0
-
-
-def _find(parent, i):
-    """Union-find root of i; parent holds only the documents merged so far."""
-    while parent.get(i, i) != i:
-        parent[i] = parent.get(parent[i], parent[i])  # path halving
-        i = parent[i]
-    return i
-
-
-def near_duplicates(pairs, get_shingles, threshold, progress=None):
-    """Cluster candidate pairs whose exact Jaccard similarity reaches the threshold.
-
-    Returns (ids to drop, number of clusters, pairs checked): every cluster keeps its first
-    document. Pairs already in one cluster are not checked again.
-    """
-    parent = {}
-    cache = {}
-    checked = 0
-
-    def cached_shingles(i):
-        if i not in cache:
-            if len(cache) > 20000:
-                cache.clear()
-            cache[i] = np.unique(get_shingles(i))
-        return cache[i]
-
-    for i, j in pairs.tolist():
-        if progress is not None:
-            progress.update(1)
-        ri, rj = _find(parent, i), _find(parent, j)
-        if ri == rj:
-            continue
-        checked += 1
-        if jaccard(cached_shingles(i), cached_shingles(j)) >= threshold:
-            parent[max(ri, rj)] = min(ri, rj)  # the root is the earliest document: kept
-    drop = sorted(i for i in parent if _find(parent, i) != i)
-    clusters = len({_find(parent, i) for i in drop})
-    return drop, clusters, checked
 
 
 SENTENCE_ENDS = (".", "!", "?", "\n", "。", "！", "？", "…")
@@ -512,7 +76,7 @@ def _clean_and_sign(item, min_chars, seed, num_perm, bands, rows, near_dedup):
     source_id, texts = item
     cleaned, fired, exact, split, weight = [], [], [], [], []
     for text in texts:
-        text, rules = clean_text(text, min_chars)
+        text, rules = clean_text(text, min_chars, SPECIAL_TOKENS[1:])
         fired.append(rules)
         if text is None:
             continue
@@ -629,29 +193,10 @@ def _dropped_summary(counts):
     return ", ".join(dropped) + " dropped" if dropped else "none dropped"
 
 
-def _exact_duplicates(keys, store):
-    """Boolean mask of exact duplicates: documents whose hash matches an earlier one and whose
-    normalised text is equal to it. Hash collisions alone never drop anything."""
-    dup = np.zeros(len(keys), bool)
-    order = np.argsort(keys, kind="stable")  # stable: each group lists its documents in order
-    sorted_keys = keys[order]
-    bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
-    group_starts, group_ends = np.r_[0, bounds], np.r_[bounds, len(keys)]
-    for lo, hi in zip(group_starts.tolist(), group_ends.tolist()):
-        if hi - lo < 2:
-            continue
-        seen = set()
-        for i in order[lo:hi].tolist():
-            text = normalize(store.read(i, i + 1)[0])
-            dup[i] = text in seen  # a set compares the full texts of equal hashes
-            seen.add(text)
-    return dup
-
-
 def _deduplicate(exact_keys, hashes, has_shingles, store, options, counts, verbose):
     """Exact, then near duplicates; returns the mask of documents to keep. The first
     document of each group of duplicates is kept."""
-    dup = _exact_duplicates(exact_keys, store)
+    dup = exact_duplicates(exact_keys, lambda i: store.read(i, i + 1)[0])
     counts["exact_duplicates"] = int(dup.sum())
     if options["near_dedup"]:
         pairs = candidate_pairs(hashes, has_shingles & ~dup)
@@ -679,9 +224,9 @@ def _split_docs(keep, split_keys, val_fraction):
 
 def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
     """Pass 2: encode the kept documents in parallel batches into train.bin and val.bin, each
-    framed as <s> ... </s> unless its text already is. Returns the token count of every
-    document of each split and the number of text bytes encoded."""
-    bos, eos = tok.id_to_token(BOS_ID), tok.id_to_token(EOS_ID)
+    framed <s> ... </s>. Returns the token count of every document of each split and the
+    UTF-8 bytes the tokens stand for (tokenizer.token_bytes: markers count none)."""
+    byte_counts = np.array([len(b) for b in token_bytes(tok)], np.int64)
     lengths = {"train": [], "val": []}
     text_bytes = 0
     bar = tqdm(desc="tokenize", total=int(keep.sum()), unit=" docs", disable=not verbose)
@@ -693,13 +238,12 @@ def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
             # encode_batch_fast runs on all cores (Rust threads) and skips the char offsets
             encodings = tok.encode_batch_fast([t for _, t in texts], add_special_tokens=False)
             for split, file in (("train", train_file), ("val", val_file)):
-                framed = [e.ids if t.startswith(bos) and t.endswith(eos)
-                          else [BOS_ID, *e.ids, EOS_ID]
-                          for (i, t), e in zip(texts, encodings) if val[i] == (split == "val")]
+                framed = [frame_document(e.ids) for (i, _), e in zip(texts, encodings)
+                          if val[i] == (split == "val")]
                 flat = np.fromiter(chain.from_iterable(framed), dtype, sum(map(len, framed)))
                 flat.tofile(file)
                 lengths[split] += map(len, framed)
-            text_bytes += sum(len(t.encode("utf-8")) for _, t in texts)
+                text_bytes += int(byte_counts[flat].sum())
             bar.update(len(texts))
     bar.close()
     return lengths, text_bytes
@@ -768,7 +312,7 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
                                         "near_duplicate_clusters", "candidate_pairs",
                                         "candidate_pairs_checked")},
               "documents_kept": int(keep.sum()),
-              "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s> included
+              "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s>: 0 bytes
               "lsh": {"bands": bands, "rows": rows},
               "seconds": {k: round(v, 2) for k, v in seconds.items()}}
     return {"format": FORMAT_VERSION, "vocab_size": tok.get_vocab_size(), "dtype": dtype.name,
@@ -871,8 +415,8 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         meta.update(fingerprint=fingerprint, sources=source_fps,
                     tokenizer_path=str(Path(tokenizer_path).resolve()))
         # meta.json last: a directory without it is never mistaken for a finished one
-        (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
+        write_text_atomic(tmp_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False)
+                          + "\n")
         if out_dir.exists() and not (out_dir / "meta.json").is_file():
             shutil.rmtree(out_dir)  # left by hand: a finished directory has meta.json
         try:
@@ -1067,17 +611,14 @@ def format_report(meta):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Clean, deduplicate and tokenize pretraining text into out_dir.")
-    parser.add_argument("--data", nargs="+", default=["builtin"],
-                        help=".jsonl/.txt files (optionally .gz) or globs, or 'builtin' for "
-                             "the text that ships with Python")
-    parser.add_argument("--weights", nargs="+", type=float, default=None,
-                        help="one per --data entry: how often its documents appear in training")
-    parser.add_argument("--text_field", default="text", help="JSON field that holds the text")
-    parser.add_argument("--tokenizer", default="out/tokenizer.json")
-    parser.add_argument("--out_dir", default="out/data")
+        description="Clean, deduplicate and tokenize pretraining text into --data_dir.")
+    add_source_flags(parser, data_path_default=["builtin"])
+    add_prepare_flags(parser)
+    parser.add_argument("--data_dir", default="out/data",
+                        help="where prepared directories are kept (train_pretrain.py keeps "
+                             "them in OUT_DIR/data)")
     parser.add_argument("--val_fraction", type=float, default=0.01)
     parser.add_argument("--no_near_dedup", action="store_true", help="skip MinHash dedup")
     parser.add_argument("--dedup_threshold", type=float, default=0.8,
@@ -1086,21 +627,26 @@ def main(argv=None):
     parser.add_argument("--num_perm", type=int, default=128, help="MinHash permutations")
     parser.add_argument("--min_chars", type=int, default=MIN_CHARS,
                         help="drop documents shorter than this")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    parser.add_argument("--skip_bad_lines", action="store_true",
-                        help="skip and count malformed lines instead of stopping")
-    parser.add_argument("--num_workers", type=int, default=None,
-                        help="processes for cleaning and MinHash (default: CPU count, max 8)")
     parser.add_argument("--max_seq_len", type=int, default=512,
-                        help="window length for the padding figure of the report")
+                        help="tokens per training sequence, for the padding figure of the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    # the names these flags had here before, which meant other things in other scripts
+    renamed(parser, "--data", "data_path", nargs="+")
+    renamed(parser, "--out_dir", "data_dir")
+    renamed(parser, "--seed", "split_seed", type=int)
+    renamed(parser, "--num_workers", "prep_workers", type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
-        prepared = prepare(args.data, args.tokenizer, args.out_dir, text_field=args.text_field,
-                           val_fraction=args.val_fraction, near_dedup=not args.no_near_dedup,
+        prepared = prepare(args.data_path, args.tokenizer or "out/tokenizer.json", args.data_dir,
+                           text_field=args.text_field, val_fraction=args.val_fraction,
+                           near_dedup=not args.no_near_dedup,
                            dedup_threshold=args.dedup_threshold, num_perm=args.num_perm,
-                           min_chars=args.min_chars, seed=args.seed,
-                           skip_bad_lines=args.skip_bad_lines, num_workers=args.num_workers,
+                           min_chars=args.min_chars, seed=args.split_seed,
+                           skip_bad_lines=args.skip_bad_lines, num_workers=args.prep_workers,
                            weights=args.weights, verbose=not args.quiet)
         padded = PretrainDataset(prepared, "train", args.max_seq_len, mode="padded")
     except (ValueError, FileNotFoundError) as e:

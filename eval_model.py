@@ -15,6 +15,8 @@ be compared.
 """
 
 import argparse
+import contextlib
+import itertools
 import json
 import math
 import sys
@@ -27,10 +29,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataset
+from checkpoint import checkpoint_paths, load_model
+from common import add_model_flags, device_error, renamed
+from corpus import iter_texts
 from decode import StaticDecoder
-from model import LMConfig, Transformer
-from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
-from train_pretrain import checkpoint_paths, device_error, str_to_bool
+from tokenizer import BOS_ID, EOS_ID, PAD_ID, frame_document, load_tokenizer, token_bytes
 
 # Pretraining-only prompts, in the style of each corpus: the built-in corpus is Python's
 # own documentation; MiniMind's pretrain_hq.jsonl is general Chinese text.
@@ -50,141 +53,6 @@ SAMPLE_PROMPTS_ZH = [
 ]
 MINIMIND_MODES = {0: "pretrain", 1: "full_sft", 2: "rlhf", 3: "reason", 4: "ppo_actor",
                   5: "grpo"}
-
-
-def read_state_dict(path):
-    """The weights in a .pth file, as a dict of tensors (weights_only: no code runs)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # a pickle error, a truncated zip, a file of another kind
-        raise ValueError(f"{path} cannot be read as a weights file ({type(e).__name__}); pass "
-                         "a pretrain_*.pth written by train_pretrain.py or MiniMind") from None
-    if not isinstance(state, dict) or "tok_embeddings.weight" not in state:
-        keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} holds no tok_embeddings.weight (it has {keys}), so it is not "
-                         "a MyLLM/MiniMind weights file; pass a pretrain_*.pth")
-    return state
-
-
-def checkpoint_shape(state):
-    """The model shape a state dict was saved from, read off its keys and tensor shapes."""
-    vocab_size, dim = state["tok_embeddings.weight"].shape
-    layers = {int(key.split(".")[1]) for key in state if key.startswith("layers.")}
-    ffn = "layers.0.feed_forward."
-    use_moe = ffn + "gate.weight" in state
-    w1 = state[ffn + ("experts.0.w1.weight" if use_moe else "w1.weight")]
-    shape = dict(dim=dim, n_layers=len(layers), use_moe=use_moe, vocab_size=vocab_size,
-                 hidden_dim=w1.shape[0],
-                 kv_dim=state["layers.0.attention.wk.weight"].shape[0])  # n_kv_heads * head dim
-    if use_moe:
-        shape["n_routed_experts"] = state[ffn + "gate.weight"].shape[0]
-        shared = state.get(ffn + "shared_experts.w1.weight")
-        shape["n_shared_experts"] = 0 if shared is None else shared.shape[0] // w1.shape[0]
-    return shape
-
-
-def existing_checkpoints(out_dir):
-    """'file (flags that load it)' for every weights file in out_dir, for error messages."""
-    found = []
-    for path in sorted(Path(out_dir).glob("*.pth")):
-        try:
-            shape = checkpoint_shape(read_state_dict(path))
-        except (ValueError, KeyError):
-            continue  # a resume file, an incomplete file: nothing that loads
-        flags = f"--dim {shape['dim']} --n_layers {shape['n_layers']}"
-        flags += " --use_moe" if shape["use_moe"] else ""
-        if path.name != checkpoint_paths(out_dir, shape["dim"], shape["use_moe"])[0].name:
-            flags = f"--ckpt {path}"
-        found.append(f"{path.name} ({flags})")
-    return found
-
-
-def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=None,
-               n_heads=8, n_kv_heads=None):
-    """Build the Transformer that the checkpoint at path was saved from and load it.
-
-    dim, n_layers, use_moe and n_kv_heads are checked against the file when given and read
-    from it when None; n_heads cannot be read from the shapes, so it is always taken as given.
-    vocab_size is the tokenizer's: it must match the checkpoint's embedding.
-    """
-    path = Path(path)
-    if not path.is_file():
-        train = "python train_pretrain.py"
-        if dim and n_layers:
-            train += f" --dim {dim} --n_layers {n_layers}" + (" --use_moe" if use_moe else "")
-        found = existing_checkpoints(path.parent)
-        hint = ("load one that exists: " + ", ".join(found) if found
-                else f"no weights files are in {path.parent}/")
-        raise FileNotFoundError(f"{path} not found; train first ({train}), or {hint}")
-    state = read_state_dict(path)
-    try:
-        shape = checkpoint_shape(state)
-    except KeyError as e:  # tok_embeddings.weight is there, but not a layer's weights
-        raise ValueError(f"{path} has no {e.args[0]}, so the model's shape cannot be read from "
-                         "it; pass a complete pretrain_*.pth") from None
-
-    asked = dict(dim=dim, n_layers=n_layers, use_moe=use_moe)
-    differ = [name for name, value in asked.items() if value is not None and value != shape[name]]
-    if differ:
-        raise ValueError(
-            f"{path} has another shape; checkpoint: "
-            + ", ".join(f"{name} {shape[name]}" for name in differ)
-            + "; asked: " + ", ".join(str(asked[name]) for name in differ)
-            + "; pass flags that match the checkpoint")
-    dim = shape["dim"]
-    if dim % n_heads or shape["kv_dim"] % (dim // n_heads):
-        raise ValueError(f"{path}: dim {dim} and key/value width {shape['kv_dim']} do not "
-                         f"split into heads of --n_heads {n_heads}; pass the n_heads it was "
-                         "trained with")
-    kv_heads = shape["kv_dim"] // (dim // n_heads)
-    if n_kv_heads is not None and n_kv_heads != kv_heads:
-        raise ValueError(f"{path} has another shape; checkpoint: n_kv_heads {kv_heads}; asked: "
-                         f"{n_kv_heads}; pass --n_kv_heads {kv_heads}")
-    if vocab_size != shape["vocab_size"]:
-        raise ValueError(f"the tokenizer has {vocab_size} tokens but {path} was trained with "
-                         f"{shape['vocab_size']}; pass --tokenizer the one used in training")
-
-    config = LMConfig(dim=dim, n_layers=shape["n_layers"], n_heads=n_heads, n_kv_heads=kv_heads,
-                      vocab_size=vocab_size, hidden_dim=shape["hidden_dim"],
-                      use_moe=shape["use_moe"])
-    if config.use_moe:
-        config.n_routed_experts = shape["n_routed_experts"]
-        config.n_shared_experts = shape["n_shared_experts"]
-    model = Transformer(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:  # keys that the shape above does not explain
-        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-        raise ValueError(f"{path} does not fit the model: {reason}") from None
-    return model.to(device).eval()
-
-
-def gpt2_byte_decoder():
-    """Byte-level BPE writes each byte as one printable character (GPT-2's table): printable
-    bytes stand for themselves, the other 68 are moved to code points 256 and up.
-    Returns the inverse map, character -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    char_of = {b: chr(b) for b in printable}
-    moved = [b for b in range(256) if b not in char_of]
-    char_of.update({b: chr(256 + i) for i, b in enumerate(moved)})
-    return {char: b for b, char in char_of.items()}
-
-
-def token_bytes(tok):
-    """The UTF-8 bytes that each token id stands for; special tokens stand for none."""
-    to_byte = gpt2_byte_decoder()
-    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-    table = []
-    for i in range(tok.get_vocab_size()):
-        piece = tok.id_to_token(i)
-        if i in special or piece is None:
-            table.append(b"")
-        elif all(char in to_byte for char in piece):
-            table.append(bytes(to_byte[char] for char in piece))
-        else:  # a token that is not byte-level (another kind of tokenizer): its decoded text
-            table.append(tok.decode([i]).encode("utf-8"))
-    return table
 
 
 def looks_chinese(tok):
@@ -271,17 +139,6 @@ def complete(model, tok, prompt, out, max_new_tokens=256, temperature=0.85, top_
     return Completion("".join(pieces), n_tokens, first_token_s, time.perf_counter() - start)
 
 
-def document_ids(tok, text):
-    """<s> text </s>, as train_pretrain.py sees a document; text that already carries the
-    markers (MiniMind's pretrain_hq.jsonl does) is not framed twice."""
-    ids = tok.encode(text, add_special_tokens=False).ids
-    if not ids or ids[0] != BOS_ID:
-        ids = [BOS_ID] + ids
-    if ids[-1] != EOS_ID:
-        ids = ids + [EOS_ID]
-    return ids
-
-
 def text_windows(tok, texts, max_seq_len):
     """Windows of up to max_seq_len + 1 tokens over the stream of framed documents.
 
@@ -290,7 +147,7 @@ def text_windows(tok, texts, max_seq_len):
     """
     stream = []
     for text in texts:
-        stream += document_ids(tok, text)
+        stream += frame_document(tok.encode(text, add_special_tokens=False).ids)
         while len(stream) > max_seq_len:
             yield stream[:max_seq_len + 1]
             stream = stream[max_seq_len:]
@@ -324,30 +181,43 @@ def batches_of(windows, batch_size):
 
 
 @torch.inference_mode()
-def evaluate(model, batches, byte_counts, total=None):
-    """Mean loss per target token, perplexity, and bits per byte over (X, Y, loss_mask)
-    batches. byte_counts[id] is the number of UTF-8 bytes token id stands for.
-
-    bits per byte = total loss in nats / ln 2 / UTF-8 bytes of the target tokens.
-    """
+def loss_sums(model, batches, byte_counts, autocast=None, progress=False):
+    """(summed NLL in nats, target tokens, their UTF-8 bytes) over (X, Y, loss_mask) batches,
+    as one float64 tensor on the model's device: sums, so that batches (and DDP ranks) add
+    up exactly and every target token weighs the same. byte_counts[id] is the number of
+    bytes token id stands for (tokenizer.token_bytes; special tokens 0)."""
     device = model.tok_embeddings.weight.device
     byte_counts = torch.as_tensor(byte_counts, dtype=torch.float64, device=device)
-    nll_sum, n_tokens, n_bytes = 0.0, 0, 0
-    for X, Y, loss_mask in tqdm(batches, total=total, desc="evaluating", unit="batch",
-                                file=sys.stderr):
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for X, Y, loss_mask in tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr,
+                                disable=not progress):
         X, Y, loss_mask = X.to(device), Y.to(device), loss_mask.to(device)
-        logits = model(X).logits.float()  # (B, T, vocab)
-        nll = F.cross_entropy(logits.flatten(0, 1), Y.flatten(), reduction="none")
+        with autocast or contextlib.nullcontext():
+            logits = model(X).logits  # (B, T, vocab)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), Y.flatten(), reduction="none")
         mask = loss_mask.flatten().double()
-        nll_sum += (nll.double() * mask).sum().item()
-        n_tokens += int(mask.sum().item())
-        n_bytes += int((byte_counts[Y.flatten()] * mask).sum().item())
-    if n_tokens == 0:
+        sums += torch.stack([(nll.double() * mask).sum(), mask.sum(),
+                             (byte_counts[Y.flatten()] * mask).sum()])
+    return sums
+
+
+def summarize(sums):
+    """Loss (nats per target token), perplexity and bits per byte from loss_sums:
+    bits per byte = total NLL / ln 2 / UTF-8 bytes of the target tokens."""
+    nll, n_tokens, n_bytes = sums.tolist()
+    loss = nll / n_tokens
+    return dict(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=int(n_tokens),
+                bytes=int(n_bytes),
+                bits_per_byte=nll / math.log(2) / n_bytes if n_bytes else float("nan"))
+
+
+def evaluate(model, batches, byte_counts, progress=False):
+    """summarize(loss_sums(...)) for one process; ValueError when nothing is predicted."""
+    sums = loss_sums(model, batches, byte_counts, progress=progress)
+    if sums[1] == 0:
         raise ValueError("the evaluation data has no tokens to predict (no document of 2 "
                          "tokens or more); pass --eval_data with text in it")
-    loss = nll_sum / n_tokens
-    return dict(loss=loss, perplexity=math.exp(min(loss, 700)), tokens=n_tokens, bytes=n_bytes,
-                bits_per_byte=nll_sum / math.log(2) / n_bytes if n_bytes else float("nan"))
+    return summarize(sums)
 
 
 def load_probes(path):
@@ -436,7 +306,7 @@ def print_probe_report(probes, results, out):
 def check_flag_values(parser, args):
     """Stop with a usage error on a flag value that cannot work (comparisons written so that
     nan fails them too)."""
-    minimum = dict(n_heads=1, max_seq_len=1, batch_size=1, max_new_tokens=0, top_k=0,
+    minimum = dict(n_heads=1, eval_seq_len=1, batch_size=1, max_new_tokens=0, top_k=0,
                    eval_iters=0, dim=1, n_layers=1, n_kv_heads=1)
     for name, low in minimum.items():
         value = getattr(args, name)
@@ -457,15 +327,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Generate text with a pretrained MyLLM model, evaluate it, probe it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    model = parser.add_argument_group("model")
+    model = add_model_flags(parser, None, None, None,
+                            " (default 512, 8, off; with --ckpt read from the file)")
+    model.add_argument("--hidden_size", dest="dim", type=int, help=argparse.SUPPRESS)
+    model.add_argument("--num_hidden_layers", dest="n_layers", type=int, help=argparse.SUPPRESS)
     model.add_argument("--out_dir", default="out", help="where train_pretrain.py wrote its files")
-    model.add_argument("--dim", "--hidden_size", type=int, default=None,
-                       help="model width (default 512; with --ckpt read from the file)")
-    model.add_argument("--n_layers", "--num_hidden_layers", type=int, default=None,
-                       help="layers (default 8; with --ckpt read from the file)")
-    model.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=None,
-                       help="mixture-of-experts weights, pretrain_{dim}_moe.pth (--use_moe, "
-                       "--use_moe 1 or 0; with --ckpt read from the file)")
     model.add_argument("--n_heads", type=int, default=8)
     model.add_argument("--n_kv_heads", type=int, default=None, help="default: read from the file")
     model.add_argument("--ckpt", default=None, help="load this .pth instead of "
@@ -486,7 +352,8 @@ def parse_args(argv=None):
     gen.add_argument("--top_p", type=float, default=0.85, help="1 = off")
     gen.add_argument("--top_k", type=int, default=0, help="0 = off")
     gen.add_argument("--repetition_penalty", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--seed", type=int, default=None, help="for repeatable sampling")
+    gen.add_argument("--sample_seed", type=int, default=None, help="for repeatable sampling")
+    renamed(gen, "--seed", "sample_seed", type=int)  # its name here before
     gen.add_argument("--no_cache", action="store_true",
                      help="recompute every step without the KV cache (same output, slower)")
     gen.add_argument("--show_speed", action="store_true",
@@ -499,7 +366,8 @@ def parse_args(argv=None):
                     help=".jsonl/.txt file (optionally .gz) or a prepared folder; implies --eval "
                          "(default: the validation split of the prepared data in {out_dir}/data)")
     ev.add_argument("--text_field", default="text", help="JSON field holding the text")
-    ev.add_argument("--max_seq_len", type=int, default=512, help="evaluation window in tokens")
+    ev.add_argument("--eval_seq_len", type=int, default=512, help="evaluation window in tokens")
+    renamed(ev, "--max_seq_len", "eval_seq_len", type=int)  # its name here before
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--eval_iters", type=int, default=0, help="stop after this many batches "
                     "(0 = all)")
@@ -539,20 +407,19 @@ def find_prepared_data(data_dir, tok):
 
 
 def eval_batches(args, tok):
-    """(batches, total) for --eval_data, or for the default validation split."""
+    """(X, Y, loss_mask) batches of --eval_data, or of the default validation split."""
     path = Path(args.eval_data) if args.eval_data else find_prepared_data(
         Path(args.out_dir) / "data", tok)
     if path.is_dir():
         dataset.check_tokenizer(path, tok)
-        val = dataset.PretrainDataset(path, split="val", max_seq_len=args.max_seq_len)
+        val = dataset.PretrainDataset(path, split="val", max_seq_len=args.eval_seq_len)
         print(f"evaluating on the validation split of {path}", file=sys.stderr)
-        loader = torch.utils.data.DataLoader(val, batch_size=args.batch_size)
-        return loader, len(loader)
+        return torch.utils.data.DataLoader(val, batch_size=args.batch_size)
     if not path.is_file():
         raise FileNotFoundError(f"--eval_data {path} not found; pass a .jsonl/.txt file or a "
                                 "prepared folder")
-    texts = dataset.iter_texts([str(path)], args.text_field)
-    return batches_of(text_windows(tok, texts, args.max_seq_len), args.batch_size), None
+    texts = iter_texts([str(path)], args.text_field)
+    return batches_of(text_windows(tok, texts, args.eval_seq_len), args.batch_size)
 
 
 def prompts_to_run(args, tok, stdin):
@@ -596,15 +463,11 @@ def run(args):
           f"on {args.device}", file=sys.stderr)
 
     if args.eval or args.eval_data:
-        if args.max_seq_len > c.max_seq_len:
-            raise ValueError(f"--max_seq_len {args.max_seq_len} is longer than the model's "
-                             f"context ({c.max_seq_len} tokens); pass --max_seq_len "
-                             f"{c.max_seq_len} or less")
-        batches, total = eval_batches(args, tok)
+        check_eval_window(args, c)
+        batches = eval_batches(args, tok)
         if args.eval_iters:
-            batches = (b for _, b in zip(range(args.eval_iters), batches))
-            total = min(total or args.eval_iters, args.eval_iters)
-        result = evaluate(model, batches, [len(b) for b in token_bytes(tok)], total)
+            batches = itertools.islice(batches, args.eval_iters)
+        result = evaluate(model, batches, [len(b) for b in token_bytes(tok)], progress=True)
         print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
               f"bits per byte {result['bits_per_byte']:.4f} | {result['tokens']:,} tokens, "
               f"{result['bytes']:,} bytes")
@@ -615,8 +478,8 @@ def run(args):
         return
 
     generator = None
-    if args.seed is not None:
-        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    if args.sample_seed is not None:
+        generator = torch.Generator(device=args.device).manual_seed(args.sample_seed)
     decoder = None  # on a GPU, one CUDA-graph decoder for every prompt of up to 256 tokens
     if torch.device(args.device).type == "cuda" and not c.use_moe and not args.no_cache:
         decoder = StaticDecoder(model, 1, min(256 + args.max_new_tokens, c.max_seq_len))
@@ -631,6 +494,13 @@ def run(args):
             rate = (done.n_tokens - 1) / max(done.total_s - done.first_token_s, 1e-9)
             print(f"[{done.n_tokens} tokens in {done.total_s:.2f} s: {rate:.1f} tokens/s, "
                   f"first token after {done.first_token_s * 1000:.0f} ms]\n")
+
+
+def check_eval_window(args, config):
+    if args.eval_seq_len > config.max_seq_len:
+        raise ValueError(f"--eval_seq_len {args.eval_seq_len} is longer than the model's "
+                         f"context ({config.max_seq_len} tokens); pass --eval_seq_len "
+                         f"{config.max_seq_len} or less")
 
 
 def main(argv=None):

@@ -11,20 +11,25 @@ Byte-level BPE first maps every byte of the UTF-8 text to one of 256 printable c
 then merges frequent pairs. All 256 byte symbols are in the vocabulary, so any text encodes
 without <unk>, and decode(encode(text)) gives the text back byte for byte.
 
-    python tokenizer.py --data builtin --vocab_size 6400 --out out/tokenizer.json
+Two definitions every script shares live here too: how a document is framed as tokens
+(frame_document) and how many bytes of text each token stands for (token_bytes), which
+bits per byte and the data report count alike.
+
+    python tokenizer.py --data_path builtin --vocab_size 6400 --out out/tokenizer.json
 """
 
 import argparse
 import hashlib
 import json
-import os
-import secrets
 import sys
 import time
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
+
+from common import add_source_flags, renamed, write_text_atomic
+from corpus import clean_text, expand_paths, iter_texts, source_bytes
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 PAD_ID = UNK_ID
@@ -71,32 +76,45 @@ def tokenizer_fingerprint(tok):
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def write_text_atomic(path, text):
-    """Write a file so that a reader sees either the old file or the whole new one, also
-    after a crash: the text is fsynced before the rename, and the rename before returning.
+def frame_document(ids):
+    """A document's token ids as training and evaluation see it: <s> ids </s>. Text that
+    already carries a marker (MiniMind's pretrain_hq.jsonl has "<s>...</s>") keeps it, so
+    neither end is framed twice."""
+    ids = list(ids)
+    if not ids or ids[0] != BOS_ID:
+        ids = [BOS_ID] + ids
+    if ids[-1] != EOS_ID:
+        ids.append(EOS_ID)
+    return ids
 
-    The file gets the permissions open() would give it (0666 less the umask), not the 0600
-    of tempfile.mkstemp, which would hide a shared tokenizer from the other users.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # unique, hidden
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies umask
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable; Windows cannot open a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+
+def gpt2_byte_decoder():
+    """Byte-level BPE writes each byte as one printable character (GPT-2's table): printable
+    bytes stand for themselves, the other 68 are moved to code points 256 and up.
+    Returns the inverse map, character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    char_of = {b: chr(b) for b in printable}
+    moved = [b for b in range(256) if b not in char_of]
+    char_of.update({b: chr(256 + i) for i, b in enumerate(moved)})
+    return {char: b for b, char in char_of.items()}
+
+
+def token_bytes(tok):
+    """The UTF-8 bytes of text that each token id stands for. Special tokens stand for none:
+    they mark documents, they are not text. Bits per byte divides a loss by these bytes."""
+    to_byte = gpt2_byte_decoder()
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    table = []
+    for i in range(tok.get_vocab_size()):
+        piece = tok.id_to_token(i)
+        if i in special or piece is None:
+            table.append(b"")
+        elif all(char in to_byte for char in piece):
+            table.append(bytes(to_byte[char] for char in piece))
+        else:  # a token that is not byte-level (another kind of tokenizer): its decoded text
+            table.append(tok.decode([i]).encode("utf-8"))
+    return table
 
 
 def save_tokenizer(tok, path):
@@ -184,15 +202,13 @@ def read_sample(sources, max_bytes=50_000_000, text_field="text", skip_bad_lines
                 verbose=True):
     """Clean a deterministic sample of about max_bytes from sources (files, globs, 'builtin'
     or None) as dataset.py would; returns (train_texts, held_out_texts)."""
-    # Imported here, not at the top: dataset.py imports this file for the special-token ids.
-    from dataset import clean_text, expand_paths, iter_texts, source_bytes
-
     paths = expand_paths(sources)
     # The built-in corpus (~2.5 MB) is read whole, so it counts as 0 here.
     total_bytes = sum(source_bytes(p) for p in paths if p != "builtin")
     texts = iter_texts(paths, text_field, skip_bad_lines)
     # Train on the text as dataset.py cleans it, so no merges are spent on junk.
-    cleaned = (t for t in (clean_text(text)[0] for text in texts) if t is not None)
+    cleaned = (t for t in (clean_text(t, markers=SPECIAL_TOKENS[1:])[0] for t in texts)
+               if t is not None)
     with tqdm(desc="reading sample", total=max_bytes, unit="B", unit_scale=True,
               disable=not verbose) as bar:
         train_texts, held_out = sample_texts(_counted(cleaned, bar), total_bytes, max_bytes)
@@ -209,20 +225,16 @@ def _counted(texts, bar):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train MyLLM's byte-level BPE tokenizer.")
-    parser.add_argument("--data", nargs="+", default=["builtin"],
-                        help=".jsonl/.txt files (optionally .gz) or globs, or 'builtin' for the "
-                             "text that ships with Python")
-    parser.add_argument("--text_field", default="text", help="JSON field that holds the text")
+    add_source_flags(parser, data_path_default=["builtin"])
+    renamed(parser, "--data", "data_path", nargs="+")  # its name here before
     parser.add_argument("--vocab_size", type=int, default=6400)
     parser.add_argument("--max_bytes", type=int, default=50_000_000,
                         help="train on a deterministic sample of about this many bytes; on "
                              "Chinese text training takes ~75 bytes of memory per byte")
-    parser.add_argument("--skip_bad_lines", action="store_true",
-                        help="skip and count malformed lines instead of stopping")
     parser.add_argument("--out", default="out/tokenizer.json")
     args = parser.parse_args(argv)
     try:
-        train_texts, held_out = read_sample(args.data, args.max_bytes, args.text_field,
+        train_texts, held_out = read_sample(args.data_path, args.max_bytes, args.text_field,
                                             args.skip_bad_lines)
         start = time.time()
         tok = train_tokenizer(train_texts, args.vocab_size, show_progress=True)

@@ -5,21 +5,22 @@
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 \\
         --rdzv_backend c10d --rdzv_endpoint HOST:29500 train_pretrain.py   # on every node
 
-The story, top to bottom: flags -> learning-rate schedule, loss and optimizer -> checkpoint
-files -> distributed set-up -> data and tokenizer -> resume -> evaluation -> one optimizer
-step `train_step` -> the training loop `pretrain(args)` -> main.
+The story, top to bottom: flags -> learning-rate schedule, loss and optimizer -> the run's
+state -> distributed set-up and data -> one optimizer step `train_step` -> what follows a
+step (log, evaluate, save, stop on a signal) -> the loop `train_loop` -> `pretrain(args)`,
+which sets a run up and runs the loop. Checkpoint files are in checkpoint.py, the log and
+the progress bar in runlog.py, the evaluator in eval_model.py.
 """
 
 import argparse
 import contextlib
 import itertools
-import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -27,77 +28,32 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from checkpoint import checkpoint_paths, find_resume_file, load_resume, save_checkpoint
+from common import (add_device_flags, add_model_flags, add_prepare_flags, add_source_flags,
+                    device_error, mixed_precision, peak_flops_per_second, pick_device)
 from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, prepare
+from eval_model import loss_sums, summarize
 from model import LMConfig, Transformer
-from tokenizer import (load_tokenizer, read_sample, save_tokenizer, tokenizer_fingerprint,
-                       train_tokenizer)
+from runlog import RunLog
+from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_bytes,
+                       tokenizer_fingerprint, train_tokenizer)
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
 # a run that fits a 2-core CPU in minutes (the README's first command)
 QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 128 --batch_size 32 --accumulation_steps 1 "
                "--epochs 2 --log_interval 20 --eval_interval 100")
 
-# Dense bf16 peak of common GPUs, in FLOP/s, for MFU (the share of it a run achieves).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12,
-                   "RTX 4090": 165e12, "RTX 3090": 71e12}
-
-
-def str_to_bool(value) -> bool:
-    """argparse type of an on/off flag: `--use_moe`, `--use_moe 1` and `--use_moe true` all
-    switch it on (MiniMind passes 1/0), `--use_moe 0` / `false` / `no` / `off` off."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off, not {value!r}")
-
-
-def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
-    """The model the flags describe. The RoPE tables keep their default length (8192) unless
-    training needs more. LMConfig raises ValueError for an impossible shape."""
-    return LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
-                    max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe)
-
-
-def is_prepared_dir(path) -> bool:
-    """A directory dataset.py finished: it writes meta.json last."""
-    return (Path(path) / "meta.json").is_file()
-
-
-def device_error(name: str):
-    """Why --device NAME cannot work on this machine, or None."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return f"--device {name} is not a device name; use cuda, cuda:1, cpu or mps"
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return (f"--device {name}: this PyTorch sees no CUDA GPU; use --device cpu, or "
-                    "install the CUDA build of PyTorch (see the README)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            return (f"--device {name}: there are only {torch.cuda.device_count()} CUDA "
-                    "device(s), numbered from 0")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        return f"--device {name}: MPS is not available here; use --device cpu"
-    return None
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Pretrain a MyLLM model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # MiniMind's flags, same names and meaning
-    p.add_argument("--out_dir", default="out")
+    p.add_argument("--out_dir", default="out", help="tokenizer, data, checkpoints and logs")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch_size", type=int, default=32, help="sequences per micro-step per rank")
     p.add_argument("--learning_rate", type=float, default=5e-4)
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu; default: cuda if available")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                   help="autocast dtype; default bfloat16 on CUDA, float32 on CPU")
+    add_device_flags(p)
     p.add_argument("--use_wandb", action="store_true")
     p.add_argument("--wandb_project", default="MyLLM-Pretrain")
     p.add_argument("--num_workers", type=int, default=None,
@@ -111,24 +67,15 @@ def parse_args(argv=None):
                    help="warmup optimizer steps; default 2%% of all steps")
     p.add_argument("--log_interval", type=int, default=100, help="optimizer steps")
     p.add_argument("--save_interval", type=int, default=500, help="optimizer steps")
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--n_layers", type=int, default=8)
-    p.add_argument("--max_seq_len", type=int, default=512, help="tokens per training sequence")
-    p.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=False,
-                   help="mixture of experts: --use_moe, or --use_moe 1/0 as MiniMind passes it")
-    p.add_argument("--data_path", nargs="+", default=None,
-                   help=f"raw .jsonl/.txt files or globs, or one directory prepared by "
-                        f"dataset.py; default {MINIMIND_DATA} if present, else the built-in "
-                        "corpus")
+    add_model_flags(p)
+    p.add_argument("--max_seq_len", type=int, default=512,
+                   help="tokens per training sequence; the model's context (its RoPE tables) "
+                        "is this or 8192, whichever is longer")
+    add_source_flags(p, data_path_help=(
+        f"raw .jsonl/.txt files or globs, or one directory prepared by dataset.py; default "
+        f"{MINIMIND_DATA} if present, else the built-in corpus"))
+    add_prepare_flags(p)
     # what a serious run needs
-    p.add_argument("--text_field", default="text", help="JSON field that holds the text")
-    p.add_argument("--skip_bad_lines", action="store_true",
-                   help="skip and count malformed lines instead of stopping")
-    p.add_argument("--weights", nargs="+", type=float, default=None,
-                   help="one per --data_path entry: how often its documents appear in training")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json; default OUT_DIR/tokenizer.json, trained if absent (for "
-                        "a prepared --data_path: the tokenizer that prepared it)")
     p.add_argument("--vocab_size", type=int, default=6400, help="when a tokenizer is trained")
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--max_tokens", type=float, default=None, help="stop after this many tokens")
@@ -137,36 +84,26 @@ def parse_args(argv=None):
     p.add_argument("--eval_interval", type=int, default=500, help="optimizer steps")
     p.add_argument("--eval_iters", type=int, default=20, help="validation batches per rank")
     p.add_argument("--compile", action="store_true", help="torch.compile the model and the loss")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=1337, help="initial weights and data order")
     p.add_argument("--resume", default="auto",
                    help="auto: continue from the resume file if there is one; none; or a path")
     p.add_argument("--max_bad_steps", type=int, default=5,
                    help="stop after this many non-finite steps in a row")
     p.add_argument("--quiet", action="store_true", help="no progress bar or report")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval",
-                 "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    # shape and device problems show now, not after minutes of data preparation
-    try:
-        model_config(args)
-    except ValueError as e:
-        p.error(f"model shape: {e}")
-    if args.device is not None and (problem := device_error(args.device)):
-        p.error(problem)
-    if args.data_path and any(is_prepared_dir(path) for path in args.data_path):
-        if len(args.data_path) > 1:
-            p.error("--data_path: a directory prepared by dataset.py is used alone; prepare "
-                    "several sources together with `python dataset.py --data A B`")
-        if args.weights:
-            p.error("--weights applies to raw sources; a prepared directory has its weights")
-    if args.weights and len(args.weights) != len(args.data_path or [None]):
-        p.error(f"--weights: {len(args.weights)} weights for "
-                f"{len(args.data_path or [None])} --data_path entries; give one per entry")
+    check_args(p, args)
     if args.min_lr is None:
         args.min_lr = args.learning_rate / 10
+    if args.num_workers is None:
+        args.num_workers = int(pick_device(args.device).type == "cuda")
     return args
+
+
+def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
+    """The model the flags describe. The RoPE tables keep their default length (8192) unless
+    training needs more. LMConfig raises ValueError for an impossible shape."""
+    return LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
+                    max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe)
 
 
 def get_lr(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
@@ -188,19 +125,10 @@ def masked_lm_loss(logits, targets, loss_mask):
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-def allow_tf32():
-    """Let float32 matmuls and convolutions run on tensor cores (TF32: fp32 range, a 10-bit
-    mantissa), several times faster on Ampere and later; autocast covers the rest."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-
-
 def make_optimizer(model, learning_rate, weight_decay, device):
-    """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains).
-
-    The fused kernel updates all parameters in one launch; PyTorch (2.4 and later, as
-    requirements.txt asks) has it on CUDA and CPU. Elsewhere the foreach kernels do the same
-    a tensor list at a time."""
+    """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains). The
+    fused kernel updates all parameters in one launch (CUDA and CPU); elsewhere the foreach
+    kernels do the same a tensor list at a time."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     fused = device.type in ("cuda", "cpu")
@@ -210,21 +138,16 @@ def make_optimizer(model, learning_rate, weight_decay, device):
         lr=learning_rate, betas=(0.9, 0.95), fused=fused, foreach=not fused)
 
 
-def mixed_precision(device, dtype_name):
-    """(dtype name, autocast context, GradScaler) for --dtype on this device."""
-    dtype_name = dtype_name or ("bfloat16" if device.type == "cuda" else "float32")
-    if dtype_name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype_name = "float16"  # GPUs before Ampere
-    amp_dtype = getattr(torch, dtype_name)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
-                else contextlib.nullcontext())
-    # fp16 gradients underflow without loss scaling; bf16 and fp32 have the range of fp32
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return dtype_name, autocast, scaler
+@dataclass
+class Plan:
+    """The run's length, counted in optimizer steps."""
+    tokens_per_step: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
 
 
-def plan_steps(args, n_train, world_size):
-    """(tokens per optimizer step, steps per epoch, total steps, warmup steps)."""
+def plan_steps(args, n_train, world_size) -> Plan:
     tokens_per_step = args.batch_size * args.max_seq_len * args.accumulation_steps * world_size
     samples_per_rank = n_train // world_size  # ShardedSampler drops the remainder
     micro_per_epoch = math.ceil(samples_per_rank / args.batch_size)
@@ -235,98 +158,83 @@ def plan_steps(args, n_train, world_size):
     if args.max_tokens is not None:
         total_steps = min(total_steps, math.ceil(args.max_tokens / tokens_per_step))
     warmup = args.warmup_iters if args.warmup_iters is not None else math.ceil(0.02 * total_steps)
-    return tokens_per_step, steps_per_epoch, total_steps, warmup
+    return Plan(tokens_per_step, steps_per_epoch, total_steps, warmup)
 
 
-def checkpoint_paths(out_dir, dim: int, use_moe: bool):
-    """MiniMind's weights file name, and the resume file beside it."""
-    stem = f"pretrain_{dim}{'_moe' if use_moe else ''}"
-    return Path(out_dir) / f"{stem}.pth", Path(out_dir) / f"{stem}_resume.pth"
+@dataclass
+class RunState:
+    """Where a run is: everything that changes from step to step, saved in the resume file
+    and restored from it as one (the names are the resume file's keys)."""
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    samples_in_epoch: int = 0  # samples of this epoch that all ranks together have read
+    tokens_seen: int = 0
+    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
+    bad_in_a_row: int = 0
+    rng: list = field(default_factory=list)  # per rank {"cpu", "cuda"}, as of the last save
+    log_path: str = ""
 
+    def advance(self, samples: int, seq_len: int, good: bool):
+        """One optimizer step that read `samples` sequences (all ranks together)."""
+        self.step += 1
+        self.samples_in_epoch += samples
+        self.tokens_seen += samples * seq_len
+        self.bad_in_a_row = 0 if good else self.bad_in_a_row + 1
+        self.bad_steps += not good
 
-def save_atomic(obj, path: Path):
-    """torch.save to a temporary file, fsync, then rename over `path`: a crash or a full disk
-    mid-write leaves the previous file intact, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    def next_epoch(self):
+        self.epoch, self.samples_in_epoch = self.epoch + 1, 0
 
-
-def peak_flops_per_second(device: torch.device):
-    """Dense bf16 peak of the GPU from PEAK_BF16_FLOPS, or None (CPU, unknown GPU)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    @classmethod
+    def from_resume(cls, saved: dict):
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 def setup_distributed(device_arg):
-    """(rank, local_rank, world_size, device). torchrun sets RANK, LOCAL_RANK and WORLD_SIZE;
-    NCCL moves gradients between GPUs, gloo between CPU processes."""
+    """(rank, world_size, device). torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; NCCL moves
+    gradients between GPUs, gloo between CPU processes."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    if device_arg:
-        device = torch.device(device_arg)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device_arg)
     if device.type == "cuda" and (world_size > 1 or device.index is None):
         device = torch.device("cuda", local_rank)  # one GPU per process; set_device needs an index
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, local_rank, world_size, device
+    return rank, world_size, device
 
 
-def report(enabled: bool, message: str):
-    """Print above the progress bar (only on rank 0, unless --quiet)."""
-    if enabled:
-        tqdm.write(message)
-
-
-def resolve_tokenizer(args, sources, rank, world_size, verbose):
+def resolve_tokenizer(args, sources, rank, world_size, log):
     """The tokenizer path: --tokenizer, else OUT_DIR/tokenizer.json, trained here if absent."""
     if args.tokenizer:
         return Path(args.tokenizer)
     path = Path(args.out_dir) / "tokenizer.json"
     if rank == 0 and not path.exists():
-        report(verbose, f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on "
-                        "the data")
+        log.say(f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on the data")
         # a bounded sample: memory stays flat
         texts, _ = read_sample(sources, text_field=args.text_field,
-                               skip_bad_lines=args.skip_bad_lines, verbose=verbose)
+                               skip_bad_lines=args.skip_bad_lines, verbose=log.show)
         save_tokenizer(train_tokenizer(texts, args.vocab_size), path)
     if world_size > 1:
         dist.barrier()  # the others wait until rank 0 has written it
     return path
 
 
-def resolve_data(args, verbose):
+def resolve_data(args, log):
     """Raw sources to prepare: --data_path, else MiniMind's file when present, else None
     (the built-in corpus)."""
     if args.data_path:
         return list(args.data_path)
     if MINIMIND_DATA.exists():
-        report(verbose, f"data: {MINIMIND_DATA} (MiniMind's pretraining set)")
+        log.say(f"data: {MINIMIND_DATA} (MiniMind's pretraining set)")
         return [str(MINIMIND_DATA)]
-    report(verbose, "data: the built-in corpus (Python's own documentation); "
-                    f"put MiniMind's pretrain_hq.jsonl at {MINIMIND_DATA} or pass --data_path")
+    log.say("data: the built-in corpus (Python's own documentation); put MiniMind's "
+            f"pretrain_hq.jsonl at {MINIMIND_DATA} or pass --data_path")
     return None
 
 
-def load_data(args, rank, world_size, verbose):
+def load_data(args, rank, world_size, log):
     """(tokenizer, train split, val split). A directory prepared by dataset.py is used as it
     is; raw sources are prepared by rank 0 into OUT_DIR/data (cached there, so a second run
     reuses them), where the other ranks then find them."""
@@ -334,87 +242,24 @@ def load_data(args, rank, world_size, verbose):
         prepared = Path(args.data_path[0])
         tok = load_tokenizer(args.tokenizer or load_meta(prepared)["tokenizer_path"])
         check_tokenizer(prepared, tok)
-        report(verbose, f"data: {prepared}, prepared by dataset.py")
+        log.say(f"data: {prepared}, prepared by dataset.py")
     else:
-        sources = resolve_data(args, verbose)
-        tok_path = resolve_tokenizer(args, sources, rank, world_size, verbose)
+        sources = resolve_data(args, log)
+        tok_path = resolve_tokenizer(args, sources, rank, world_size, log)
         tok = load_tokenizer(tok_path)
-        options = {"text_field": args.text_field, "skip_bad_lines": args.skip_bad_lines,
-                   "weights": args.weights}
+        options = dict(text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
+                       weights=args.weights, seed=args.split_seed, num_workers=args.prep_workers)
         cache_dir = Path(args.out_dir) / "data"
         if rank == 0:
-            prepared = prepare(sources, tok_path, cache_dir, verbose=verbose, **options)
+            prepared = prepare(sources, tok_path, cache_dir, verbose=log.show, **options)
         if world_size > 1:
             dist.barrier()
         if rank != 0:
             prepared = prepare(sources, tok_path, cache_dir, verbose=False, **options)
     train_ds = PretrainDataset(prepared, "train", args.max_seq_len)
     val_ds = PretrainDataset(prepared, "val", args.max_seq_len)
-    if len(train_ds) < world_size:
-        raise ValueError(f"{prepared} has {len(train_ds)} training sequences of "
-                         f"{args.max_seq_len} tokens, fewer than the {world_size} ranks; "
-                         "add data or lower --max_seq_len")
+    check_enough_data(prepared, train_ds, args, world_size)
     return tok, train_ds, val_ds
-
-
-def find_resume_file(args, resume_path, world_size, device):
-    """The resume file to continue from, or None for a fresh run. Every rank must see the
-    same answer: on several nodes --out_dir has to be a filesystem they share."""
-    if args.resume == "none":
-        return None
-    path = resume_path if args.resume == "auto" else Path(args.resume)
-    found = path.is_file()
-    if world_size > 1:
-        seen_by = torch.tensor([int(found)], device=device)
-        dist.all_reduce(seen_by)  # how many ranks see the file
-        if 0 < seen_by.item() < world_size:
-            raise ValueError(
-                f"{path} is visible to {seen_by.item()} of {world_size} ranks; put --out_dir "
-                "on a filesystem all nodes share (or copy the file to every node), or pass "
-                "--resume none to start over")
-    if not found and args.resume != "auto":
-        raise FileNotFoundError(f"--resume {path}: no such file")
-    return path if found else None
-
-
-def load_resume(path, args, config, tok_fingerprint, world_size, warn):
-    """The state saved in resume file `path`, checked against this run."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file fails in pickle, zip or tensor reading
-        raise ValueError(f"{path} is not a readable resume file ({type(e).__name__}); delete "
-                         "it, or pass --resume none to start over") from None
-    if not isinstance(state, dict) or not {"optimizer", "config", "args"} <= state.keys():
-        raise ValueError(f"{path} is not a resume file (a weights file?); pass a "
-                         "*_resume.pth written by train_pretrain.py, or --resume none")
-    asked, saved = asdict(config), state["config"]
-    differ = [k for k in asked if asked[k] != saved.get(k)]
-    if differ:
-        raise ValueError(
-            f"{path} holds a model with " + ", ".join(f"{k} {saved.get(k)}" for k in differ) +
-            "; this run asks " + ", ".join(f"{k} {asked[k]}" for k in differ) +
-            "; pass the same flags, or --resume none to start over")
-    if state["tokenizer_fingerprint"] != tok_fingerprint:
-        raise ValueError(f"{path} was trained with another tokenizer; pass the run's "
-                         "--tokenizer, or --resume none to start over")
-    # the data position counts sequences of max_seq_len tokens: another length would
-    # continue somewhere else in the data
-    old = state["args"]
-    if old["max_seq_len"] != args.max_seq_len:
-        raise ValueError(f"{path} was trained with --max_seq_len {old['max_seq_len']}; pass "
-                         f"--max_seq_len {old['max_seq_len']} to continue it, or --resume "
-                         "none to start over")
-    if (old["batch_size"], old["accumulation_steps"]) != (args.batch_size,
-                                                          args.accumulation_steps):
-        report(warn, f"warning: resuming a run of --batch_size {old['batch_size']} "
-                     f"--accumulation_steps {old['accumulation_steps']} with "
-                     f"{args.batch_size} and {args.accumulation_steps}: the tokens per "
-                     "optimizer step change, and the steps and LR schedule are recomputed")
-    if state["world_size"] != world_size:
-        report(warn, f"warning: resuming a run of world size {state['world_size']} "
-                     f"with {world_size}; training continues at the same token position, "
-                     "but the steps per epoch and the LR schedule are recomputed")
-    return state
 
 
 def make_loader(ds, sampler, batch_size, num_workers, device):
@@ -422,26 +267,18 @@ def make_loader(ds, sampler, batch_size, num_workers, device):
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 
-@torch.no_grad()
-def evaluate(model, val_ds, args, rank, world_size, device, autocast):
-    """Validation loss: the NLL summed over every target token of up to eval_iters batches
-    per rank and over all ranks, divided by their number (as eval_model.py computes it);
+def evaluate(model, val_ds, byte_counts, args, rank, world_size, device, autocast):
+    """Loss, perplexity and bits per byte (eval_model.summarize) over up to eval_iters
+    validation batches per rank, summed over all ranks, every target token weighted alike;
     None when the validation split has no batch."""
-    model.eval()
     sampler = ShardedSampler(len(val_ds), rank, world_size, seed=args.seed, epoch=0)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of NLL, targets)
     batches = make_loader(val_ds, sampler, args.batch_size, 0, device)
-    for X, Y, loss_mask in itertools.islice(batches, args.eval_iters):
-        X, Y, loss_mask = X.to(device), Y.to(device), loss_mask.to(device)
-        with autocast:
-            logits = model(X).logits
-        targets = loss_mask.sum()
-        totals[0] += masked_lm_loss(logits, Y, loss_mask).double() * targets  # mean -> sum
-        totals[1] += targets
-    if world_size > 1:
-        dist.all_reduce(totals)
+    model.eval()
+    sums = loss_sums(model, itertools.islice(batches, args.eval_iters), byte_counts, autocast)
     model.train()
-    return (totals[0] / totals[1]).item() if totals[1] > 0 else None
+    if world_size > 1:
+        dist.all_reduce(sums)
+    return summarize(sums) if sums[1] > 0 else None
 
 
 def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, device,
@@ -462,8 +299,7 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
         # DDP averages gradients across ranks during backward; that is only needed once per
         # optimizer step, on the last micro-step
         last = micro == n_micro - 1
-        sync = model.no_sync() if ddp and not last else contextlib.nullcontext()
-        with sync:
+        with model.no_sync() if ddp and not last else contextlib.nullcontext():
             with autocast:
                 out = model(X)
                 loss = loss_fn(out.logits, Y, loss_mask)
@@ -491,275 +327,261 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
     return step_loss, grad_norm, samples, good
 
 
-def pretrain(args):
-    """Run (or continue) one pretraining run; returns a summary dict (and the model)."""
-    rank, local_rank, world_size, device = setup_distributed(args.device)
-    ddp = world_size > 1
-    out_dir = Path(args.out_dir)
-    try:
-        return _pretrain(args, rank, world_size, device, ddp, out_dir)
-    finally:
-        if ddp:
-            dist.destroy_process_group()
+@dataclass
+class Run:
+    """What stays fixed while a run trains (the state that changes is RunState)."""
+    args: argparse.Namespace
+    rank: int
+    world_size: int
+    device: torch.device
+    tok: object
+    train_ds: PretrainDataset
+    val_ds: PretrainDataset
+    raw_model: Transformer  # the model itself; `model` may be its DDP wrapper
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: object
+    loss_fn: object
+    plan: Plan
+    log: RunLog
+    stop: "StopSignal"
+    weights_path: Path
+    resume_path: Path
+    first_step: int = 0
+    byte_counts: list = field(default_factory=list)  # UTF-8 bytes of every token id
+
+    def mfu_of(self, tokens_per_sec):
+        flops = self.raw_model.flops_per_token(self.args.max_seq_len) * tokens_per_sec
+        return flops / self.world_size / peak_flops_per_second(self.device)
 
 
-def _pretrain(args, rank, world_size, device, ddp, out_dir):
-    show = rank == 0 and not args.quiet
+class StopSignal:
+    """SIGTERM (a scheduler, torchrun) or SIGINT (Ctrl-C) while training: remembered, so the
+    loop finishes its step, saves and exits (installed for the `with` block only)."""
 
-    def say(message):
-        report(show, message)
+    def __init__(self):
+        self.signum, self.old_handlers = None, {}
 
-    # -- data and tokenizer
-    tok, train_ds, val_ds = load_data(args, rank, world_size, show)
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.old_handlers[sig] = signal.signal(sig, self.handle)
+            except ValueError:  # not the main thread: leave the handlers alone
+                pass
+        return self
 
-    # -- model: every rank builds the same initial weights from the same seed
+    def handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old_handlers.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, world_size, device):
+        """The signal's name, or None; under DDP every rank stops at the same step, or none."""
+        if world_size > 1:
+            flag = torch.tensor([self.signum or 0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.signum = int(flag.item()) or None
+        return signal.Signals(self.signum).name if self.signum else None
+
+
+def save(run: Run, state: RunState):
+    """Weights for eval and MiniMind, plus everything needed to continue exactly. Only global
+    rank 0 writes: on several nodes --out_dir must be shared."""
+    rng = {"cpu": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
+    state.rng = [rng]
+    if run.world_size > 1:
+        state.rng = [None] * run.world_size
+        dist.all_gather_object(state.rng, rng)
+    if run.rank == 0:
+        save_checkpoint(run.weights_path, run.resume_path, run.raw_model, run.optimizer,
+                        run.scaler, {**asdict(state), "args": vars(run.args),
+                                     "tokenizer_fingerprint": tokenizer_fingerprint(run.tok),
+                                     "world_size": run.world_size})
+    if run.world_size > 1:
+        dist.barrier()  # nobody trains on while the files are half written
+
+
+def after_step(run: Run, state: RunState, lr, grad_norm):
+    """Log, evaluate, stop on a signal, save: what follows an optimizer step. Returns the
+    name of the signal that stops the run, or None."""
+    args, step = run.args, state.step
+    if step == run.first_step + 1 and run.device.type == "cpu":
+        check_cpu_time(run, state)
+    if step % args.log_interval == 0 or step == run.plan.total_steps:
+        run.log.train_record(step, state.tokens_seen, lr, grad_norm,
+                             {"epoch": state.epoch, "bad_steps": state.bad_steps},
+                             run.mfu_of if peak_flops_per_second(run.device) else None)
+    evaluating = step % args.eval_interval == 0 or step == run.plan.total_steps
+    saving = step % args.save_interval == 0 and step < run.plan.total_steps
+    with run.log.paused(run.device, sync=evaluating or saving):  # not training time
+        if evaluating:
+            validate(run, state)
+        stopped = run.stop.agreed(run.world_size, run.device)
+        if saving and not stopped:
+            save(run, state)
+    return stopped
+
+
+def validate(run: Run, state: RunState):
+    result = evaluate(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
+                      run.world_size, run.device, run.autocast)
+    if result is not None:
+        run.log.write({"kind": "val", "step": state.step, "tokens": state.tokens_seen,
+                       "val_loss": result["loss"], "val_ppl": result["perplexity"],
+                       "val_bpb": result["bits_per_byte"]})
+        run.log.say(f"step {state.step}: val loss {result['loss']:.4f}, ppl "
+                    f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits per byte")
+
+
+def train_loop(run: Run, state: RunState):
+    """Train until the plan's last step or the last epoch; returns the name of the signal
+    that stopped it early, or None."""
+    args, plan = run.args, run.plan
+    while state.step < plan.total_steps and state.epoch < args.epochs:
+        # rank r reads global positions start + r, start + r + world_size, ... of this
+        # epoch's shuffled order, so the ranks' shards are disjoint (see ShardedSampler)
+        sampler = ShardedSampler(len(run.train_ds), run.rank, run.world_size, seed=args.seed,
+                                 epoch=state.epoch, start=state.samples_in_epoch)
+        batches = iter(make_loader(run.train_ds, sampler, args.batch_size, args.num_workers,
+                                   run.device))
+        micro_left = math.ceil(len(sampler) / args.batch_size)
+        while micro_left > 0 and state.step < plan.total_steps:
+            lr = get_lr(state.step, plan.total_steps, args.learning_rate, args.min_lr,
+                        plan.warmup)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            n_micro = min(args.accumulation_steps, micro_left)
+            loss, grad_norm, samples, good = train_step(
+                run.model, run.optimizer, run.scaler, batches, n_micro, run.loss_fn,
+                run.autocast, run.device, args.grad_clip)
+            micro_left -= n_micro
+            state.advance(samples * run.world_size, args.max_seq_len, good)
+            check_bad_steps(state, args, run.resume_path)
+            run.log.add_step(loss, good)
+            stopped = after_step(run, state, lr, grad_norm)
+            if stopped:
+                return stopped
+        if micro_left == 0:  # the epoch is done (not merely capped by max_steps)
+            state.next_epoch()
+    return None
+
+
+def start_run(args, rank, world_size, device):
+    """Data, model, optimizer and the run's state, fresh or from the resume file."""
+    log = RunLog(rank, args.quiet)
+    tok, train_ds, val_ds = load_data(args, rank, world_size, log)
     config = model_config(args, tok.get_vocab_size())
-    torch.manual_seed(args.seed)
-    model = Transformer(config).to(device)
-    weights_path, resume_path = checkpoint_paths(out_dir, args.dim, args.use_moe)
-    found = find_resume_file(args, resume_path, world_size, device)
-    state = None
-    if found is not None:
-        state = load_resume(found, args, config, tokenizer_fingerprint(tok), world_size,
-                            warn=rank == 0)  # warnings show even with --quiet
-
-    # -- optimizer and precision
-    if device.type == "cuda":
-        allow_tf32()
-    optimizer = make_optimizer(model, args.learning_rate, args.weight_decay, device)
+    torch.manual_seed(args.seed)  # every rank builds the same initial weights
+    raw_model = Transformer(config).to(device)
+    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device)
     dtype_name, autocast, scaler = mixed_precision(device, args.dtype)
-
-    step, epoch, samples_in_epoch, tokens_seen, bad_steps_total = 0, 0, 0, 0, 0
-    log_path = out_dir / "logs" / f"{weights_path.stem}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch = state["step"], state["epoch"]
-        samples_in_epoch, tokens_seen = state["samples_in_epoch"], state["tokens_seen"]
-        bad_steps_total = state["bad_steps"]
-        log_path = Path(state["log_path"])
-        if state["world_size"] == world_size:
-            torch.set_rng_state(state["rng"][rank]["cpu"])
-            if device.type == "cuda" and state["rng"][rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(state["rng"][rank]["cuda"])
-    else:
+    weights_path, resume_path = checkpoint_paths(args.out_dir, args.dim, args.use_moe)
+    state = RunState(log_path=str(Path(args.out_dir) / "logs" / (
+        f"{weights_path.stem}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl")))
+    found = find_resume_file(args.resume, resume_path, world_size, device)
+    if found is None:
         torch.manual_seed(args.seed + rank)  # dropout differs per rank, weights do not
-
-    num_workers = args.num_workers if args.num_workers is not None else int(
-        device.type == "cuda")
-    raw_model = model
-    loss_fn = masked_lm_loss
+    else:
+        state = restore(found, args, config, tok, world_size, rank, device,
+                        raw_model, optimizer, scaler)
+    model, loss_fn = raw_model, masked_lm_loss
     if args.compile:
         # Compile the model in place, then wrap it in DDP, as PyTorch's torch.compile guide
         # advises: Dynamo traces the plain model, and DDP's gradient hooks stay outside the
         # graph (Dynamo's DDPOptimizer still splits it at bucket boundaries, so the
         # all-reduce overlaps backward). In place, the state_dict keys stay unprefixed.
-        model.compile()
+        raw_model.compile()
         loss_fn = torch.compile(masked_lm_loss)  # fuses the fp32 upcast into cross-entropy
-    if ddp:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type ==
-                                        "cuda" else None)
+    if world_size > 1:
+        model = DistributedDataParallel(
+            raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+    plan = plan_steps(args, len(train_ds), world_size)
+    run = Run(args, rank, world_size, device, tok, train_ds, val_ds, raw_model, model,
+              optimizer, scaler, autocast, loss_fn, plan, log, StopSignal(), weights_path,
+              resume_path, state.step, [len(b) for b in token_bytes(tok)])
+    describe(run, config, dtype_name, found)
+    return run, state
 
-    # -- schedule, counted in optimizer steps
-    tokens_per_step, steps_per_epoch, total_steps, warmup = plan_steps(args, len(train_ds),
-                                                                       world_size)
-    flops_per_token = raw_model.flops_per_token(args.max_seq_len)
-    peak_flops = peak_flops_per_second(device)
 
-    moe_note = (f" ({raw_model.num_params(active=True) / 1e6:.2f}M active per token)"
-                if args.use_moe else "")
-    say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters{moe_note}, "
-        f"vocab {config.vocab_size}, dim {args.dim}, {args.n_layers} layers")
-    say(f"train: {len(train_ds)} sequences of {args.max_seq_len} tokens, {tokens_per_step} "
-        f"tokens per optimizer step, {total_steps} steps ({steps_per_epoch} per epoch), "
-        f"warmup {warmup}, world size {world_size}, {device.type} {dtype_name}")
-    if len(val_ds) < world_size:
-        say(f"note: the validation split has {len(val_ds)} sequences of {args.max_seq_len} "
-            "tokens, too few for every rank: no validation loss is reported")
-    if state is not None:
-        say(f"resumed from {found} at step {step}")
-    if step >= total_steps:
-        say(f"nothing to do: the run is complete at step {step}; pass --resume none to start "
-            "over, or raise --max_steps/--epochs")
-        return {"model": raw_model, "step": step, "tokens_seen": tokens_seen,
-                "bad_steps": bad_steps_total, "weights_path": weights_path,
-                "log_path": log_path, "stopped_by": None}
+def restore(path, args, config, tok, world_size, rank, device, model, optimizer, scaler):
+    """The run's state from resume file `path`, with weights, optimizer, scaler and (with the
+    same world size) every rank's RNG put back as they were."""
+    warn = print if rank == 0 else (lambda message: None)  # shown even with --quiet
+    saved = load_resume(path, args, config, tokenizer_fingerprint(tok), world_size, warn)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    state = RunState.from_resume(saved)
+    if saved["world_size"] == world_size:
+        torch.set_rng_state(state.rng[rank]["cpu"])
+        if device.type == "cuda" and state.rng[rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(state.rng[rank]["cuda"])
+    return state
 
-    # -- logging
-    run_log = None
-    wandb_run = None
-    if rank == 0:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        run_log = open(log_path, "a", encoding="utf-8")
-        record = {"kind": "run" if state is None else "resume", "step": step,
-                  "config": asdict(config), "args": vars(args), "world_size": world_size}
-        run_log.write(json.dumps(record) + "\n")
-        if args.use_wandb:
-            try:
-                import wandb
-                wandb_run = wandb.init(project=args.wandb_project, config=vars(args))
-            except ImportError:
-                say("warning: --use_wandb asked but wandb is not installed; logging to "
-                    "the JSONL file only")
 
-    def log(record):
-        if run_log is not None:
-            run_log.write(json.dumps(record) + "\n")
-            run_log.flush()
-        if wandb_run is not None:
-            wandb_run.log(record, step=record["step"])
+def describe(run: Run, config, dtype_name, resumed_from):
+    """The run's first lines: the model, the plan, and the log's "run" or "resume" record."""
+    m, plan, say = run.raw_model, run.plan, run.log.say
+    moe = f" ({m.num_params(active=True) / 1e6:.2f}M active per token)" if config.use_moe else ""
+    say(f"model: {m.num_params() / 1e6:.2f}M parameters{moe}, vocab {config.vocab_size}, "
+        f"dim {config.dim}, {config.n_layers} layers")
+    say(f"train: {len(run.train_ds)} sequences of {run.args.max_seq_len} tokens, "
+        f"{plan.tokens_per_step} tokens per optimizer step, {plan.total_steps} steps "
+        f"({plan.steps_per_epoch} per epoch), warmup {plan.warmup}, world size "
+        f"{run.world_size}, {run.device.type} {dtype_name}")
+    if len(run.val_ds) < run.world_size:
+        say(f"note: the validation split has {len(run.val_ds)} sequences of "
+            f"{run.args.max_seq_len} tokens, too few for every rank: no validation loss")
+    if resumed_from:
+        say(f"resumed from {resumed_from} at step {run.first_step}")
 
-    def save():
-        """Weights for eval and MiniMind, plus everything needed to continue exactly."""
-        rng = {"cpu": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        all_rng = [rng]
-        if ddp:
-            all_rng = [None] * world_size
-            dist.all_gather_object(all_rng, rng)
-        if rank == 0:  # only global rank 0 writes: on several nodes --out_dir must be shared
-            weights = {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}
-            save_atomic(weights, weights_path)
-            save_atomic({"model": weights, "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "step": step, "epoch": epoch,
-                         "samples_in_epoch": samples_in_epoch, "tokens_seen": tokens_seen,
-                         "bad_steps": bad_steps_total, "rng": all_rng,
-                         "config": asdict(config), "args": vars(args),
-                         "tokenizer_fingerprint": tokenizer_fingerprint(tok),
-                         "world_size": world_size, "log_path": str(log_path)}, resume_path)
-        if ddp:
-            dist.barrier()  # nobody trains on while the files are half written
 
-    # SIGTERM (a scheduler, torchrun) or SIGINT (Ctrl-C): finish the step, save, exit
-    stop = {"signal": None}
+def open_log(run: Run, state: RunState):
+    """Start the JSONL log (appending to the resumed run's) with a "run" or "resume" record."""
+    run.log.open(state.log_path, run.plan.total_steps, state.step, state.tokens_seen)
+    run.log.write({"kind": "resume" if state.step else "run", "step": state.step,
+                   "config": asdict(run.raw_model.config), "args": vars(run.args),
+                   "world_size": run.world_size})
+    if run.args.use_wandb:
+        run.log.start_wandb(run.args.wandb_project, vars(run.args))
 
-    def on_signal(signum, frame):
-        stop["signal"] = signum
 
-    old_handlers = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            old_handlers[sig] = signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread: leave the handlers alone
-            pass
-
-    bar = tqdm(total=total_steps, initial=step, disable=not show, dynamic_ncols=True,
-               desc="pretrain")
-    model.train()
-    last_log_time, last_log_tokens = time.perf_counter(), tokens_seen
-    loop_start, first_step = last_log_time, step
-    loss_sum = torch.zeros((), device=device)  # summed on device; read at log intervals
-    logged_steps, bad_in_a_row = 0, 0
-    stopped_by = None
+def pretrain(args):
+    """Run (or continue) one pretraining run; returns a summary dict (and the model)."""
+    rank, world_size, device = setup_distributed(args.device)
     try:
-        while step < total_steps and epoch < args.epochs:
-            # samples_in_epoch counts the samples of this epoch all ranks together have read;
-            # rank r reads global positions start + r, start + r + world_size, ... of this
-            # epoch's shuffled order, so the ranks' shards are disjoint
-            sampler = ShardedSampler(len(train_ds), rank, world_size, seed=args.seed,
-                                     epoch=epoch, start=samples_in_epoch)
-            batches = iter(make_loader(train_ds, sampler, args.batch_size, num_workers, device))
-            micro_left = math.ceil(len(sampler) / args.batch_size)
-            while micro_left > 0 and step < total_steps:
-                lr = get_lr(step, total_steps, args.learning_rate, args.min_lr, warmup)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                n_micro = min(args.accumulation_steps, micro_left)
-                loss, grad_norm, samples, good = train_step(
-                    model, optimizer, scaler, batches, n_micro, loss_fn, autocast, device,
-                    args.grad_clip)
-                micro_left -= n_micro
-                if good:
-                    bad_in_a_row = 0
-                else:
-                    bad_in_a_row += 1
-                    bad_steps_total += 1
-                if bad_in_a_row >= args.max_bad_steps:
-                    raise FloatingPointError(
-                        f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or "
-                        f"gradient (step {step}); likely causes: a learning rate too high "
-                        "(lower --learning_rate, lengthen --warmup_iters), float16 overflow "
-                        "(use --dtype bfloat16), or corrupt data. The last good checkpoint "
-                        f"is kept: {resume_path}")
-
-                step += 1
-                samples_in_epoch += samples * world_size
-                tokens_seen += samples * world_size * args.max_seq_len
-                if good:
-                    loss_sum += loss
-                    logged_steps += 1
-                bar.update(1)
-                if step == first_step + 1 and device.type == "cpu":
-                    eta = (time.perf_counter() - loop_start) * (total_steps - step)
-                    if eta > 1800:  # the GPU-sized defaults on a CPU: say so, and what to do
-                        say(f"on this CPU the run needs about {eta / 3600:.1f} h; for a quick "
-                            f"run try: python train_pretrain.py {QUICK_FLAGS}")
-
-                if step % args.log_interval == 0 or step == total_steps:
-                    now = time.perf_counter()
-                    tokens_per_sec = (tokens_seen - last_log_tokens) / (now - last_log_time)
-                    mean_loss = loss_sum.item() / max(logged_steps, 1)
-                    record = {"kind": "train", "step": step, "tokens": tokens_seen,
-                              "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
-                              "tokens_per_sec": tokens_per_sec, "epoch": epoch,
-                              "bad_steps": bad_steps_total}
-                    postfix = {"loss": f"{mean_loss:.3f}", "lr": f"{lr:.2e}",
-                               "tok/s": f"{tokens_per_sec:,.0f}"}
-                    if peak_flops:
-                        record["mfu"] = flops_per_token * tokens_per_sec / world_size / peak_flops
-                        postfix["mfu"] = f"{record['mfu']:.1%}"
-                    log(record)
-                    bar.set_postfix(postfix)
-                    loss_sum.zero_()
-                    logged_steps = 0
-                    last_log_time, last_log_tokens = now, tokens_seen
-
-                evaluating = step % args.eval_interval == 0 or step == total_steps
-                if evaluating or step % args.save_interval == 0:
-                    if device.type == "cuda":  # the step's queued kernels are training time
-                        torch.cuda.synchronize(device)
-                pause_start = time.perf_counter()
-                if evaluating:
-                    val_loss = evaluate(model.module if ddp else model, val_ds, args, rank,
-                                        world_size, device, autocast)
-                    if val_loss is not None:
-                        log({"kind": "val", "step": step, "tokens": tokens_seen,
-                             "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
-                        say(f"step {step}: val loss {val_loss:.4f}, "
-                            f"ppl {math.exp(min(val_loss, 50)):.2f}")
-
-                if ddp:  # every rank stops at the same step, or none does
-                    flag = torch.tensor([stop["signal"] or 0], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stop["signal"] = int(flag.item()) or None
-                if stop["signal"] is not None:
-                    stopped_by = signal.Signals(stop["signal"]).name
-                    break
-                if step % args.save_interval == 0 and step < total_steps:
-                    save()
-                # tokens/s measures training: evaluating and saving do not count
-                last_log_time += time.perf_counter() - pause_start
-            if stopped_by:
-                break
-            if micro_left == 0:  # the epoch is done (not merely capped by max_steps)
-                epoch, samples_in_epoch = epoch + 1, 0
-        save()
+        run, state = start_run(args, rank, world_size, device)
+        stopped = None
+        if state.step >= run.plan.total_steps:
+            run.log.say(f"nothing to do: the run is complete at step {state.step}; pass "
+                        "--resume none to start over, or raise --max_steps/--epochs")
+            run.log.close()
+            return summary(run, state, stopped)
+        open_log(run, state)
+        try:
+            with run.stop:
+                run.raw_model.train()
+                stopped = train_loop(run, state)
+                save(run, state)
+        finally:
+            run.log.close()
+        verb = f"stopped by {stopped} at" if stopped else "finished at"
+        run.log.say(f"{verb} step {state.step}, {state.tokens_seen:,} tokens; weights: "
+                    f"{run.weights_path}; resume file: {run.resume_path}; log: {state.log_path}")
+        return summary(run, state, stopped)
     finally:
-        bar.close()
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        if run_log is not None:
-            run_log.close()
-        if wandb_run is not None:
-            wandb_run.finish()
+        if world_size > 1:
+            dist.destroy_process_group()
 
-    verb = f"stopped by {stopped_by} at" if stopped_by else "finished at"
-    say(f"{verb} step {step}, {tokens_seen:,} tokens; weights: {weights_path}; "
-        f"resume file: {resume_path}; log: {log_path}")
-    return {"model": raw_model, "step": step, "tokens_seen": tokens_seen,
-            "bad_steps": bad_steps_total, "weights_path": weights_path, "log_path": log_path,
-            "stopped_by": stopped_by}
+
+def summary(run: Run, state: RunState, stopped_by):
+    return {"model": run.raw_model, "step": state.step, "tokens_seen": state.tokens_seen,
+            "bad_steps": state.bad_steps, "weights_path": run.weights_path,
+            "log_path": Path(state.log_path), "stopped_by": stopped_by}
 
 
 def main(argv=None):
@@ -768,6 +590,58 @@ def main(argv=None):
         pretrain(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+
+
+def is_prepared_dir(path) -> bool:
+    """A directory dataset.py finished: it writes meta.json last."""
+    return (Path(path) / "meta.json").is_file()
+
+
+def check_args(p, args):
+    """Usage errors for flags that cannot work, before minutes of data preparation."""
+    for name in ("epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval",
+                 "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    try:
+        model_config(args)
+    except ValueError as e:
+        p.error(f"model shape: {e}")
+    if args.device is not None and (problem := device_error(args.device)):
+        p.error(problem)
+    if args.data_path and any(is_prepared_dir(path) for path in args.data_path):
+        if len(args.data_path) > 1:
+            p.error("--data_path: a directory prepared by dataset.py is used alone; prepare "
+                    "several sources together with `python dataset.py --data_path A B`")
+        if args.weights:
+            p.error("--weights applies to raw sources; a prepared directory has its weights")
+    if args.weights and len(args.weights) != len(args.data_path or [None]):
+        p.error(f"--weights: {len(args.weights)} weights for "
+                f"{len(args.data_path or [None])} --data_path entries; give one per entry")
+
+
+def check_enough_data(prepared, train_ds, args, world_size):
+    if len(train_ds) < world_size:
+        raise ValueError(f"{prepared} has {len(train_ds)} training sequences of "
+                         f"{args.max_seq_len} tokens, fewer than the {world_size} ranks; "
+                         "add data or lower --max_seq_len")
+
+
+def check_bad_steps(state: RunState, args, resume_path):
+    if state.bad_in_a_row >= args.max_bad_steps:
+        raise FloatingPointError(
+            f"{state.bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+            f"(step {state.step}); likely causes: a learning rate too high (lower "
+            "--learning_rate, lengthen --warmup_iters), float16 overflow (use --dtype "
+            f"bfloat16), or corrupt data. The last good checkpoint is kept: {resume_path}")
+
+
+def check_cpu_time(run: Run, state: RunState):
+    """After the first step on a CPU: the GPU-sized defaults would take hours; say so."""
+    eta = (time.perf_counter() - run.log.last_time) * (run.plan.total_steps - state.step)
+    if eta > 1800:
+        run.log.say(f"on this CPU the run needs about {eta / 3600:.1f} h; for a quick run try: "
+                    f"python train_pretrain.py {QUICK_FLAGS}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ reverse, with the same conversion functions.
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -39,9 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # model.py and tokenizer.py live in the repository root
 
-from model import LMConfig, Transformer  # noqa: E402
+from checkpoint import (checkpoint_paths, check_state_dict, missing_checkpoint,  # noqa: E402
+                        read_state_dict)
+from common import add_model_flags, write_atomic, write_text_atomic  # noqa: E402
+from model import LMConfig  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer  # noqa: E402
-from train_pretrain import checkpoint_paths, str_to_bool  # noqa: E402
 
 
 def to_half_split(w, n_heads: int):
@@ -215,45 +216,14 @@ def save_safetensors(tensors, path):
     header["__metadata__"] = {"format": "pt"}  # transformers refuses files without it
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)  # the spec pads the header so the data is aligned
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")  # never leave a half-written file
-    with open(partial, "wb") as f:
+
+    def write(f):
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
         for tensor in tensors.values():
             # the bytes as they lie in memory: little endian on every platform torch supports
             f.write(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
-    os.replace(partial, path)
-
-
-def check_state_dict(state_dict, config: LMConfig, name: str, flags: str):
-    """Stop with one line unless state_dict has exactly the keys and shapes of
-    Transformer(config). flags says which command-line flags set the shape."""
-    if any(".experts." in key for key in state_dict) != config.use_moe:
-        kinds = ("a dense", "an MoE") if config.use_moe else ("an MoE", "a dense")
-        raise SystemExit(f"{name} is {kinds[0]} checkpoint but {flags} asks for {kinds[1]} "
-                         f"one; {'drop' if config.use_moe else 'add'} --use_moe")
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = Transformer(config).state_dict()
-    for key, value in expected.items():
-        if key not in state_dict:
-            raise SystemExit(f"{name} has no {key}; is it a MyLLM checkpoint of this shape? "
-                             f"({flags})")
-        if state_dict[key].shape != value.shape:
-            raise SystemExit(f"{name}: {key} has shape {tuple(state_dict[key].shape)} but "
-                             f"{flags} gives {tuple(value.shape)}; pass the flags it was "
-                             f"trained with")
-    extra = sorted(set(state_dict) - set(expected))
-    if extra:
-        raise SystemExit(f"{name} has weights that {flags} has no place for ({extra[0]}, ...); "
-                         f"is it a MyLLM checkpoint?")
-
-
-def missing_checkpoint(path: Path):
-    found = sorted(p.name for p in path.parent.glob("pretrain_*.pth")
-                   if not p.name.endswith("_resume.pth"))
-    return (f"{path} not found; train first, or pass --dim/--n_layers/--use_moe matching a "
-            f"file in {path.parent}/: {', '.join(found) or 'none there'}")
+    write_atomic(path, write)
 
 
 def export(state_dict, config: LMConfig, tokenizer, out_dir):
@@ -265,7 +235,7 @@ def export(state_dict, config: LMConfig, tokenizer, out_dir):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_json = hf_config(config, hf["model.embed_tokens.weight"].dtype)
-    (out_dir / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    write_text_atomic(out_dir / "config.json", json.dumps(config_json, indent=2) + "\n")
     save_safetensors(hf, out_dir / "model.safetensors")
     save_tokenizer(tokenizer, out_dir / "tokenizer.json")
     return config_json
@@ -274,10 +244,7 @@ def export(state_dict, config: LMConfig, tokenizer, out_dir):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Export a MyLLM checkpoint to a transformers "
                                             "directory (Llama, or GraniteMoeShared for MoE).")
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--n_layers", type=int, default=8)
-    p.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=False,
-                   help="mixture-of-experts weights (--use_moe, or MiniMind's --use_moe 1 / 0)")
+    add_model_flags(p)
     p.add_argument("--out_dir", default="out", help="where training wrote weights and tokenizer")
     p.add_argument("--ckpt", help="weights file; default {out_dir}/pretrain_{dim}{_moe}.pth")
     p.add_argument("--tokenizer", help="tokenizer.json; default {out_dir}/tokenizer.json")
@@ -292,22 +259,19 @@ def main(argv=None):
                                                               args.use_moe)[0]
     tokenizer_path = Path(args.tokenizer or Path(args.out_dir) / "tokenizer.json")
     out = Path(args.out or Path(args.out_dir) / f"hf-{suffix}")
-    if not ckpt.is_file():
-        raise SystemExit(missing_checkpoint(ckpt))
     try:
+        if not ckpt.is_file():
+            raise FileNotFoundError(missing_checkpoint(ckpt, args.dim, args.n_layers,
+                                                       args.use_moe))
         tokenizer = load_tokenizer(tokenizer_path)
+        state_dict = read_state_dict(ckpt)
+        vocab_size = state_dict["tok_embeddings.weight"].shape[0]
+        config = LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
+                          use_moe=args.use_moe)
+        flags = f"--dim {args.dim} --n_layers {args.n_layers}" + " --use_moe" * args.use_moe
+        check_state_dict(state_dict, config, str(ckpt), flags)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
-
-    state_dict = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if "tok_embeddings.weight" not in state_dict:
-        raise SystemExit(f"{ckpt} is not a MyLLM weights file (no tok_embeddings.weight); "
-                         f"pass pretrain_*.pth, not the *_resume.pth file")
-    vocab_size = state_dict["tok_embeddings.weight"].shape[0]
-    config = LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
-                      use_moe=args.use_moe)
-    flags = f"--dim {args.dim} --n_layers {args.n_layers}" + " --use_moe" * args.use_moe
-    check_state_dict(state_dict, config, str(ckpt), flags)
     if tokenizer.get_vocab_size() > vocab_size:
         raise SystemExit(f"{tokenizer_path} has {tokenizer.get_vocab_size()} tokens but the "
                          f"model only {vocab_size}; pass the tokenizer it was trained with")

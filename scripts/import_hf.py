@@ -15,7 +15,6 @@ transformers nor the safetensors package.
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # model.py and tokenizer.py live in the repository root
 
-from export_hf import check_state_dict, from_hf_state_dict, to_hf_state_dict  # noqa: E402
+from checkpoint import check_state_dict, save_torch  # noqa: E402
+from export_hf import from_hf_state_dict, to_hf_state_dict  # noqa: E402
 from model import LMConfig  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, load_tokenizer, save_tokenizer  # noqa: E402
 
@@ -143,7 +143,10 @@ def import_hf(hf_dir):
     except KeyError as e:
         raise SystemExit(f"{hf_dir} has no tensor {e.args[0]}; its weights do not match its "
                          f"config.json") from None
-    check_state_dict(state_dict, config, str(hf_dir), "its config.json")
+    try:
+        check_state_dict(state_dict, config, str(hf_dir), "its config.json")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     # converting back names every tensor MyLLM uses: anything else would be silently lost
     unused = set(weights) - set(to_hf_state_dict(state_dict, config)) - {"lm_head.weight"}
     unused = sorted(name for name in unused if "rotary_emb" not in name)  # derived, not learned
@@ -187,11 +190,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     state_dict, config, hf_json = import_hf(args.hf_dir)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # never leave a half-written checkpoint
-    torch.save(state_dict, partial)
-    os.replace(partial, out)
+    out = save_torch(state_dict, args.out)
     n_params = sum(t.numel() for k, t in state_dict.items() if k != "output.weight")
     print(f"wrote {out} ({n_params / 1e6:.2f}M parameters)")
 

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+import corpus
 import dataset
-from dataset import (PretrainDataset, ShardedSampler, builtin_corpus, check_tokenizer,
-                     clean_text, iter_texts, load_meta, lsh_bands, minhash, open_split, prepare,
-                     shingle_units, stdlib_docstrings)
-from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer, train_tokenizer
+import dedup
+from corpus import builtin_corpus, clean_text, iter_texts, stdlib_docstrings
+from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, open_split, prepare
+from dedup import lsh_bands, minhash, shingle_units
+from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer, save_tokenizer,
+                       train_tokenizer)
 
 WORDS = ("model data token train learn text corpus clean window batch layer weight loss "
          "python river mountain garden kitchen window letter summer winter music paper "
@@ -184,12 +187,12 @@ def test_missing_and_unsupported_sources(tmp_path):
     ("{}[]();:,.!?<>/\\|@#$%^&*+= ab {}[]();:,.!?", None, ["mostly_symbols"]),
 ])
 def test_cleaning_rules(raw, cleaned, rules):
-    assert clean_text(raw) == (cleaned, rules)
+    assert clean_text(raw, markers=SPECIAL_TOKENS[1:]) == (cleaned, rules)
 
 
 def test_minimind_lines_keep_their_markers():
     line = "<s>第一段文字，足够长的内容在这里。</s> <s>Second part of the same line.</s>"
-    assert clean_text(line) == (line, [])
+    assert clean_text(line, markers=SPECIAL_TOKENS[1:]) == (line, [])
 
 
 # Deduplication
@@ -595,12 +598,12 @@ def regex_shingle_units(text):
     if len(cp) == 0:
         return cp.astype(np.uint64)
     in_word = cp != ord(" ")
-    cjk = dataset.IS_CJK[np.minimum(cp, 0xFFFF)]
+    cjk = dedup.IS_CJK[np.minimum(cp, 0xFFFF)]
     after_break = np.r_[True, ~in_word[:-1] | cjk[:-1]]
     is_start = in_word & (cjk | after_break)
     starts = np.flatnonzero(is_start)
     offsets = np.arange(len(cp)) - starts[np.cumsum(is_start) - 1]
-    terms = np.where(in_word, cp, 0).astype(np.uint64) * dataset.MULT_POWERS[
+    terms = np.where(in_word, cp, 0).astype(np.uint64) * dedup.MULT_POWERS[
         np.minimum(offsets, 63)]
     return np.add.reduceat(terms, starts)
 
@@ -614,9 +617,9 @@ def test_character_classes_and_units_agree_with_the_regex_definitions():
                                                   "・", "゛", "\ud800"]
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
-        cp = dataset.code_points(text)
-        alnum = dataset.char_class(cp, dataset.IS_ALNUM_BMP, str.isalnum)
-        space = dataset.char_class(cp, dataset.IS_SPACE_BMP, str.isspace)
+        cp = corpus.code_points(text)
+        alnum = corpus.char_class(cp, corpus.IS_ALNUM_BMP, str.isalnum)
+        space = corpus.char_class(cp, corpus.IS_SPACE_BMP, str.isspace)
         assert alnum.sum() == len(re.sub(r"[\W_]+", "", text))
         assert len(cp) - space.sum() == len("".join(text.split()))
-        assert np.array_equal(dataset.shingle_units(text), regex_shingle_units(text))
+        assert np.array_equal(dedup.shingle_units(text), regex_shingle_units(text))

@@ -188,7 +188,7 @@ def test_eval_data_file_from_the_command_line(uniform, tok, tmp_path, capsys):
     data.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts),
                     encoding="utf-8")
     code, stdout, _ = run_main(["--out_dir", str(out), *SHAPE_FLAGS, "--eval_data", str(data),
-                                "--max_seq_len", "16"], capsys)
+                                "--eval_seq_len", "16"], capsys)
     assert code == 0
     # one stream <s> a </s> <s> b </s> ...: every token but the first is predicted
     n_targets = sum(len(tok.encode(t).ids) + 2 for t in texts) - 1
@@ -336,7 +336,8 @@ def test_minimind_modes_that_myllm_does_not_have(flags, words, capsys):
 
 
 BAD_FLAG_VALUES = [
-    (["--max_seq_len", "0"], "--max_seq_len must be at least 1, not 0"),
+    (["--eval_seq_len", "0"], "--eval_seq_len must be at least 1, not 0"),
+    (["--max_seq_len", "0"], "--eval_seq_len must be at least 1, not 0"),  # its old name
     (["--batch_size", "0"], "--batch_size must be at least 1, not 0"),
     (["--max_new_tokens", "-5"], "--max_new_tokens must be at least 0, not -5"),
     (["--n_heads", "0"], "--n_heads must be at least 1, not 0"),
@@ -377,9 +378,9 @@ def test_use_moe_with_a_value_that_is_not_on_or_off(capsys):
 
 def test_the_edges_of_each_flag_range_are_accepted():
     args = parse_args(["--top_p", "1", "--temperature", "0", "--max_new_tokens", "0",
-                       "--top_k", "0", "--eval_iters", "0", "--max_seq_len", "1",
+                       "--top_k", "0", "--eval_iters", "0", "--eval_seq_len", "1",
                        "--batch_size", "1", "--device", "cpu"])
-    assert (args.top_p, args.temperature, args.max_new_tokens, args.max_seq_len) == (1, 0, 0, 1)
+    assert (args.top_p, args.temperature, args.max_new_tokens, args.eval_seq_len) == (1, 0, 0, 1)
 
 
 @pytest.mark.parametrize("kind, words", [
@@ -427,5 +428,5 @@ def test_evaluation_window_longer_than_the_model_context(uniform, tok, tmp_path,
     data.write_text(json.dumps({"text": EN}) + "\n", encoding="utf-8")
     context = uniform.config.max_seq_len
     line = one_line_error(*run_main(["--out_dir", str(out), *SHAPE_FLAGS, "--eval_data", str(data),
-                                     "--max_seq_len", str(context + 1)], capsys)[::2])
-    assert f"--max_seq_len {context + 1} is longer than the model's context ({context}" in line
+                                     "--eval_seq_len", str(context + 1)], capsys)[::2])
+    assert f"--eval_seq_len {context + 1} is longer than the model's context ({context}" in line

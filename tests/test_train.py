@@ -20,9 +20,12 @@ import torch.nn.functional as F
 import train_pretrain
 from dataset import PretrainDataset, ShardedSampler, prepare
 from model import LMConfig, Transformer
-from tokenizer import save_tokenizer, train_tokenizer
-from train_pretrain import (allow_tf32, evaluate, get_lr, main, make_optimizer, masked_lm_loss,
-                            parse_args, pretrain, save_atomic)
+from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from checkpoint import save_torch
+from common import allow_tf32
+from tokenizer import token_bytes
+from train_pretrain import (evaluate, get_lr, main, make_optimizer, masked_lm_loss, parse_args,
+                            pretrain)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
@@ -202,7 +205,7 @@ def test_resume_with_another_model_shape_is_a_clear_error(corpus, tmp_path):
 
 def test_failed_checkpoint_write_leaves_the_previous_file_loadable(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
-    save_atomic({"w": torch.ones(3)}, path)
+    save_torch({"w": torch.ones(3)}, path)
 
     def full_disk(obj, f):
         f.write(b"partial")
@@ -210,7 +213,7 @@ def test_failed_checkpoint_write_leaves_the_previous_file_loadable(tmp_path, mon
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError):
-        save_atomic({"w": torch.zeros(3)}, path)
+        save_torch({"w": torch.zeros(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
 
@@ -516,8 +519,9 @@ def test_val_loss_weights_every_target_token_equally(corpus, tmp_path):
             nll += (per_token * mask).sum().item()
             targets += mask.sum().item()
     args = parse_args(TINY_FLAGS + ["--eval_iters", "2"])  # 2 batches: every window
-    got = evaluate(model, val_ds, args, 0, 1, torch.device("cpu"), contextlib.nullcontext())
-    assert got == pytest.approx(nll / targets, rel=1e-5)
+    got = evaluate(model, val_ds, [len(b) for b in token_bytes(load_tokenizer(tok))], args, 0, 1,
+                   torch.device("cpu"), contextlib.nullcontext())
+    assert got["loss"] == pytest.approx(nll / targets, rel=1e-5)
 
 
 def test_prepared_directory_without_a_val_split_trains_and_logs_no_val_loss(corpus, tmp_path):
@@ -534,7 +538,7 @@ def test_prepared_directory_without_a_val_split_trains_and_logs_no_val_loss(corp
     assert sorted(losses(log)) == [1, 2]
     assert [r for r in log if r["kind"] == "val"] == []  # not a val loss of 0
     assert not (tmp_path / "out" / "data").exists()  # nothing prepared again
-    assert evaluate(result["model"], val_ds, args, 0, 1, torch.device("cpu"),
+    assert evaluate(result["model"], val_ds, [1] * 320, args, 0, 1, torch.device("cpu"),
                     contextlib.nullcontext()) is None
 
 
@@ -567,7 +571,7 @@ def test_tokens_per_second_leaves_out_evaluation_and_saving(corpus, tmp_path, mo
 
     def slow_evaluate(*args):
         paused[0] += 1000.0
-        return 1.0
+        return {"loss": 1.0, "perplexity": math.e, "bits_per_byte": 0.5}
 
     monkeypatch.setattr(train_pretrain, "evaluate", slow_evaluate)
     result = pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--accumulation_steps", "1",

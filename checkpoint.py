@@ -1,0 +1,239 @@
+"""Checkpoints: the files a run writes, and how every script reads them back.
+
+    OUT_DIR/pretrain_512.pth         the weights alone, MiniMind's file name and keys: what
+                                     eval_model.py, scripts/export_hf.py and MiniMind load
+    OUT_DIR/pretrain_512_resume.pth  weights, optimizer, loss scaler, the run's state (step,
+                                     position in the data, RNG, ...): what --resume continues
+
+Both are written atomically (common.write_atomic): a crash or a full disk mid-save leaves
+the previous file whole. Both are read with torch.load(weights_only=True), so a file cannot
+run code. A weights file says its model's shape through its tensors' shapes
+(config_from_state_dict); check_state_dict compares a file with the model it should fill.
+"""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from common import write_atomic
+from model import LMConfig, Transformer
+
+
+def checkpoint_paths(out_dir, dim: int, use_moe: bool):
+    """MiniMind's weights file name, and the resume file beside it."""
+    stem = f"pretrain_{dim}{'_moe' if use_moe else ''}"
+    return Path(out_dir) / f"{stem}.pth", Path(out_dir) / f"{stem}_resume.pth"
+
+
+def save_torch(obj, path):
+    """torch.save, atomically."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_checkpoint(weights_path, resume_path, model, optimizer, scaler, run_fields: dict):
+    """The weights file, then the resume file: the same weights with the optimizer's and
+    the loss scaler's state, the model's config and run_fields (the run's state, flags,
+    tokenizer fingerprint, world size)."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_torch(weights, weights_path)
+    save_torch({"model": weights, "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "config": asdict(model.config), **run_fields},
+               resume_path)
+
+
+def load_torch(path, what: str):
+    """torch.load of a file of ours (tensors and plain values only: no code runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a pickle error, a truncated zip, a file of another kind
+        raise ValueError(f"{path} cannot be read as a {what} ({type(e).__name__}); "
+                         + ("delete it, or pass --resume none to start over" if "resume" in what
+                            else "pass a pretrain_*.pth written by train_pretrain.py or "
+                                 "MiniMind")) from None
+
+
+def read_state_dict(path):
+    """The weights in a .pth file, as a dict of tensors."""
+    state = load_torch(path, "weights file")
+    if not isinstance(state, dict) or "tok_embeddings.weight" not in state:
+        keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} holds no tok_embeddings.weight (it has {keys}), so it is not "
+                         "a MyLLM/MiniMind weights file; pass a pretrain_*.pth")
+    return state
+
+
+def config_from_state_dict(state, n_heads: int = LMConfig.n_heads) -> LMConfig:
+    """The model a state dict was saved from, read off its keys and tensor shapes. The head
+    count is the one thing the shapes do not tell (the width is heads x head size)."""
+    vocab_size, dim = state["tok_embeddings.weight"].shape
+    n_layers = len({int(key.split(".")[1]) for key in state if key.startswith("layers.")})
+    ffn = "layers.0.feed_forward."
+    use_moe = ffn + "gate.weight" in state
+    w1 = state[ffn + ("experts.0.w1.weight" if use_moe else "w1.weight")]
+    kv_dim = state["layers.0.attention.wk.weight"].shape[0]  # n_kv_heads * head dim
+    moe = {}
+    if use_moe:
+        shared = state.get(ffn + "shared_experts.w1.weight")
+        moe = dict(n_routed_experts=state[ffn + "gate.weight"].shape[0],
+                   n_shared_experts=0 if shared is None else shared.shape[0] // w1.shape[0])
+    return LMConfig(dim=dim, n_layers=n_layers, n_heads=n_heads,
+                    n_kv_heads=max(kv_dim * n_heads // dim, 1), vocab_size=vocab_size,
+                    hidden_dim=w1.shape[0], use_moe=use_moe, **moe)
+
+
+def check_state_dict(state, config: LMConfig, name: str, flags: str):
+    """ValueError unless state has exactly the keys and shapes of Transformer(config); flags
+    says which command-line flags or file set the shape."""
+    if any(".experts." in key for key in state) != config.use_moe:
+        kinds = ("a dense", "an MoE") if config.use_moe else ("an MoE", "a dense")
+        raise ValueError(f"{name} is {kinds[0]} checkpoint but {flags} asks for {kinds[1]} "
+                         f"one; {'drop' if config.use_moe else 'add'} --use_moe")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = Transformer(config).state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise ValueError(f"{name} has no {key}; is it a MyLLM checkpoint of this shape? "
+                             f"({flags})")
+        if state[key].shape != value.shape:
+            raise ValueError(f"{name}: {key} has shape {tuple(state[key].shape)} but {flags} "
+                             f"gives {tuple(value.shape)}; pass the flags it was trained with")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ValueError(f"{name} has weights that {flags} has no place for ({extra[0]}, ...); "
+                         "is it a MyLLM checkpoint?")
+
+
+def existing_checkpoints(out_dir):
+    """'file (flags that load it)' for every weights file in out_dir, for error messages."""
+    found = []
+    for path in sorted(Path(out_dir).glob("*.pth")):
+        try:
+            config = config_from_state_dict(read_state_dict(path))
+        except (ValueError, KeyError):
+            continue  # a resume file, an incomplete file: nothing that loads
+        flags = f"--dim {config.dim} --n_layers {config.n_layers}"
+        flags += " --use_moe" if config.use_moe else ""
+        if path.name != checkpoint_paths(out_dir, config.dim, config.use_moe)[0].name:
+            flags = f"--ckpt {path}"
+        found.append(f"{path.name} ({flags})")
+    return found
+
+
+def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=None,
+               n_heads=8, n_kv_heads=None):
+    """The Transformer that the weights file at path was saved from, loaded, in eval mode.
+
+    dim, n_layers, use_moe and n_kv_heads are checked against the file when given and read
+    from it when None; n_heads cannot be read from the shapes, so it is taken as given.
+    vocab_size is the tokenizer's: it must match the checkpoint's embedding.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing_checkpoint(path, dim, n_layers, use_moe))
+    state = read_state_dict(path)
+    try:
+        config = config_from_state_dict(state, n_heads)
+    except KeyError as e:  # tok_embeddings.weight is there, but not a layer's weights
+        raise ValueError(f"{path} has no {e.args[0]}, so the model's shape cannot be read from "
+                         "it; pass a complete pretrain_*.pth") from None
+    except ValueError:  # LMConfig refused the head split
+        config = None
+    check_loaded_shape(path, state, config, vocab_size, dict(
+        dim=dim, n_layers=n_layers, use_moe=use_moe, n_kv_heads=n_kv_heads), n_heads)
+    model = Transformer(config)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def find_resume_file(resume, resume_path, world_size, device):
+    """The resume file to continue from (--resume auto / none / PATH), or None for a fresh
+    run. Every rank must see the same answer: on several nodes --out_dir has to be a
+    filesystem they share."""
+    if resume == "none":
+        return None
+    path = resume_path if resume == "auto" else Path(resume)
+    found = path.is_file()
+    if world_size > 1:
+        seen_by = torch.tensor([int(found)], device=device)
+        dist.all_reduce(seen_by)  # how many ranks see the file
+        if 0 < seen_by.item() < world_size:
+            raise ValueError(
+                f"{path} is visible to {seen_by.item()} of {world_size} ranks; put --out_dir "
+                "on a filesystem all nodes share (or copy the file to every node), or pass "
+                "--resume none to start over")
+    if not found and resume != "auto":
+        raise FileNotFoundError(f"--resume {path}: no such file")
+    return path if found else None
+
+
+def load_resume(path, args, config, tok_fingerprint, world_size, warn):
+    """The state saved in resume file `path`, checked against this run; warn(message)
+    reports what continues but changes (the tokens per step, the world size)."""
+    state = load_torch(path, "resume file")
+    if not isinstance(state, dict) or not {"optimizer", "config", "args"} <= state.keys():
+        raise ValueError(f"{path} is not a resume file (a weights file?); pass a "
+                         "*_resume.pth written by train_pretrain.py, or --resume none")
+    check_resume(path, state, args, config, tok_fingerprint, world_size, warn)
+    return state
+
+
+def check_resume(path, state, args, config, tok_fingerprint, world_size, warn):
+    asked, saved = asdict(config), state["config"]
+    differ = [k for k in asked if asked[k] != saved.get(k)]
+    if differ:
+        raise ValueError(
+            f"{path} holds a model with " + ", ".join(f"{k} {saved.get(k)}" for k in differ) +
+            "; this run asks " + ", ".join(f"{k} {asked[k]}" for k in differ) +
+            "; pass the same flags, or --resume none to start over")
+    if state["tokenizer_fingerprint"] != tok_fingerprint:
+        raise ValueError(f"{path} was trained with another tokenizer; pass the run's "
+                         "--tokenizer, or --resume none to start over")
+    # the data position counts sequences of max_seq_len tokens: another length would
+    # continue somewhere else in the data
+    old = state["args"]
+    if old["max_seq_len"] != args.max_seq_len:
+        raise ValueError(f"{path} was trained with --max_seq_len {old['max_seq_len']}; pass "
+                         f"--max_seq_len {old['max_seq_len']} to continue it, or --resume "
+                         "none to start over")
+    if (old["batch_size"], old["accumulation_steps"]) != (args.batch_size,
+                                                          args.accumulation_steps):
+        warn(f"warning: resuming a run of --batch_size {old['batch_size']} "
+             f"--accumulation_steps {old['accumulation_steps']} with {args.batch_size} and "
+             f"{args.accumulation_steps}: the tokens per optimizer step change, and the steps "
+             "and LR schedule are recomputed")
+    if state["world_size"] != world_size:
+        warn(f"warning: resuming a run of world size {state['world_size']} with {world_size}; "
+             "training continues at the same token position, but the steps per epoch and the "
+             "LR schedule are recomputed")
+
+
+def missing_checkpoint(path: Path, dim=None, n_layers=None, use_moe=None):
+    train = "python train_pretrain.py"
+    if dim and n_layers:
+        train += f" --dim {dim} --n_layers {n_layers}" + (" --use_moe" if use_moe else "")
+    found = existing_checkpoints(path.parent)
+    hint = ("load one that exists: " + ", ".join(found) if found
+            else f"no weights files are in {path.parent}/")
+    return f"{path} not found; train first ({train}), or {hint}"
+
+
+def check_loaded_shape(path, state, config, vocab_size, asked, n_heads):
+    """ValueError unless the flags that were given agree with the file's shape."""
+    dim = state["tok_embeddings.weight"].shape[1]
+    kv_dim = state["layers.0.attention.wk.weight"].shape[0]
+    if config is None or dim % n_heads or kv_dim % (dim // n_heads):
+        raise ValueError(f"{path}: dim {dim} and key/value width {kv_dim} do not split into "
+                         f"heads of --n_heads {n_heads}; pass the n_heads it was trained with")
+    found = asdict(config)
+    differ = [k for k, v in asked.items() if v is not None and v != found[k]]
+    if differ:
+        raise ValueError(f"{path} has another shape; checkpoint: "
+                         + ", ".join(f"{k} {found[k]}" for k in differ) + "; asked: "
+                         + ", ".join(str(asked[k]) for k in differ)
+                         + "; pass flags that match the checkpoint")
+    if vocab_size != config.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} tokens but {path} was trained with "
+                         f"{config.vocab_size}; pass --tokenizer the one used in training")
+    check_state_dict(state, config, str(path), "its own shapes")

@@ -1,0 +1,176 @@
+"""What every MyLLM script shares: the flags several scripts declare (declared once here, so
+their names, help and defaults cannot drift apart), the device and its precision, the GPU
+peaks behind MFU, and the one way files are written (atomically)."""
+
+import argparse
+import contextlib
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import torch
+
+# Dense bf16 peak of common GPUs, in FLOP/s, for MFU (the share of it a run achieves).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12,
+                   "RTX 4090": 165e12, "RTX 3090": 71e12}
+
+
+def write_atomic(path, write):
+    """Write a file so that a reader sees the old file or the whole new one, also after a
+    crash or a full disk: write(f) fills a hidden temporary file beside `path` (opened "wb"),
+    which is fsynced, renamed over `path`, and the rename made durable by an fsync of the
+    directory (POSIX only: Windows cannot open a directory). A failure leaves no temporary.
+    The file gets the permissions open() would give it (0666 less the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # unique, hidden
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies umask
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def write_text_atomic(path, text):
+    """write_atomic for UTF-8 text."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def str_to_bool(value) -> bool:
+    """argparse type of an on/off flag: `--use_moe`, `--use_moe 1` and `--use_moe true` all
+    switch it on (MiniMind passes 1/0), `--use_moe 0` / `false` / `no` / `off` off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off, not {value!r}")
+
+
+class Renamed(argparse.Action):
+    """An old flag name that still works, for one that had another meaning elsewhere: it
+    sets the new flag and prints a one-line note. Hidden from --help."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest
+        print(f"note: {option_string} is now {new} (it meant something else in other "
+              f"scripts); the old name still works", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def renamed(parser, old, new_dest, **kwargs):
+    parser.add_argument(old, dest=new_dest, action=Renamed, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_model_flags(parser, dim=512, n_layers=8, use_moe=False, note=""):
+    """--dim, --n_layers, --use_moe: MiniMind's names for the model's shape."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--dim", type=int, default=dim, help=f"model width{note}")
+    group.add_argument("--n_layers", type=int, default=n_layers, help=f"layers{note}")
+    group.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=use_moe,
+                       help="mixture of experts: --use_moe, or --use_moe 1/0 as MiniMind "
+                            f"passes it{note}")
+    return group
+
+
+def add_device_flags(parser, dtype=True):
+    """--device and --dtype, read by pick_device and mixed_precision."""
+    parser.add_argument("--device", default=None,
+                        help="cuda, cuda:1, cpu or mps; default: cuda if available")
+    if dtype:
+        parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                            help="autocast dtype; default bfloat16 on CUDA, float32 on CPU")
+
+
+def add_source_flags(parser, data_path_default=None, data_path_help=None):
+    """Where raw text comes from: --data_path (--data in tokenizer.py and dataset.py before),
+    --text_field, --skip_bad_lines."""
+    parser.add_argument("--data_path", nargs="+", default=data_path_default,
+                        help=data_path_help or ".jsonl/.txt files (optionally .gz) or globs, "
+                                               "or 'builtin' for the text that ships with Python")
+    parser.add_argument("--text_field", default="text", help="JSON field that holds the text")
+    parser.add_argument("--skip_bad_lines", action="store_true",
+                        help="skip and count malformed lines instead of stopping")
+
+
+def add_prepare_flags(parser):
+    """How dataset.prepare() turns sources into token files (dataset.py and training)."""
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer.json, or a folder holding one; default "
+                             "OUT_DIR/tokenizer.json (out/tokenizer.json in dataset.py)")
+    parser.add_argument("--weights", nargs="+", type=float, default=None,
+                        help="one per --data_path entry: how often its documents appear in "
+                             "training (2 repeats each document, 0.5 keeps half)")
+    parser.add_argument("--split_seed", type=int, default=0,
+                        help="seed of the train/val split of the documents")
+    parser.add_argument("--prep_workers", type=int, default=None,
+                        help="processes for cleaning and MinHash (default: CPU count, max 8)")
+
+
+def device_error(name):
+    """Why --device NAME cannot work on this machine, or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name} is not a device name; use cuda, cuda:1, cpu or mps"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return (f"--device {name}: this PyTorch sees no CUDA GPU; use --device cpu, or "
+                    "install the CUDA build of PyTorch (see the README)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return (f"--device {name}: there are only {torch.cuda.device_count()} CUDA "
+                    "device(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name}: MPS is not available here; use --device cpu"
+    return None
+
+
+def pick_device(name=None):
+    """--device, or CUDA when there is a GPU, else the CPU. On CUDA, float32 matmuls may use
+    tensor cores (TF32: fp32 range, a 10-bit mantissa), several times faster on Ampere and
+    later; autocast covers the rest."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        allow_tf32()
+    return device
+
+
+def allow_tf32():
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def mixed_precision(device, dtype_name):
+    """(dtype name, autocast context, GradScaler) for --dtype on this device."""
+    dtype_name = dtype_name or ("bfloat16" if device.type == "cuda" else "float32")
+    if dtype_name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype_name = "float16"  # GPUs before Ampere
+    amp_dtype = getattr(torch, dtype_name)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
+                else contextlib.nullcontext())
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 have the range of fp32
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return dtype_name, autocast, scaler
+
+
+def peak_flops_per_second(device: torch.device):
+    """Dense bf16 peak of the GPU from PEAK_BF16_FLOPS, or None (CPU, unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)

@@ -1,0 +1,106 @@
+"""What a training run reports while it runs: one JSON record per line in
+OUT_DIR/logs/<run>.jsonl (read by scripts/plot_loss.py), the same records to wandb when
+asked, a progress bar with the latest figures, and messages printed above it.
+
+Records: {"kind": "run" | "resume", ...flags and config} when a run starts or continues,
+{"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", ...} every
+--log_interval steps, {"kind": "val", "step", "tokens", "val_loss", "val_ppl", "val_bpb"}
+every --eval_interval steps. Only rank 0 writes; the others stay silent.
+
+tokens/s measures training alone: time spent inside `paused()` (evaluation, saving) is
+taken off the clock.
+"""
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+class RunLog:
+    """Messages from the start; the JSONL file and the progress bar once `open`ed."""
+
+    def __init__(self, rank, quiet):
+        self.rank, self.show = rank, rank == 0 and not quiet
+        self.file = self.wandb = self.bar = None
+        self.loss_sum, self.good_steps = 0.0, 0  # of the steps since the last train record
+        self.last_time, self.last_tokens = time.perf_counter(), 0
+
+    def open(self, path, total_steps, step, tokens_seen):
+        """Append to the log at path (rank 0); a bar from step to total_steps."""
+        if self.rank == 0:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")
+        self.bar = tqdm(total=total_steps, initial=step, disable=not self.show,
+                        dynamic_ncols=True, desc="pretrain")
+        self.last_time, self.last_tokens = time.perf_counter(), tokens_seen
+
+    def say(self, message):
+        """Print above the progress bar (rank 0, unless --quiet)."""
+        if self.show:
+            tqdm.write(message)
+
+    def start_wandb(self, project, config):
+        try:
+            import wandb
+        except ImportError:
+            self.say("warning: --use_wandb asked but wandb is not installed; logging to the "
+                     "JSONL file only")
+            return
+        if self.file is not None:
+            self.wandb = wandb.init(project=project, config=config)
+
+    def write(self, record):
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def add_step(self, loss, good):
+        """One optimizer step done; its loss (a device tensor) joins the interval's mean
+        without waiting for the device. Skipped (bad) steps do not count."""
+        self.bar.update(1)
+        if good:
+            self.loss_sum = self.loss_sum + loss
+            self.good_steps += 1
+
+    def train_record(self, step, tokens_seen, lr, grad_norm, extra, mfu_of=None):
+        """Write the "train" record of the steps since the last one and show it on the bar;
+        mfu_of(tokens_per_sec) gives the MFU where the GPU's peak is known."""
+        now = time.perf_counter()
+        tokens_per_sec = (tokens_seen - self.last_tokens) / max(now - self.last_time, 1e-9)
+        loss = float(self.loss_sum) / max(self.good_steps, 1)  # the one wait for the device
+        record = {"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss, "lr": lr,
+                  "grad_norm": float(grad_norm), "tokens_per_sec": tokens_per_sec, **extra}
+        postfix = {"loss": f"{loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens_per_sec:,.0f}"}
+        if mfu_of is not None:
+            record["mfu"] = mfu_of(tokens_per_sec)
+            postfix["mfu"] = f"{record['mfu']:.1%}"
+        self.write(record)
+        self.bar.set_postfix(postfix)
+        self.loss_sum, self.good_steps = 0.0, 0
+        self.last_time, self.last_tokens = now, tokens_seen
+
+    @contextmanager
+    def paused(self, device, sync):
+        """Time inside does not count as training. sync: first wait for the step's queued
+        GPU kernels, which are training time (only worth it before a long pause)."""
+        if sync and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_time += time.perf_counter() - start
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
