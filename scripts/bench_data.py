@@ -2,12 +2,16 @@
 
     python scripts/bench_data.py --work_dir /tmp/myllm_bench            # all figures
     python scripts/bench_data.py --work_dir /tmp/myllm_bench --big_gb 0 # skip the 1 GB run
+    python scripts/bench_data.py --tasks padding --data_path dataset/pretrain_hq.jsonl \
+        --tokenizer out/tokenizer.json --data_dir out/data   # on the data training prepared
 
-Figures: tokenizer training time on 50 MB; pretokenize throughput (MB/s) on Chinese text;
-near-dedup documents per second; the padding share that packing saves on MiniMind-format
-lines; peak memory (summed RSS of the process tree) while preparing a generated >1 GB file.
+Figures (--tasks): "prepare": tokenizer training time on 50 MB, pretokenize throughput
+(MB/s) on Chinese text, near-dedup documents per second, and peak memory (summed RSS of the
+process tree) while preparing a generated >1 GB file; "padding": training steps on packed
+and on MiniMind-style padded samples, and the tokens per second that carry loss.
 The generated text imitates MiniMind's pretrain_hq.jsonl: lines of <s>...</s> segments of
-Chinese with some English, Zipf-distributed words, and planted exact and near duplicates.
+Chinese with some English, Zipf-distributed words, and planted exact and near duplicates;
+tests and bench use the same generator (write_corpus).
 """
 
 import argparse
@@ -20,10 +24,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench  # noqa: E402
 import dataset  # noqa: E402
+import dedup  # noqa: E402
+from common import add_prepare_flags, add_source_flags, pick_device  # noqa: E402
+from corpus import iter_texts  # noqa: E402
 from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
 
 HANZI = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工"
@@ -146,42 +155,27 @@ def encode_all(tok, texts, batch_size=2000):
 
 def sign_all(texts):
     for i in range(0, len(texts), 1000):
-        dataset.minhash([dataset.shingles(t) for t in texts[i:i + 1000]])
+        dedup.minhash([dedup.shingles(t) for t in texts[i:i + 1000]])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work_dir", default="/tmp/myllm_bench")
-    parser.add_argument("--train_mb", type=float, default=50)
-    parser.add_argument("--big_gb", type=float, default=1.1, help="0 skips the big file")
-    parser.add_argument("--keep", action="store_true", help="keep the generated files")
-    args = parser.parse_args()
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[0]
-    print(f"machine: {os.cpu_count()} cores, load average {load} at the start")
-
+def measure_prepare(args, work):
+    """Tokenizer training, encoding, signing and preparing the generated corpus."""
     corpus = work / "zh.jsonl"
     if not corpus.exists():
         write_corpus(corpus, int(args.train_mb * 1e6))
-    texts = list(dataset.iter_texts(corpus))
+    texts = list(iter_texts(corpus))
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-
     tok, wall, cpu = timed(train_tokenizer, texts, vocab_size=6400)
     print(f"tokenizer training on {mb:.1f} MB, vocab 6400: {wall:.0f} s ({cpu:.0f} CPU s)")
     tok_path = save_tokenizer(tok, work / "tok" / "tokenizer.json")
     tok = load_tokenizer(tok_path)
-
     n_tokens, wall, cpu = timed(encode_all, tok, texts)
     print(f"encode_batch_fast on Chinese: {mb / wall:.2f} MB/s ({mb / cpu:.2f} MB per CPU "
           f"second; {mb * 1e6 / n_tokens:.2f} bytes/token)")
-
     sample = texts[:20000]
     _, wall, cpu = timed(sign_all, sample)
     print(f"shingles + MinHash in one process: {len(sample) / cpu:,.0f} docs per CPU second "
           f"(docs of {mb * 1e6 / len(texts):,.0f} bytes on average)")
-
     shutil.rmtree(work / "data", ignore_errors=True)
     prepared, wall, cpu = timed(dataset.prepare, corpus, tok_path, work / "data",
                                 verbose=False)
@@ -189,32 +183,120 @@ def main():
     r, s = meta["report"], meta["report"]["seconds"]
     print(f"prepare {mb:.0f} MB: {wall:.0f} s, {cpu:.0f} CPU s; {r['documents_read']:,} docs, "
           f"{r['exact_duplicates']:,} exact and {r['near_duplicates']:,} near duplicates dropped")
-    dedup_seconds = s["read_clean"] + s["dedup"]
     print(f"  read + clean + near dedup (shingles, MinHash, LSH, Jaccard check): "
-          f"{r['documents_read'] / dedup_seconds:,.0f} docs/s")
+          f"{r['documents_read'] / (s['read_clean'] + s['dedup']):,.0f} docs/s")
     kept_mb = r["bytes_per_token"] * sum(x["tokens"] for x in meta["splits"].values()) / 1e6
     print(f"  pretokenize: {kept_mb / s['tokenize']:.2f} MB/s ({kept_mb:.1f} MB)")
-    for seq_len in (512, 340):
-        padded = dataset.PretrainDataset(prepared, "train", seq_len, mode="padded")
-        packed = dataset.PretrainDataset(prepared, "train", seq_len)
-        print(f"  max_seq_len {seq_len}: padded mode wastes {padded.padding_share:.1%} of "
-              f"positions ({len(padded):,} samples), packed {packed.padding_share:.3%} "
-              f"({len(packed):,} samples)")
+    return tok_path
 
-    if args.big_gb > 0:
-        big = work / "big.jsonl"
-        start = time.time()
-        write_corpus(big, int(args.big_gb * 1e9), seed=1)
-        size = big.stat().st_size / 1e9
-        print(f"generated {size:.2f} GB in {time.time() - start:.0f} s")
-        cmd = [sys.executable, str(Path(dataset.__file__)), "--data", str(big), "--tokenizer",
-               str(tok_path), "--out_dir", str(work / "big_data"), "--quiet"]
-        wall, rss, pss = run_with_peak_memory(cmd)
-        print(f"prepare {size:.2f} GB: {wall:.0f} s; peak memory {pss / 1e9:.2f} GB PSS, "
-              f"{rss / 1e9:.2f} GB RSS (summed over the processes)")
-        if not args.keep:
-            big.unlink()
-            shutil.rmtree(work / "big_data", ignore_errors=True)
+
+def measure_big_file(args, work, tok_path):
+    """Prepare a generated file of --big_gb in a subprocess, polling its memory."""
+    big = work / "big.jsonl"
+    start = time.time()
+    write_corpus(big, int(args.big_gb * 1e9), seed=1)
+    size = big.stat().st_size / 1e9
+    print(f"generated {size:.2f} GB in {time.time() - start:.0f} s")
+    cmd = [sys.executable, str(Path(dataset.__file__)), "--data_path", str(big), "--tokenizer",
+           str(tok_path), "--data_dir", str(work / "big_data"), "--quiet"]
+    wall, rss, pss = run_with_peak_memory(cmd)
+    print(f"prepare {size:.2f} GB: {wall:.0f} s; peak memory {pss / 1e9:.2f} GB PSS, "
+          f"{rss / 1e9:.2f} GB RSS (summed over the processes)")
+    if not args.keep:
+        big.unlink()
+        shutil.rmtree(work / "big_data", ignore_errors=True)
+
+
+def padding_datasets(args, work):
+    """(packed, padded) training splits of --data_path (default: a generated corpus), with
+    --tokenizer (default: one trained on the data), prepared by dataset.prepare with
+    train_pretrain.py's options and split seed: in --data_dir, training's prepared data is
+    found again and reused, not prepared a second time."""
+    sources = args.data_path
+    if sources is None:
+        sources = [str(write_corpus(work / "padding.jsonl", int(args.padding_mb * 1e6)))]
+    tokenizer = Path(args.tokenizer or work / "padding_tok" / "tokenizer.json")
+    if not tokenizer.exists():
+        save_tokenizer(train_tokenizer(iter_texts(sources), 6400), tokenizer)
+    prepared = dataset.prepare(sources, tokenizer, args.data_dir or work / "data",
+                               text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
+                               weights=args.weights, seed=args.split_seed,
+                               num_workers=args.prep_workers, verbose=False)
+    return (dataset.PretrainDataset(prepared, "train", args.max_seq_len, mode="packed"),
+            dataset.PretrainDataset(prepared, "train", args.max_seq_len, mode="padded"))
+
+
+def measure_padding(args, datasets, device):
+    """{mode: figures}: training steps (bench.make_step) of the 512 x 8 model on each of
+    datasets, counting the tokens that carry loss (loss_mask 1) per second; batches are
+    loaded inside the timed window, as in training."""
+    model_args = bench.parse_args(["--max_seq_len", str(args.max_seq_len), "--device",
+                                   device.type, "--batch_size", str(args.batch_size)])
+    step = bench.make_step(bench.build_model(model_args, device), device, "float32")
+    g = torch.Generator().manual_seed(0)
+    batches = {mode: iter(torch.utils.data.DataLoader(ds, args.batch_size, shuffle=True,
+                                                      generator=g, drop_last=True))
+               for mode, ds in datasets.items()}
+    useful = {mode: [] for mode in datasets}
+
+    def window(mode):
+        def run():
+            taken = [next(batches[mode]) for _ in range(args.steps)]
+            useful[mode].append(sum(float(mask.sum()) for _, _, mask in taken))
+            for batch in taken:
+                step(iter([batch]))
+        return run
+
+    for mode in datasets:
+        window(mode)()  # warm-up
+        useful[mode].clear()
+    runs = bench.timed_rounds({mode: window(mode) for mode in datasets}, args.repeats, device)
+    return {mode: {"useful_tokens_per_sec": float(np.median(
+                       [u / t for u, t in zip(useful[mode], seconds)])),
+                   "useful_tokens_per_step": float(np.median(useful[mode])) / args.steps,
+                   "padding_share": datasets[mode].padding_share}
+            for mode, (seconds, _) in runs.items()}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["prepare", "padding"],
+                        choices=["prepare", "padding"])
+    parser.add_argument("--work_dir", default="/tmp/myllm_bench")
+    parser.add_argument("--train_mb", type=float, default=50)
+    parser.add_argument("--big_gb", type=float, default=1.1, help="0 skips the big file")
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    padding = parser.add_argument_group("padding")
+    add_source_flags(padding)
+    add_prepare_flags(padding)
+    padding.add_argument("--data_dir", default=None, help="where prepared data is kept and "
+                         "reused (training's: OUT_DIR/data); default: inside --work_dir")
+    padding.add_argument("--padding_mb", type=float, default=2, help="generated data's size")
+    padding.add_argument("--max_seq_len", type=int, default=512)
+    padding.add_argument("--batch_size", type=int, default=4)
+    padding.add_argument("--steps", type=int, default=2, help="steps per timed window")
+    padding.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    with open("/proc/loadavg") as f:
+        print(f"machine: {os.cpu_count()} cores, load average {f.read().split()[0]} at the start")
+    if "prepare" in args.tasks:
+        tok_path = measure_prepare(args, work)
+        if args.big_gb > 0:
+            measure_big_file(args, work, tok_path)
+    if "padding" in args.tasks:
+        datasets = dict(zip(("packed", "padded"), padding_datasets(args, work)))
+        figures = measure_padding(args, datasets, pick_device())
+        print(bench.format_rows([
+            ("useful tokens/s (carrying loss)",
+             [figures[m]["useful_tokens_per_sec"] for m in datasets], True, "{:,.0f}"),
+            ("padding share", [100 * figures[m]["padding_share"] for m in datasets], None,
+             "{:.1f}%")], list(datasets)))
     if not args.keep:
         shutil.rmtree(work)
 

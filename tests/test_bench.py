@@ -1,9 +1,19 @@
-"""bench.py measures what it says: structural facts of its figures, never wall-clock speed."""
+"""bench.py and the scripts beside it measure what they say: structural facts of their
+figures, never wall-clock speed."""
+
+import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import bench
+import train_pretrain
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import bench_data  # noqa: E402
+import bench_hf  # noqa: E402
 
 TINY_FLAGS = ["--dim", "64", "--n_layers", "2", "--vocab_size", "300", "--batch_size", "2",
               "--max_seq_len", "32", "--steps", "1", "--warmup", "0", "--repeats", "1",
@@ -60,7 +70,7 @@ def test_decode_reports_every_case_for_every_model():
     figures = bench.measure_decode({"MyLLM": model},
                                    {"MyLLM": bench.myllm_generate(model, False)},
                                    args, torch.device("cpu"))
-    assert set(figures["MyLLM"]) == {"decode_b1", "decode_b8", "decode_b1_growing",
+    assert set(figures["MyLLM"]) == {"decode_b1", "decode_b8", "decode_b1_kv",
                                      "decode_b1_no_cache", "ttft"}
     assert all(v > 0 for v in figures["MyLLM"].values())
     assert model.training  # handed back in training mode
@@ -75,16 +85,38 @@ def test_static_decode_check_finds_rounding_level_differences_only():
 
 
 def test_padded_samples_carry_fewer_useful_tokens_than_packed(tmp_path):
-    args = bench.parse_args(TINY_FLAGS + ["--max_seq_len", "128", "--steps", "2"])
-    bench.synthetic_minimind(tmp_path / "mini.jsonl", n_lines=200, seed=0)
-    args.data = [str(tmp_path / "mini.jsonl")]
-    packed, padded = bench.prepare_samples(args, tmp_path)
-    model = bench.build_model(args, torch.device("cpu"))
-    figures = bench.measure_useful_tokens(model, {"packed": packed, "padded": padded}, args,
-                                          torch.device("cpu"), "float32")
+    args = bench_data.parse_args(["--max_seq_len", "128", "--steps", "2", "--repeats", "1",
+                                  "--batch_size", "2", "--padding_mb", "0.1"])
+    packed, padded = bench_data.padding_datasets(args, tmp_path)
+    figures = bench_data.measure_padding(args, {"packed": packed, "padded": padded},
+                                         torch.device("cpu"))
     useful = {mode: figures[mode]["useful_tokens_per_step"] for mode in figures}
     assert useful["padded"] < useful["packed"] <= 2 * 128
     assert figures["padded"]["padding_share"] > figures["packed"]["padding_share"]
+
+
+def test_the_documented_padding_command_reuses_the_data_training_prepared(tmp_path):
+    """bench_data.py's docstring says how to measure on the data training prepared; followed,
+    it finds that directory (same sources, tokenizer, options and split seed) instead of
+    preparing the corpus again under another fingerprint."""
+    lines = [json.dumps({"text": f"<s>document {i}: " + " ".join(
+        f"word{(i * 7 + k) % 97}" for k in range(40)) + ".</s>"}) for i in range(60)]
+    data = tmp_path / "pretrain_hq.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    train_pretrain.pretrain(train_pretrain.parse_args([
+        "--data_path", str(data), "--out_dir", str(out), "--dim", "32", "--n_layers", "1",
+        "--max_seq_len", "32", "--batch_size", "2", "--vocab_size", "300", "--max_steps", "1",
+        "--device", "cpu", "--quiet"]))
+    (trained_on,) = (out / "data").iterdir()
+    doc = bench_data.__doc__.replace("\\\n", " ")
+    documented = next(line.split("bench_data.py", 1)[1].split("#")[0].split()
+                      for line in doc.splitlines() if "--data_dir" in line)
+    argv = [str(data) if a == "dataset/pretrain_hq.jsonl" else str(out / a[4:])
+            if a.startswith("out/") else a for a in documented]
+    packed, _ = bench_data.padding_datasets(bench_data.parse_args(argv), tmp_path / "work")
+    assert packed.prepared_dir == trained_on
+    assert list((out / "data").iterdir()) == [trained_on]  # nothing prepared again
 
 
 def test_ratio_is_above_one_when_the_first_is_better_for_rates_and_times():
@@ -97,8 +129,8 @@ def test_ratio_is_above_one_when_the_first_is_better_for_rates_and_times():
     assert rows[3] == ["share", "1", "2"]
 
 
-def test_vs_hf_prints_both_models_and_their_ratio(capsys):
-    bench.main(TINY_FLAGS + ["--vs-hf", "--tasks", "train", "decode"])
+def test_side_by_side_with_transformers_prints_both_models_and_their_ratio(capsys):
+    bench_hf.main(TINY_FLAGS + ["--tasks", "train", "decode"])
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "transformers" in line)
     assert header.split() == ["MyLLM", "transformers", "ratio"]
