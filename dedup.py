@@ -50,16 +50,18 @@ def is_cjk(char):
 
 
 def units_plain(text):
-    """The units of a text: its words (runs of alphanumerics and "_") and CJK characters."""
+    """The units of a text: its words (runs of alphanumerics and "_", broken by any CJK
+    character) and its alphanumeric CJK characters, one unit each."""
     units, word = [], ""
     for char in text.lower():
-        if (char.isalnum() or char == "_") and not is_cjk(char):
+        in_word = char.isalnum() or char == "_"
+        if in_word and not is_cjk(char):
             word += char
             continue
         if word:
             units.append(word)
         word = ""
-        if is_cjk(char):
+        if in_word:  # a CJK character is a unit of its own
             units.append(char)
     return units + [word] if word else units
 

@@ -15,11 +15,12 @@ import torch
 import corpus
 import dataset
 import dedup
+import eval_model
 from corpus import builtin_corpus, clean_text, iter_texts, stdlib_docstrings
 from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, open_split, prepare
 from dedup import lsh_bands, minhash, shingle_units
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer, save_tokenizer,
-                       train_tokenizer)
+                       token_bytes, train_tokenizer)
 
 WORDS = ("model data token train learn text corpus clean window batch layer weight loss "
          "python river mountain garden kitchen window letter summer winter music paper "
@@ -228,6 +229,71 @@ def test_lsh_bands_find_pairs_at_the_threshold():
         assert 1 - (1 - threshold**more) ** (128 // more) < 0.99
 
 
+def mixed_texts(rng, n):
+    alphabet = list("abcXYZ 019_-.,!?\t\n") + ["中", "文", "の", "한", "é", "ß", "😀", "𠀀",
+                                                  "\u3000", "٣", "²", "・", "\ud800"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(n)]
+
+
+def test_fast_shingles_and_signatures_equal_the_plain_definitions():
+    rng = random.Random(2)
+    texts = mixed_texts(rng, 300) + [english_doc(rng), chinese_doc(rng), "x" * 200]
+    fast = [dedup.shingles(t) for t in texts]
+    signatures = dedup.minhash(fast, num_perm=32)
+    for text, hashes, signature in zip(texts, fast, signatures):
+        plain = dedup.shingles_plain(text)
+        assert set(hashes.tolist()) == plain, text
+        assert signature.tolist() == dedup.minhash_plain(plain, num_perm=32), text
+
+
+def test_fast_candidates_equal_the_plain_banding():
+    """Clusters of near copies plus unrelated documents: every pair that agrees on a band,
+    as the plain definition lists them."""
+    rng = random.Random(3)
+    base = [english_doc(rng, 40) for _ in range(20)]
+    docs = base + [near_copy(rng, d, False) for d in base[:10]] + [
+        near_copy(rng, d, False) for d in base[:5]]
+    signatures = dedup.minhash([dedup.shingles(d) for d in docs], num_perm=32)
+    bands, rows = dedup.lsh_bands(32, 0.5)
+    fast = dedup.candidate_pairs(dedup.band_hashes(signatures, bands, rows),
+                                 np.ones(len(docs), bool))
+    plain = dedup.candidate_pairs_plain(signatures.tolist(), bands, rows)
+    assert len(plain) > 10 and {tuple(p) for p in fast.tolist()} == plain
+
+
+def test_bucket_members_are_compared_with_each_other_not_only_with_the_first():
+    """Three documents share a bucket in every band; the first is unrelated to the other
+    two, which are near copies. Pairing members only with the first missed the copy."""
+    rng = random.Random(4)
+    unrelated, doc = english_doc(rng), english_doc(rng)
+    texts = [unrelated, doc, near_copy(rng, doc, False)]
+    shingle_sets = [np.unique(dedup.shingles(t)) for t in texts]
+    assert dedup.jaccard(shingle_sets[1], shingle_sets[2]) >= 0.8
+    assert dedup.jaccard(shingle_sets[0], shingle_sets[1]) < 0.1
+    band_values = np.full((3, 4), 7, np.uint64)  # one bucket in every band
+    pairs = dedup.candidate_pairs(band_values, np.ones(3, bool))
+    assert {tuple(p) for p in pairs.tolist()} == {(0, 1), (0, 2), (1, 2)}
+    drop, clusters, _ = dedup.near_duplicates(pairs, lambda i: shingle_sets[i], 0.8)
+    assert drop == [2] and clusters == 1
+
+
+def test_near_dedup_recall_holds_when_unrelated_documents_crowd_the_buckets(tmp_path, tok_path,
+                                                                           tok):
+    """Many short documents from one template share buckets; planted copies among them must
+    still be found, and the distinct documents kept."""
+    rng = random.Random(5)
+    template = "Question: what is the {} of the {}? Answer: the {} of the {} is {}."
+    docs = [template.format(*(rng.choice(WORDS) for _ in range(5))) for _ in range(150)]
+    docs = list(dict.fromkeys(docs))  # distinct
+    copies = [d.replace("Answer:", "Answer :") + " ok" for d in docs[:40]]
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", docs + copies), tok_path,
+                             tmp_path, val_fraction=0, dedup_threshold=0.5)
+    kept = {unframe(t) for t in decoded_documents(tok, prepared, "train")}
+    found = sum(c not in kept for c in copies) / len(copies)
+    assert found >= 0.9
+    assert sum(d in kept for d in docs) >= 0.9 * len(docs)
+
+
 def test_exact_dedup_keeps_distinct_texts_under_a_hash_collision(tmp_path, tok_path, tok,
                                                                   monkeypatch):
     monkeypatch.setattr(dataset, "text_hash", lambda normalized: 42)  # every hash collides
@@ -309,6 +375,38 @@ def test_pretokenize_decodes_back_to_the_cleaned_documents(tmp_path, tok_path, t
         for i in range(len(starts) - 1):
             assert tokens[starts[i]] == BOS_ID and tokens[starts[i + 1] - 1] == EOS_ID
     assert load_meta(prepared)["dtype"] == "uint16"
+
+
+@pytest.mark.parametrize("text", ["<s>an opening marker without its closing one, long enough",
+                                  "a closing marker without the opening one, long enough</s>",
+                                  "no marker at all in this document, long enough to keep"])
+def test_preparation_and_evaluation_frame_a_document_alike(tmp_path, tok_path, tok, text):
+    """One <s> at the start and one </s> at the end, whichever the text already has: what
+    training sees is what evaluation scores (eval_model.text_windows)."""
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", [text]), tok_path, tmp_path,
+                             val_fraction=0)
+    tokens, _ = open_split(prepared, "train")
+    body = tok.encode(text.removeprefix("<s>").removesuffix("</s>"),
+                      add_special_tokens=False).ids
+    assert tokens.tolist() == [BOS_ID, *body, EOS_ID]  # by hand: markers once each
+    (window,) = eval_model.text_windows(tok, [text], max_seq_len=10_000)
+    assert window == tokens.tolist()
+
+
+def test_data_report_counts_the_bytes_of_text_that_evaluation_counts(tmp_path, tok_path, tok):
+    """Bytes per token = UTF-8 bytes of the text, markers excluded (they are not text), over
+    all tokens, markers included: the accounting of bits per byte (tokenizer.token_bytes)."""
+    texts = ["<s>MiniMind 格式的第一段，已经带标记。</s> <s>and its second part here</s>",
+             "plain English text that is long enough to be kept as it is."]
+    prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", texts), tok_path, tmp_path,
+                             val_fraction=0)
+    tokens, _ = open_split(prepared, "train")
+    text_bytes = sum(len(t.replace("<s>", "").replace("</s>", "").encode("utf-8"))
+                     for t in texts)
+    report = load_meta(prepared)["report"]
+    assert report["bytes_per_token"] == pytest.approx(text_bytes / len(tokens))
+    table = token_bytes(tok)
+    assert sum(len(table[t]) for t in tokens.tolist()) == text_bytes
 
 
 def test_train_and_val_are_disjoint_and_stable(tmp_path, tok_path, tok):
@@ -561,8 +659,8 @@ def test_cli_prints_the_report(tmp_path, tok_path, capsys):
     rng = random.Random(8)
     texts = [english_doc(rng, 30) for _ in range(30)]
     source = write_jsonl(tmp_path / "d.jsonl", texts + texts[:5] + ["tiny"])
-    dataset.main(["--data", str(source), "--tokenizer", str(tok_path), "--out_dir",
-                  str(tmp_path / "out"), "--num_workers", "0", "--quiet", "--max_seq_len", "64"])
+    dataset.main(["--data_path", str(source), "--tokenizer", str(tok_path), "--data_dir",
+                  str(tmp_path / "out"), "--prep_workers", "0", "--quiet", "--max_seq_len", "64"])
     out = capsys.readouterr().out
     for rule in ("control_chars", "space_runs", "symbol_runs", "too_short", "mostly_symbols"):
         assert rule in out
@@ -580,14 +678,30 @@ def test_verbose_prepare_prints_the_report_also_when_reusing(tmp_path, tok_path,
 
 def test_cli_errors_are_one_line(tmp_path, tok_path):
     with pytest.raises(SystemExit) as exit_info:
-        dataset.main(["--data", str(tmp_path / "none.jsonl"), "--tokenizer", str(tok_path),
-                      "--out_dir", str(tmp_path), "--quiet"])
+        dataset.main(["--data_path", str(tmp_path / "none.jsonl"), "--tokenizer", str(tok_path),
+                      "--data_dir", str(tmp_path), "--quiet"])
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and "none.jsonl" in message and "\n" not in message
     with pytest.raises(SystemExit) as exit_info:
-        dataset.main(["--data", "builtin", "--tokenizer", str(tmp_path / "no_tok.json"),
-                      "--out_dir", str(tmp_path), "--quiet"])
+        dataset.main(["--data_path", "builtin", "--tokenizer", str(tmp_path / "no_tok.json"),
+                      "--data_dir", str(tmp_path), "--quiet"])
     assert "no_tok.json" in str(exit_info.value.code)
+
+
+def test_the_old_flag_names_still_work_with_a_note(tmp_path, tok_path, capsys):
+    """--data, --out_dir, --seed and --num_workers meant other things in other scripts; here
+    they are now --data_path, --data_dir, --split_seed and --prep_workers."""
+    source = write_jsonl(tmp_path / "d.jsonl", [english_doc(random.Random(9), 30)] * 3)
+    old = dataset.parse_args(["--data", str(source), "--out_dir", "x", "--seed", "3",
+                              "--num_workers", "0"])
+    new = dataset.parse_args(["--data_path", str(source), "--data_dir", "x", "--split_seed",
+                              "3", "--prep_workers", "0"])
+    assert vars(old) == vars(new)
+    notes = capsys.readouterr().err.splitlines()
+    assert [line.split()[1:4] for line in notes] == [
+        ["--data", "is", "now"], ["--out_dir", "is", "now"], ["--seed", "is", "now"],
+        ["--num_workers", "is", "now"]]
+    assert "--split_seed" in notes[2] and "--prep_workers" in notes[3]
 
 
 def regex_shingle_units(text):

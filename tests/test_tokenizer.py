@@ -242,7 +242,8 @@ def test_cli_trains_saves_and_reports_compression(tmp_path, capsys):
     data = tmp_path / "corpus.jsonl"
     data.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False)
                               for t in CHINESE * 30 + ROUND_TRIP_TEXTS[:4] * 30))
-    main(["--data", str(data), "--vocab_size", "300", "--out", str(tmp_path / "t" / "tok.json")])
+    main(["--data_path", str(data), "--vocab_size", "300", "--out",
+          str(tmp_path / "t" / "tok.json")])
     out = capsys.readouterr().out
     assert "bytes/token" in out and "chars/token" in out
     tok = load_tokenizer(tmp_path / "t" / "tok.json")
@@ -252,6 +253,7 @@ def test_cli_trains_saves_and_reports_compression(tmp_path, capsys):
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
+        # --data: the name --data_path had here before, which still works
         main(["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "t.json")])
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and "missing.jsonl" in message and "\n" not in message
