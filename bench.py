@@ -207,6 +207,13 @@ DECODE_CASES = {  # key: (batch, long prompt?, new tokens (None: --new_tokens), 
     "ttft": (1, True, 1, "default")}
 
 
+def inference(generate, *args):
+    def task():
+        with torch.inference_mode():
+            return generate(*args)
+    return task
+
+
 def measure_decode(models, generators, args, device):
     """{name: figures}: greedy decoding tokens/s (batch x new tokens / seconds, prefill of a
     short prompt included) for each of DECODE_CASES, and the time to the first token after
@@ -221,11 +228,11 @@ def measure_decode(models, generators, args, device):
         prompt = torch.randint(3, args.vocab_size, (batch, prompt_len), generator=g).to(device)
         tasks = {}
         for name, generate in generators.items():
-            with torch.inference_mode():
-                if generate(prompt, new_tokens, cache) is None:  # warm-up (records graphs)
-                    figures[name][key] = None
-                    continue
-            tasks[name] = (lambda f=generate: f(prompt, new_tokens, cache))
+            task = inference(generate, prompt, new_tokens, cache)
+            if task() is None:  # warm-up (records the CUDA graphs)
+                figures[name][key] = None
+            else:
+                tasks[name] = task
         for name, (seconds, _) in timed_rounds(tasks, args.repeats, device).items():
             median = statistics.median(seconds)
             figures[name][key] = 1e3 * median if key == "ttft" else batch * new_tokens / median
