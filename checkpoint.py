@@ -83,28 +83,6 @@ def config_from_state_dict(state, n_heads: int = LMConfig.n_heads) -> LMConfig:
                     hidden_dim=w1.shape[0], use_moe=use_moe, **moe)
 
 
-def check_state_dict(state, config: LMConfig, name: str, flags: str):
-    """ValueError unless state has exactly the keys and shapes of Transformer(config); flags
-    says which command-line flags or file set the shape."""
-    if any(".experts." in key for key in state) != config.use_moe:
-        kinds = ("a dense", "an MoE") if config.use_moe else ("an MoE", "a dense")
-        raise ValueError(f"{name} is {kinds[0]} checkpoint but {flags} asks for {kinds[1]} "
-                         f"one; {'drop' if config.use_moe else 'add'} --use_moe")
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = Transformer(config).state_dict()
-    for key, value in expected.items():
-        if key not in state:
-            raise ValueError(f"{name} has no {key}; is it a MyLLM checkpoint of this shape? "
-                             f"({flags})")
-        if state[key].shape != value.shape:
-            raise ValueError(f"{name}: {key} has shape {tuple(state[key].shape)} but {flags} "
-                             f"gives {tuple(value.shape)}; pass the flags it was trained with")
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise ValueError(f"{name} has weights that {flags} has no place for ({extra[0]}, ...); "
-                         "is it a MyLLM checkpoint?")
-
-
 def existing_checkpoints(out_dir):
     """'file (flags that load it)' for every weights file in out_dir, for error messages."""
     found = []
@@ -177,6 +155,28 @@ def load_resume(path, args, config, tok_fingerprint, world_size, warn):
                          "*_resume.pth written by train_pretrain.py, or --resume none")
     check_resume(path, state, args, config, tok_fingerprint, world_size, warn)
     return state
+
+
+def check_state_dict(state, config: LMConfig, name: str, flags: str):
+    """ValueError unless state has exactly the keys and shapes of Transformer(config); flags
+    says which command-line flags or file set the shape."""
+    if any(".experts." in key for key in state) != config.use_moe:
+        kinds = ("a dense", "an MoE") if config.use_moe else ("an MoE", "a dense")
+        raise ValueError(f"{name} is {kinds[0]} checkpoint but {flags} asks for {kinds[1]} "
+                         f"one; {'drop' if config.use_moe else 'add'} --use_moe")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = Transformer(config).state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise ValueError(f"{name} has no {key}; is it a MyLLM checkpoint of this shape? "
+                             f"({flags})")
+        if state[key].shape != value.shape:
+            raise ValueError(f"{name}: {key} has shape {tuple(state[key].shape)} but {flags} "
+                             f"gives {tuple(value.shape)}; pass the flags it was trained with")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ValueError(f"{name} has weights that {flags} has no place for ({extra[0]}, ...); "
+                         "is it a MyLLM checkpoint?")
 
 
 def check_resume(path, state, args, config, tok_fingerprint, world_size, warn):

@@ -365,16 +365,6 @@ def load_meta(prepared_dir):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def check_tokenizer(prepared_dir, tok):
-    """Raise ValueError unless the prepared data was tokenized by tok."""
-    made_with = load_meta(prepared_dir)["tokenizer_fingerprint"]
-    given = tokenizer_fingerprint(tok)
-    if made_with != given:
-        raise ValueError(f"{prepared_dir} was tokenized by another tokenizer ({made_with[:12]}, "
-                         f"not {given[:12]}); pass the tokenizer it was made with, or prepare "
-                         f"the data again with this one")
-
-
 def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
             near_dedup=True, dedup_threshold=0.8, num_perm=128, min_chars=MIN_CHARS, seed=0,
             skip_bad_lines=False, num_workers=None, weights=None, verbose=True):
@@ -657,6 +647,16 @@ def main(argv=None):
           f"would hold (one document per sample, max_seq_len {args.max_seq_len}); "
           f"packing trains on all of them")
     print(f"prepared data: {prepared}")
+
+
+def check_tokenizer(prepared_dir, tok):
+    """Raise ValueError unless the prepared data was tokenized by tok."""
+    made_with = load_meta(prepared_dir)["tokenizer_fingerprint"]
+    given = tokenizer_fingerprint(tok)
+    if made_with != given:
+        raise ValueError(f"{prepared_dir} was tokenized by another tokenizer ({made_with[:12]}, "
+                         f"not {given[:12]}); pass the tokenizer it was made with, or prepare "
+                         f"the data again with this one")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,7 @@ class KVCache:
     def update(self, k, v):
         end = self.length + k.shape[2]
         if end > self.capacity:
-            raise ValueError(f"{end} tokens do not fit this KV cache of {self.capacity}; "
-                             "make a larger one")
+            raise ValueError(f"{end} tokens do not fit a KV cache of {self.capacity}")
         if self.k is None:  # empty, not zeros: only slots below `length` are ever read
             self.k = k.new_empty(*k.shape[:2], self.capacity, k.shape[3])
             self.v = torch.empty_like(self.k)
@@ -140,9 +139,8 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
-        self.dropout = config.dropout
+        self.dropout, self.flash = config.dropout, config.flash_attn
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.flash = config.flash_attn
 
     def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
         """mask: a boolean (B or 1, 1, T, S) tensor, True where a query may attend to a key;
@@ -159,11 +157,10 @@ class Attention(nn.Module):
         S = k.shape[2]
         dropout = self.dropout if self.training else 0.0
 
-        # enable_gqa: the kernel lets each key/value head serve its n_rep query heads in
-        # place of repeat_kv's copies (when decoding, a copy of the whole cache per layer and
-        # token). Only where a fused kernel takes it: the CPU one, or FlashAttention on a GPU,
-        # which needs half precision and no mask; elsewhere SDPA would fall back to its slow
-        # math path.
+        # enable_gqa lets each key/value head serve its n_rep query heads without repeat_kv's
+        # copies (when decoding, a copy of the whole cache per layer and token), where a fused
+        # kernel takes it: the CPU one, or FlashAttention on a GPU (half precision, no mask);
+        # elsewhere SDPA would fall back to its slow math path.
         fused_gqa = mask is None and (
             x.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16))
         if self.flash:
@@ -213,8 +210,8 @@ class MoEGate(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
         self.top_k, self.n_experts = config.num_experts_per_tok, config.n_routed_experts
-        self.norm_topk_prob, self.seq_aux = config.norm_topk_prob, config.seq_aux
-        self.alpha = config.aux_loss_alpha
+        self.norm_topk_prob, self.seq_aux, self.alpha = (config.norm_topk_prob, config.seq_aux,
+                                                         config.aux_loss_alpha)
         # a bias-free Linear(dim, n_experts), held as a bare weight to keep MiniMind's key
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
 
@@ -245,8 +242,7 @@ class MoEFeedForward(nn.Module):
     """Routed experts (k of E per token) plus always-on shared experts.
 
     Tokens are dispatched by sorting their (token, expert) slots by expert, so each expert
-    runs once on one contiguous batch of its tokens; the loop is over experts, never tokens.
-    Training and inference take the same path.
+    runs once on one contiguous batch of its tokens: a loop over experts, never tokens.
     """
 
     def __init__(self, config: LMConfig):
@@ -315,10 +311,9 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.output.weight = self.tok_embeddings.weight  # tied: one matrix reads and writes tokens
-        cos, sin = precompute_rope(config)
         # buffers move with .to(device) but stay out of the state dict: they are derived
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        for name, table in zip(("rope_cos", "rope_sin"), precompute_rope(config)):
+            self.register_buffer(name, table, persistent=False)
         for module in self.modules():  # every matrix ~ normal(0, 0.02); norms start at 1
             if isinstance(module, (nn.Linear, nn.Embedding, MoEGate)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -341,9 +336,8 @@ class Transformer(nn.Module):
     def num_params(self, active: bool = False) -> int:
         """Parameters counted once (the tied embedding too). active=True counts what one
         token uses: k of the E routed experts."""
-        total = sum(p.numel() for p in self.parameters())
-        if active and self.config.use_moe:
-            c = self.config
+        c, total = self.config, sum(p.numel() for p in self.parameters())
+        if active and c.use_moe:
             per_expert = sum(p.numel() for p in self.layers[0].feed_forward.experts[0].parameters())
             total -= c.n_layers * per_expert * (c.n_routed_experts - c.num_experts_per_tok)
         return total
@@ -392,12 +386,11 @@ class Transformer(nn.Module):
         covering cached and new tokens; past_key_values from an earlier call with use_cache.
         logits_to_keep > 0: logits of the last that many positions only (generate needs one;
         the output layer over a 512-token prompt is ~1/8 of the prefill's work)."""
-        T = input_ids.shape[1]
         if use_cache and past_key_values is None:
             past_key_values = [KVCache(self.config.max_seq_len) for _ in self.layers]
         past_len = past_key_values[0].length if past_key_values is not None else 0
         positions = self._positions(input_ids, attention_mask, past_len)
-        mask = self._attention_mask(attention_mask, T, past_len, input_ids.device)
+        mask = self._attention_mask(attention_mask, input_ids.shape[1], past_len, input_ids.device)
         logits, aux_loss = self.forward_at(input_ids, positions, mask, past_key_values,
                                            logits_to_keep)
         return CausalLMOutput(logits, aux_loss, past_key_values if use_cache else None)
@@ -410,9 +403,7 @@ class Transformer(nn.Module):
         h = self.dropout(self.tok_embeddings(input_ids))
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, caches[i] if caches is not None else None)
-        if logits_to_keep > 0:
-            h = h[:, -logits_to_keep:]
-        logits = self.output(self.norm(h))
+        logits = self.output(self.norm(h[:, -logits_to_keep:] if logits_to_keep > 0 else h))
         if not self.config.use_moe:
             return logits, logits.new_zeros((), dtype=torch.float32)
         return logits, sum(layer.feed_forward.aux_loss for layer in self.layers)
@@ -430,9 +421,8 @@ class Transformer(nn.Module):
         decoder: a decode.StaticDecoder that the caller made and keeps (static caches and,
         on a GPU, a CUDA graph); use_cache=False recomputes the whole sequence every step.
         """
-        caches = None
-        if use_cache and decoder is None:
-            caches = [KVCache(input_ids.shape[1] + max_new_tokens) for _ in self.layers]
+        capacity = input_ids.shape[1] + max_new_tokens  # the final length, known in advance
+        caches = [KVCache(capacity) for _ in self.layers] if use_cache and decoder is None else None
         steps = generate_steps(self, input_ids, attention_mask, max_new_tokens,
                                Sampling(temperature, top_k, top_p, repetition_penalty, generator),
                                eos_token_id, caches, decoder)

@@ -57,15 +57,6 @@ def train_tokenizer(texts, vocab_size=6400, show_progress=False):
     return tok
 
 
-def check_special_tokens(tok, name):
-    """Raise ValueError unless ids 0, 1, 2 are special tokens, as MyLLM's data assumes."""
-    added = tok.get_added_tokens_decoder()
-    found = [tok.id_to_token(i) for i in (UNK_ID, BOS_ID, EOS_ID)]
-    if not all(i in added and added[i].special for i in (UNK_ID, BOS_ID, EOS_ID)):
-        raise ValueError(f"{name} has {found} at ids 0, 1, 2 but MyLLM needs the special tokens "
-                         f"{SPECIAL_TOKENS} there; train one with `python tokenizer.py`")
-
-
 def tokenizer_fingerprint(tok):
     """A hash of what decides the token ids: the same for a saved and reloaded copy."""
     config = json.loads(tok.to_str())
@@ -252,6 +243,15 @@ def main(argv=None):
         print(f"held-out text ({held_mb:.2f} MB): {bpt:.2f} bytes/token, {cpt:.2f} chars/token")
     print(f"saved {out} (+ tokenizer_config.json, special_tokens_map.json), "
           f"fingerprint {tokenizer_fingerprint(tok)[:12]}")
+
+
+def check_special_tokens(tok, name):
+    """Raise ValueError unless ids 0, 1, 2 are special tokens, as MyLLM's data assumes."""
+    added = tok.get_added_tokens_decoder()
+    found = [tok.id_to_token(i) for i in (UNK_ID, BOS_ID, EOS_ID)]
+    if not all(i in added and added[i].special for i in (UNK_ID, BOS_ID, EOS_ID)):
+        raise ValueError(f"{name} has {found} at ids 0, 1, 2 but MyLLM needs the special tokens "
+                         f"{SPECIAL_TOKENS} there; train one with `python tokenizer.py`")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ those k, which equals MyLLM's top-k probabilities divided by their sum, and it a
 ungated shared expert (Mixtral has none; Qwen2-MoE gates its shared expert with a sigmoid).
 Granite's extra multipliers are set so that they change nothing.
 
-Two things differ between the layouts besides the names:
+Two things differ between the layouts besides the names (tensor_map lists every tensor):
 - RoPE pairs. MyLLM rotates channel pairs (2i, 2i+1) of each head, transformers rotates
   (i, i + hd/2). An attention score is a sum over channels, so reordering the channels of
   q and k the same way changes no score: permuting the rows of wq and wk is enough.
@@ -61,7 +61,6 @@ def to_interleaved(w, n_heads: int):
 
 
 # Names inside layer i: MyLLM's "layers.{i}." + key is transformers' "model.layers.{i}." + value.
-# wq and wk are also permuted, see above.
 ATTENTION_NAMES = {
     "attention.wq.weight": "self_attn.q_proj.weight",
     "attention.wk.weight": "self_attn.k_proj.weight",
@@ -77,75 +76,72 @@ SWIGLU_NAMES = {  # w2(silu(w1 x) * w3 x) = down(silu(gate x) * up x)
 }
 
 
-def to_hf_state_dict(state_dict, config: LMConfig):
-    """MyLLM's state dict -> transformers' (Llama, or GraniteMoeShared for MoE), without
-    lm_head.weight: it is the embedding matrix, declared tied in the config."""
-    hf = {"model.embed_tokens.weight": state_dict["tok_embeddings.weight"]}
+def tensor_map(config: LMConfig):
+    """[(transformers key, [MyLLM keys], how they combine)], for Llama or GraniteMoeShared.
+
+    "copy": one tensor as it is; "q" / "k": the rows permuted (see to_half_split); "cat":
+    the tensors one on top of the other; "stack": stacked along a new first axis;
+    "stack_pairs": pairs concatenated, then stacked. Granite stores each SwiGLU's w1 and w3
+    as one matrix, w1 on top, and the routed experts stacked: input_linear
+    (E, 2 * hidden, D), output_linear (E, D, hidden). lm_head.weight is not listed: it is
+    the embedding matrix, declared tied in the config."""
+    rows = [("model.embed_tokens.weight", ["tok_embeddings.weight"], "copy")]
     for i in range(config.n_layers):
         ours, theirs = f"layers.{i}.", f"model.layers.{i}."
         for key, hf_key in ATTENTION_NAMES.items():
-            hf[theirs + hf_key] = state_dict[ours + key]
-        hf[theirs + "self_attn.q_proj.weight"] = to_half_split(
-            state_dict[ours + "attention.wq.weight"], config.n_heads)
-        hf[theirs + "self_attn.k_proj.weight"] = to_half_split(
-            state_dict[ours + "attention.wk.weight"], config.n_kv_heads)
+            kind = {"attention.wq.weight": "q", "attention.wk.weight": "k"}.get(key, "copy")
+            rows.append((theirs + hf_key, [ours + key], kind))
         if not config.use_moe:
-            for key, hf_key in SWIGLU_NAMES.items():
-                hf[theirs + hf_key] = state_dict[ours + key]
+            rows += [(theirs + hf_key, [ours + key], "copy")
+                     for key, hf_key in SWIGLU_NAMES.items()]
             continue
-        # Granite stores each SwiGLU's w1 and w3 as one matrix, w1 on top, and the routed
-        # experts stacked: input_linear (E, 2 * hidden, D), output_linear (E, D, hidden).
-        ffn = ours + "feed_forward."
+        ffn, moe = ours + "feed_forward.", theirs + "block_sparse_moe."
         experts = [f"{ffn}experts.{e}." for e in range(config.n_routed_experts)]
-        moe = theirs + "block_sparse_moe."
-        hf[moe + "router.layer.weight"] = state_dict[ffn + "gate.weight"]
-        hf[moe + "input_linear.weight"] = torch.stack(
-            [torch.cat([state_dict[e + "w1.weight"], state_dict[e + "w3.weight"]])
-             for e in experts])
-        hf[moe + "output_linear.weight"] = torch.stack(
-            [state_dict[e + "w2.weight"] for e in experts])
+        rows += [(moe + "router.layer.weight", [ffn + "gate.weight"], "copy"),
+                 (moe + "input_linear.weight",
+                  [e + w for e in experts for w in ("w1.weight", "w3.weight")], "stack_pairs"),
+                 (moe + "output_linear.weight", [e + "w2.weight" for e in experts], "stack")]
         if config.n_shared_experts:
             shared = ffn + "shared_experts."
-            hf[theirs + "shared_mlp.input_linear.weight"] = torch.cat(
-                [state_dict[shared + "w1.weight"], state_dict[shared + "w3.weight"]])
-            hf[theirs + "shared_mlp.output_linear.weight"] = state_dict[shared + "w2.weight"]
-    hf["model.norm.weight"] = state_dict["norm.weight"]
-    return hf
+            rows += [(theirs + "shared_mlp.input_linear.weight",
+                      [shared + "w1.weight", shared + "w3.weight"], "cat"),
+                     (theirs + "shared_mlp.output_linear.weight", [shared + "w2.weight"], "copy")]
+    return rows + [("model.norm.weight", ["norm.weight"], "copy")]
+
+
+def combine(kind, tensors, config: LMConfig):
+    """One transformers tensor from MyLLM's tensors (see tensor_map)."""
+    if kind in ("q", "k"):
+        return to_half_split(tensors[0], config.n_heads if kind == "q" else config.n_kv_heads)
+    if kind == "stack_pairs":
+        return torch.stack([torch.cat(tensors[i:i + 2]) for i in range(0, len(tensors), 2)])
+    return {"copy": lambda: tensors[0], "cat": lambda: torch.cat(tensors),
+            "stack": lambda: torch.stack(tensors)}[kind]()
+
+
+def split(kind, tensor, config: LMConfig):
+    """The inverse of combine: MyLLM's tensors from one transformers tensor."""
+    if kind in ("q", "k"):
+        return [to_interleaved(tensor, config.n_heads if kind == "q" else config.n_kv_heads)]
+    if kind == "stack_pairs":
+        return [half for pair in tensor.unbind(0) for half in pair.chunk(2)]
+    return {"copy": lambda: [tensor], "cat": lambda: list(tensor.chunk(2)),
+            "stack": lambda: list(tensor.unbind(0))}[kind]()
+
+
+def to_hf_state_dict(state_dict, config: LMConfig):
+    """MyLLM's state dict -> transformers' (Llama, or GraniteMoeShared for MoE)."""
+    return {hf_key: combine(kind, [state_dict[k] for k in keys], config)
+            for hf_key, keys, kind in tensor_map(config)}
 
 
 def from_hf_state_dict(hf, config: LMConfig):
     """The inverse of to_hf_state_dict: a state dict that Transformer(config) loads strictly,
     with output.weight being the embedding matrix, as in model.state_dict()."""
-    embedding = hf["model.embed_tokens.weight"]
-    state_dict = {"tok_embeddings.weight": embedding}
-    for i in range(config.n_layers):
-        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
-        for key, hf_key in ATTENTION_NAMES.items():
-            state_dict[ours + key] = hf[theirs + hf_key]
-        state_dict[ours + "attention.wq.weight"] = to_interleaved(
-            hf[theirs + "self_attn.q_proj.weight"], config.n_heads)
-        state_dict[ours + "attention.wk.weight"] = to_interleaved(
-            hf[theirs + "self_attn.k_proj.weight"], config.n_kv_heads)
-        if not config.use_moe:
-            for key, hf_key in SWIGLU_NAMES.items():
-                state_dict[ours + key] = hf[theirs + hf_key]
-            continue
-        ffn, moe = ours + "feed_forward.", theirs + "block_sparse_moe."
-        state_dict[ffn + "gate.weight"] = hf[moe + "router.layer.weight"]
-        gate_up, down = hf[moe + "input_linear.weight"], hf[moe + "output_linear.weight"]
-        for e in range(config.n_routed_experts):
-            w1, w3 = gate_up[e].chunk(2)
-            state_dict.update({f"{ffn}experts.{e}.w1.weight": w1,
-                               f"{ffn}experts.{e}.w2.weight": down[e],
-                               f"{ffn}experts.{e}.w3.weight": w3})
-        if config.n_shared_experts:
-            w1, w3 = hf[theirs + "shared_mlp.input_linear.weight"].chunk(2)
-            state_dict.update({ffn + "shared_experts.w1.weight": w1,
-                               ffn + "shared_experts.w2.weight":
-                                   hf[theirs + "shared_mlp.output_linear.weight"],
-                               ffn + "shared_experts.w3.weight": w3})
-    state_dict["norm.weight"] = hf["model.norm.weight"]
-    state_dict["output.weight"] = embedding
+    state_dict = {}
+    for hf_key, keys, kind in tensor_map(config):
+        state_dict.update(zip(keys, split(kind, hf[hf_key], config)))
+    state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
     return state_dict
 
 
