@@ -108,11 +108,20 @@ def add_source_flags(parser, data_path_default=None, data_path_help=None):
                         help="skip and count malformed lines instead of stopping")
 
 
-def add_prepare_flags(parser):
-    """How dataset.prepare() turns sources into token files (dataset.py and training)."""
+def add_out_dir_flag(parser):
+    parser.add_argument("--out_dir", default="out", help="where train_pretrain.py writes (and "
+                        "the other scripts find) weights, resume file, tokenizer, data, logs")
+
+
+def add_tokenizer_flag(parser):
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer.json, or a folder holding one; default "
                              "OUT_DIR/tokenizer.json (out/tokenizer.json in dataset.py)")
+
+
+def add_prepare_flags(parser):
+    """How dataset.prepare() turns sources into token files (dataset.py and training)."""
+    add_tokenizer_flag(parser)
     parser.add_argument("--weights", nargs="+", type=float, default=None,
                         help="one per --data_path entry: how often its documents appear in "
                              "training (2 repeats each document, 0.5 keeps half)")

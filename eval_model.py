@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 import dataset
 from checkpoint import checkpoint_paths, load_model
-from common import add_model_flags, device_error, renamed
+from common import (add_model_flags, add_out_dir_flag, add_tokenizer_flag, device_error,
+                    renamed)
 from corpus import iter_texts
 from decode import StaticDecoder
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, frame_document, load_tokenizer, token_bytes
@@ -331,13 +332,12 @@ def parse_args(argv=None):
                             " (default 512, 8, off; with --ckpt read from the file)")
     model.add_argument("--hidden_size", dest="dim", type=int, help=argparse.SUPPRESS)
     model.add_argument("--num_hidden_layers", dest="n_layers", type=int, help=argparse.SUPPRESS)
-    model.add_argument("--out_dir", default="out", help="where train_pretrain.py wrote its files")
+    add_out_dir_flag(model)
     model.add_argument("--n_heads", type=int, default=8)
     model.add_argument("--n_kv_heads", type=int, default=None, help="default: read from the file")
     model.add_argument("--ckpt", default=None, help="load this .pth instead of "
                        "{out_dir}/pretrain_{dim}{_moe}.pth")
-    model.add_argument("--tokenizer", default=None,
-                       help="tokenizer.json or a folder holding one (default {out_dir})")
+    add_tokenizer_flag(model)
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     model.add_argument("--model_mode", type=int, default=0,
                        help="MiniMind's weights kind; MyLLM has 0 = pretrained only")

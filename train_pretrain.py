@@ -30,8 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from checkpoint import checkpoint_paths, find_resume_file, load_resume, save_checkpoint
-from common import (add_device_flags, add_model_flags, add_prepare_flags, add_source_flags,
-                    device_error, mixed_precision, peak_flops_per_second, pick_device)
+from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
+                    add_source_flags, device_error, mixed_precision, peak_flops_per_second,
+                    pick_device)
 from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, prepare
 from eval_model import loss_sums, summarize
 from model import LMConfig, Transformer
@@ -49,7 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Pretrain a MyLLM model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # MiniMind's flags, same names and meaning
-    p.add_argument("--out_dir", default="out", help="tokenizer, data, checkpoints and logs")
+    add_out_dir_flag(p)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch_size", type=int, default=32, help="sequences per micro-step per rank")
     p.add_argument("--learning_rate", type=float, default=5e-4)

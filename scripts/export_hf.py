@@ -40,7 +40,8 @@ if str(ROOT) not in sys.path:
 
 from checkpoint import (checkpoint_paths, check_state_dict, missing_checkpoint,  # noqa: E402
                         read_state_dict)
-from common import add_model_flags, write_atomic, write_text_atomic  # noqa: E402
+from common import (add_model_flags, add_out_dir_flag, add_tokenizer_flag,  # noqa: E402
+                    write_atomic, write_text_atomic)
 from model import LMConfig  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer  # noqa: E402
 
@@ -241,9 +242,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Export a MyLLM checkpoint to a transformers "
                                             "directory (Llama, or GraniteMoeShared for MoE).")
     add_model_flags(p)
-    p.add_argument("--out_dir", default="out", help="where training wrote weights and tokenizer")
+    add_out_dir_flag(p)
     p.add_argument("--ckpt", help="weights file; default {out_dir}/pretrain_{dim}{_moe}.pth")
-    p.add_argument("--tokenizer", help="tokenizer.json; default {out_dir}/tokenizer.json")
+    add_tokenizer_flag(p)
     p.add_argument("--out", help="directory to write; default {out_dir}/hf-{dim}{_moe}")
     return p.parse_args(argv)
 
