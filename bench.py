@@ -23,17 +23,16 @@ from pathlib import Path
 
 import torch
 
-from common import (add_device_flags, add_model_flags, mixed_precision, peak_flops_per_second,
-                    pick_device)
-from decode import StaticDecoder
+from common import (add_device_flags, add_model_flags, allow_tf32, mixed_precision,
+                    peak_flops_per_second, pick_device)
+from decode import StaticDecoder, decoder_error, fast_decoding
 from model import LMConfig, Transformer
 from train_pretrain import make_optimizer, masked_lm_loss, train_step
 
 
-def parse_args(argv=None, parser=None):
-    p = parser or argparse.ArgumentParser(
-        description="Measure MyLLM's training and decoding speed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Measure MyLLM's training and decoding speed.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["train", "decode"], choices=["train", "decode"])
     add_device_flags(p)
     add_model_flags(p)
@@ -41,13 +40,11 @@ def parse_args(argv=None, parser=None):
     p.add_argument("--batch_size", type=int, default=None,
                    help="training sequences per step; default 32 on CUDA, 4 on CPU")
     p.add_argument("--max_seq_len", type=int, default=512, help="tokens per training sequence")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model and the loss for training, and the decoding "
-                        "step of the CUDA-graph decoder")
-    p.add_argument("--compile_mode", default="default",
-                   choices=["default", "reduce-overhead", "max-autotune"],
-                   help="torch.compile mode of the training step; reduce-overhead replays "
-                        "it from CUDA graphs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model and the "
+                   "loss for training, and the CUDA-graph decoder's step")
+    p.add_argument("--compile_mode", default="default", help="of the training step; "
+                   "reduce-overhead replays it from CUDA graphs",
+                   choices=["default", "reduce-overhead", "max-autotune"])
     p.add_argument("--steps", type=int, default=2, help="optimizer steps per timed window")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, default=3, help="timed windows per figure")
@@ -64,13 +61,10 @@ def parse_args(argv=None, parser=None):
 def machine_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model_name = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    return f"{model_name}, {torch.get_num_threads()} threads"
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+             if line.startswith("model name")] or [platform.machine()]
+    return f"{names[0]}, {torch.get_num_threads()} threads"
 
 
 def sync(device):
@@ -124,8 +118,9 @@ def build_model(args, device):
 
 
 def make_step(model, device, dtype_name, compile_model=False, compile_mode="default"):
-    """step(batches): one optimizer step of train_pretrain.train_step with one micro-step,
-    compiled as train_pretrain.py compiles it with --compile."""
+    """step(batches): one optimizer step of train_pretrain.train_step with one micro-step;
+    compile_model: the model and the loss compiled as --compile does (the model wrapped
+    rather than in place, so that decoding after it stays eager)."""
     step_model = torch.compile(model, mode=compile_mode) if compile_model else model
     loss_fn = torch.compile(masked_lm_loss) if compile_model else masked_lm_loss
     optimizer = make_optimizer(model, 1e-4, 0.1, device)
@@ -140,7 +135,8 @@ def measure_training(models, args, device, dtype_name):
     g = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, args.vocab_size, (args.batch_size, args.max_seq_len + 1),
                            generator=g)
-    batch = (tokens[:, :-1], tokens[:, 1:], torch.ones(args.batch_size, args.max_seq_len))
+    batch = [t.to(device) for t in (tokens[:, :-1], tokens[:, 1:],
+                                     torch.ones(args.batch_size, args.max_seq_len))]
     steps = {name: make_step(m, device, dtype_name, args.compile, args.compile_mode)
              for name, m in models.items()}
     for step in steps.values():
@@ -173,7 +169,7 @@ def myllm_generate(model, compile_decode):
 
     def generate(prompt, new_tokens, cache):
         decoder = None
-        if cache == "default" and prompt.device.type == "cuda" and not model.config.use_moe:
+        if cache == "default" and fast_decoding(model):
             key = (*prompt.shape, new_tokens)
             if key not in decoders:
                 decoders[key] = StaticDecoder(model, prompt.shape[0],
@@ -186,19 +182,10 @@ def myllm_generate(model, compile_decode):
 
 
 def static_decode_error(model, args, device, steps=32):
-    """Largest |logit| difference between StaticDecoder (on a GPU, replaying its CUDA graph)
-    and one forward pass over the whole sequence, across a prefill and `steps` new tokens:
-    the speed figures are worth something only if this is at rounding level."""
+    """decode.decoder_error on random tokens: a prompt of prompt_len and `steps` more."""
     g = torch.Generator().manual_seed(args.seed + 1)
-    ids = torch.randint(3, args.vocab_size, (1, args.prompt_len + steps), generator=g).to(device)
-    with torch.inference_mode():
-        full = model(ids).logits[0, args.prompt_len - 1:].float()
-        decoder = StaticDecoder(model, 1, ids.shape[1], compile_step=args.compile)
-        # clone: on a GPU every step returns the same graph output buffer
-        logits = [decoder.prefill(ids[:, :args.prompt_len]).clone()]
-        logits += [decoder.step(ids[:, t:t + 1]).clone()
-                   for t in range(args.prompt_len, ids.shape[1])]
-    return (torch.cat(logits).float() - full).abs().max().item()
+    ids = torch.randint(3, args.vocab_size, (1, args.prompt_len + steps), generator=g)
+    return decoder_error(model, ids.to(device), args.prompt_len, args.compile)
 
 
 DECODE_CASES = {  # key: (batch, long prompt?, new tokens (None: --new_tokens), cache)
@@ -245,8 +232,7 @@ def format_rows(rows, names):
     """A plain-text table: one row per (label, values, higher_is_better, format), one column
     per name, and where there are two names their ratio, >1 when the first is better (for a
     time, the second's over the first's). higher_is_better None: no ratio."""
-    header = ["", *names] + (["ratio"] if len(names) == 2 else [])
-    lines = [header]
+    lines = [["", *names] + (["ratio"] if len(names) == 2 else [])]
     for label, values, higher_is_better, fmt in rows:
         cells = [label] + ["-" if v is None else fmt.format(v) for v in values]
         if len(values) == 2:
@@ -255,39 +241,43 @@ def format_rows(rows, names):
             cells.append("" if higher_is_better is None else
                          "-" if ratio is None else f"{ratio:.2f}x")
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
 
 
+ROWS = [  # (figure, label, higher is better, format); rows without a figure are left out
+    ("tokens_per_sec", "train tokens/s", True, "{:,.0f}"),
+    ("ms_per_step", "train ms/step", False, "{:,.0f}"),
+    ("mfu", "train MFU", True, "{:.1%}"),
+    ("gflops_per_sec", "train GFLOP/s", True, "{:,.1f}"),
+    ("peak_memory_mib", "train peak memory MiB{rss}", False, "{:,.0f}"),
+    ("decode_b1", "decode tokens/s, batch 1", True, "{:,.0f}"),
+    ("decode_b8", "decode tokens/s, batch 8", True, "{:,.0f}"),
+    ("decode_b1_kv", "decode tokens/s, batch 1, KV cache", True, "{:,.0f}"),
+    ("decode_b1_no_cache", "decode tokens/s, batch 1, no cache", True, "{:,.0f}"),
+    ("ttft", "first token ms, {ttft}-token prompt", False, "{:,.0f}")]
+
+
 def rows_of(figures, names, args, device):
-    """The table rows of measure_training's and measure_decode's figures."""
-    def get(key):
-        return [figures[n].get(key) for n in names]
+    """The table rows of measure_training's and measure_decode's figures (GFLOP/s only
+    where there is no MFU: a CPU, or a GPU without a known peak)."""
     rows = []
-    if "tokens_per_sec" in figures[names[0]]:
-        rows += [("train tokens/s", get("tokens_per_sec"), True, "{:,.0f}"),
-                 ("train ms/step", get("ms_per_step"), False, "{:,.0f}")]
-        mfu = get("mfu")
-        rows.append(("train MFU", [100 * v for v in mfu], True, "{:.1f}%") if mfu[0] else
-                    ("train GFLOP/s", get("gflops_per_sec"), True, "{:,.1f}"))
-        rows.append(("train peak memory MiB" + ("" if device.type == "cuda" else
-                                                " (process RSS)"),
-                     get("peak_memory_mib"), False, "{:,.0f}"))
-    if "decode_b1" in figures[names[0]]:
-        rows += [("decode tokens/s, batch 1", get("decode_b1"), True, "{:,.0f}"),
-                 ("decode tokens/s, batch 8", get("decode_b8"), True, "{:,.0f}"),
-                 ("decode tokens/s, batch 1, KV cache", get("decode_b1_kv"), True, "{:,.0f}"),
-                 ("decode tokens/s, batch 1, no cache", get("decode_b1_no_cache"), True,
-                  "{:,.0f}"),
-                 (f"first token ms, {args.ttft_prompt_len}-token prompt", get("ttft"), False,
-                  "{:,.0f}")]
+    for key, label, higher_is_better, fmt in ROWS:
+        values = [figures[n].get(key) for n in names]
+        if values[0] is None or key == "gflops_per_sec" and figures[names[0]].get("mfu"):
+            continue
+        label = label.format(ttft=args.ttft_prompt_len,
+                             rss="" if device.type == "cuda" else " (process RSS)")
+        rows.append((label, values, higher_is_better, fmt))
     return rows
 
 
 def run(args, models, generators):
     """Measure what args.tasks asks for; print the header and the table."""
     device = pick_device(args.device)
+    if device.type == "cuda":
+        allow_tf32()  # as train_pretrain.py runs
     dtype_name = mixed_precision(device, args.dtype)[0]  # as train_pretrain.py chooses it
     model = models["MyLLM"]
     print(f"{machine_name(device)}; torch {torch.__version__}; {device.type} {dtype_name}"

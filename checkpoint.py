@@ -43,10 +43,13 @@ def save_checkpoint(weights_path, resume_path, model, optimizer, scaler, run_fie
                resume_path)
 
 
-def load_torch(path, what: str):
-    """torch.load of a file of ours (tensors and plain values only: no code runs)."""
+def load_torch(path, what: str, mmap=False):
+    """torch.load of a file of ours (tensors and plain values only: no code runs). mmap:
+    tensors stay in the file's pages until used (weights to copy onto a model); not for a
+    resume file, whose optimizer state would keep views of a file that the next save
+    replaces."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # a pickle error, a truncated zip, a file of another kind
         raise ValueError(f"{path} cannot be read as a {what} ({type(e).__name__}); "
                          + ("delete it, or pass --resume none to start over" if "resume" in what
@@ -56,7 +59,7 @@ def load_torch(path, what: str):
 
 def read_state_dict(path):
     """The weights in a .pth file, as a dict of tensors."""
-    state = load_torch(path, "weights file")
+    state = load_torch(path, "weights file", mmap=True)
     if not isinstance(state, dict) or "tok_embeddings.weight" not in state:
         keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} holds no tok_embeddings.weight (it has {keys}), so it is not "

@@ -5,7 +5,6 @@ peaks behind MFU, and the one way files are written (atomically)."""
 import argparse
 import contextlib
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -20,12 +19,13 @@ def write_atomic(path, write):
     """Write a file so that a reader sees the old file or the whole new one, also after a
     crash or a full disk: write(f) fills a hidden temporary file beside `path` (opened "wb"),
     which is fsynced, renamed over `path`, and the rename made durable by an fsync of the
-    directory (POSIX only: Windows cannot open a directory). A failure leaves no temporary.
+    directory (POSIX only: Windows cannot open a directory). A failure leaves no temporary;
+    a process killed mid-write leaves one, of a fixed name, which the next write replaces.
     The file gets the permissions open() would give it (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # unique, hidden
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies umask
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the kernel applies umask
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -68,8 +68,8 @@ class Renamed(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         new = "--" + self.dest
-        print(f"note: {option_string} is now {new} (it meant something else in other "
-              f"scripts); the old name still works", file=sys.stderr)
+        print(f"note: {option_string} is now {new}, its name in every script; the old name "
+              "still works", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
@@ -150,16 +150,13 @@ def device_error(name):
 
 
 def pick_device(name=None):
-    """--device, or CUDA when there is a GPU, else the CPU. On CUDA, float32 matmuls may use
-    tensor cores (TF32: fp32 range, a 10-bit mantissa), several times faster on Ampere and
-    later; autocast covers the rest."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        allow_tf32()
-    return device
+    """--device, or CUDA when there is a GPU, else the CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def allow_tf32():
+    """Let float32 matmuls use tensor cores (TF32: fp32 range, a 10-bit mantissa), several
+    times faster on Ampere and later; autocast covers the rest. For training."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 

@@ -333,7 +333,7 @@ def _source_entries(sources, weights):
     weights = [1.0] * len(entries) if weights is None else [float(w) for w in weights]
     if len(weights) != len(entries):
         raise ValueError(f"{len(weights)} weights for {len(entries)} sources; give one weight "
-                         f"per --data entry")
+                         f"per --data_path entry")
     if any(w < 0 for w in weights):
         raise ValueError(f"weights must be >= 0, got {weights}")
     return entries, weights
@@ -355,13 +355,20 @@ def _fingerprint_sources(entries, weights):
     return fingerprints
 
 
+def prepare_options(args):
+    """prepare()'s keyword arguments from the flags common.add_source_flags and
+    add_prepare_flags declare, as train_pretrain.py and dataset.py pass them."""
+    return dict(text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
+                weights=args.weights, seed=args.split_seed, num_workers=args.prep_workers)
+
+
 def load_meta(prepared_dir):
     """The meta.json of a prepared directory."""
     path = Path(prepared_dir) / "meta.json"
     if not path.is_file():
         out_dir = Path(prepared_dir).parent
         raise FileNotFoundError(f"{path} not found; prepare the data first with "
-                                f"`python dataset.py --data ... --out_dir {out_dir}`")
+                                f"`python dataset.py --data_path ... --data_dir {out_dir}`")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -632,12 +639,10 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         prepared = prepare(args.data_path, args.tokenizer or "out/tokenizer.json", args.data_dir,
-                           text_field=args.text_field, val_fraction=args.val_fraction,
-                           near_dedup=not args.no_near_dedup,
+                           val_fraction=args.val_fraction, near_dedup=not args.no_near_dedup,
                            dedup_threshold=args.dedup_threshold, num_perm=args.num_perm,
-                           min_chars=args.min_chars, seed=args.split_seed,
-                           skip_bad_lines=args.skip_bad_lines, num_workers=args.prep_workers,
-                           weights=args.weights, verbose=not args.quiet)
+                           min_chars=args.min_chars, verbose=not args.quiet,
+                           **prepare_options(args))
         padded = PretrainDataset(prepared, "train", args.max_seq_len, mode="padded")
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -5,9 +5,10 @@ decoding with static caches and CUDA graphs, kept apart from the network in mode
     decoder = StaticDecoder(model, batch_size=1, capacity=512)        # made once, kept
     model.generate(ids, max_new_tokens=64, temperature=0, decoder=decoder)
 
-RoPE scaling for contexts longer than training saw (NTK, YaRN) is here too: it is an
-inference setting. Nothing here imports model.py; the loop and the decoder take the model
-as an argument.
+RoPE scaling (NTK, YaRN) is here too: it lets a trained model read contexts longer than
+training saw, a setting of inference that model.py's RoPE tables take when LMConfig asks
+for it. Nothing here imports model.py; the loop and the decoder take the model as an
+argument.
 """
 
 import math
@@ -46,8 +47,6 @@ def scaled_rope_frequencies(head_dim: int, theta: float, scaling: dict):
         scaled = freqs / factor * ramp + freqs * (1 - ramp)
         return scaled, 0.1 * math.log(factor) + 1.0
     raise ValueError(f"rope_scaling type {kind!r} is not supported; use 'ntk' or 'yarn'")
-
-
 
 
 def apply_repetition_penalty(logits, ids, attention_mask, penalty: float):
@@ -110,6 +109,19 @@ def generate_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_tok
     B, T = ids.shape
     prompt_len = T if attention_mask is None else int(attention_mask.sum(-1).max())
     check_generate_args(model.config, decoder, B, attention_mask, prompt_len + max_new_tokens)
+    if decoder is not None:
+        decoder.in_use = True  # until this stream ends, or is closed or collected
+    try:
+        yield from _steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id,
+                          caches, decoder)
+    finally:
+        if decoder is not None:
+            decoder.in_use = False
+
+
+def _steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id, caches,
+           decoder):
+    B = ids.shape[0]
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
     for i in range(max_new_tokens):
@@ -139,6 +151,12 @@ def generate_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_tok
 # shape: the caches have a fixed size, and the position of the new token is a tensor.
 
 
+def fast_decoding(model):
+    """Where a StaticDecoder's CUDA graph pays off: a dense model on CUDA (MoE routing reads
+    its expert counts on the host, which a graph cannot record)."""
+    return model.tok_embeddings.weight.device.type == "cuda" and not model.config.use_moe
+
+
 class StaticKVCache:
     """Keys and values of one layer in buffers of a fixed size, written at a position held
     in a tensor (`pos`, shared by all layers and advanced by StaticDecoder). Attention reads
@@ -165,9 +183,9 @@ class StaticDecoder:
     Made by the caller for batch_size rows of up to `capacity` tokens (rounded up to a
     multiple of 256, so that nearby lengths fit one decoder, and capped at the model's
     max_seq_len) and kept for as many generate() calls as fit: recording costs a few
-    steps' time. One stream at a time: a second prefill overwrites the first's caches.
-    cuda_graph: None records on CUDA for a dense model (MoE routing reads its expert counts
-    on the host, which a graph cannot record); False runs the same steps eagerly (tests).
+    steps' time. One stream at a time: generate() refuses a decoder still in use.
+    cuda_graph: None records where fast_decoding says it pays off; False runs the same
+    steps eagerly (tests).
     compile_step: torch.compile fuses a step's ~50 small kernels per layer first (tens of
     seconds, once), so each replay launches a fraction as many.
     Parameters are read in place: training's in-place updates are seen, but after the model
@@ -185,9 +203,9 @@ class StaticDecoder:
         self.caches = [StaticKVCache(self.capacity, self.pos) for _ in model.layers]
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.step_fn = torch.compile(self._forward, dynamic=False) if compile_step else None
-        self.graph = None
+        self.graph, self.in_use = None, False  # in_use: by an unfinished generate() stream
         if cuda_graph is None:
-            cuda_graph = device.type == "cuda" and not model.config.use_moe
+            cuda_graph = fast_decoding(model)
         if cuda_graph:
             self._record()
 
@@ -250,6 +268,20 @@ class StaticDecoder:
         return logits
 
 
+def decoder_error(model, ids, prompt_len, compile_step=False):
+    """Largest |logit| difference between a StaticDecoder (on a GPU, replaying its CUDA
+    graph) and one forward pass over the whole of ids (1, T), across a prefill of prompt_len
+    tokens and one step per token after it: the fast path is worth its speed only if this
+    is at rounding level."""
+    with torch.inference_mode():
+        full = model(ids).logits[0, prompt_len - 1:].float()
+        decoder = StaticDecoder(model, 1, ids.shape[1], compile_step=compile_step)
+        # clone: on a GPU every step returns the same graph output buffer
+        logits = [decoder.prefill(ids[:, :prompt_len]).clone()]
+        logits += [decoder.step(ids[:, t:t + 1]).clone() for t in range(prompt_len, ids.shape[1])]
+    return (torch.cat(logits).float() - full).abs().max().item()
+
+
 def check_generate_args(config, decoder, batch_size, attention_mask, longest):
     """ValueError for a generate() call that cannot work, before any work is done."""
     if longest > config.max_seq_len:
@@ -258,6 +290,9 @@ def check_generate_args(config, decoder, batch_size, attention_mask, longest):
     if decoder is not None and attention_mask is not None:
         raise ValueError("a StaticDecoder takes batches without padding; pass "
                          "attention_mask=None, or decode padded batches without a decoder")
+    if decoder is not None and decoder.in_use:
+        raise ValueError("this decoder is in use by an unfinished generate() stream; finish "
+                         "or close that stream first, or make a second decoder")
     if decoder is not None and not decoder.fits(batch_size, longest):
         raise ValueError(f"this decoder holds {decoder.batch_size} rows of {decoder.capacity} "
                          f"tokens, but the call needs {batch_size} of {longest}; make a "

@@ -33,7 +33,7 @@ from checkpoint import checkpoint_paths, load_model
 from common import (add_model_flags, add_out_dir_flag, add_tokenizer_flag, device_error,
                     renamed)
 from corpus import iter_texts
-from decode import StaticDecoder
+from decode import StaticDecoder, fast_decoding
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, frame_document, load_tokenizer, token_bytes
 
 # Pretraining-only prompts, in the style of each corpus: the built-in corpus is Python's
@@ -182,16 +182,17 @@ def batches_of(windows, batch_size):
 
 
 @torch.inference_mode()
-def loss_sums(model, batches, byte_counts, autocast=None, progress=False):
+def loss_sums(model, batches, byte_counts, autocast=None, progress=None):
     """(summed NLL in nats, target tokens, their UTF-8 bytes) over (X, Y, loss_mask) batches,
     as one float64 tensor on the model's device: sums, so that batches (and DDP ranks) add
     up exactly and every target token weighs the same. byte_counts[id] is the number of
-    bytes token id stands for (tokenizer.token_bytes; special tokens 0)."""
+    bytes token id stands for (tokenizer.token_bytes; special tokens 0). progress: a bar
+    on stderr, {"total": batches or None}."""
     device = model.tok_embeddings.weight.device
     byte_counts = torch.as_tensor(byte_counts, dtype=torch.float64, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for X, Y, loss_mask in tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr,
-                                disable=not progress):
+                                disable=progress is None, **(progress or {})):
         X, Y, loss_mask = X.to(device), Y.to(device), loss_mask.to(device)
         with autocast or contextlib.nullcontext():
             logits = model(X).logits  # (B, T, vocab)
@@ -212,7 +213,7 @@ def summarize(sums):
                 bits_per_byte=nll / math.log(2) / n_bytes if n_bytes else float("nan"))
 
 
-def evaluate(model, batches, byte_counts, progress=False):
+def evaluate(model, batches, byte_counts, progress=None):
     """summarize(loss_sums(...)) for one process; ValueError when nothing is predicted."""
     sums = loss_sums(model, batches, byte_counts, progress=progress)
     if sums[1] == 0:
@@ -465,9 +466,11 @@ def run(args):
     if args.eval or args.eval_data:
         check_eval_window(args, c)
         batches = eval_batches(args, tok)
+        total = len(batches) if hasattr(batches, "__len__") else None  # a prepared split
         if args.eval_iters:
             batches = itertools.islice(batches, args.eval_iters)
-        result = evaluate(model, batches, [len(b) for b in token_bytes(tok)], progress=True)
+            total = min(total or args.eval_iters, args.eval_iters)
+        result = evaluate(model, batches, [len(b) for b in token_bytes(tok)], {"total": total})
         print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
               f"bits per byte {result['bits_per_byte']:.4f} | {result['tokens']:,} tokens, "
               f"{result['bytes']:,} bytes")
@@ -481,7 +484,7 @@ def run(args):
     if args.sample_seed is not None:
         generator = torch.Generator(device=args.device).manual_seed(args.sample_seed)
     decoder = None  # on a GPU, one CUDA-graph decoder for every prompt of up to 256 tokens
-    if torch.device(args.device).type == "cuda" and not c.use_moe and not args.no_cache:
+    if fast_decoding(model) and not args.no_cache:
         decoder = StaticDecoder(model, 1, min(256 + args.max_new_tokens, c.max_seq_len))
     for prompt in prompts_to_run(args, tok, sys.stdin):
         sys.stdout.write(prompt)

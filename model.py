@@ -108,21 +108,21 @@ def repeat_kv(x, n_rep: int):
 
 class KVCache:
     """Keys and values of one layer for every token seen so far, in buffers preallocated for
-    `capacity` tokens. `update` writes the new tokens' keys/values after the old ones and
-    returns all of them: a new token attends to the whole history without recomputing it."""
+    `capacity` tokens (doubled if more come). `update` writes the new tokens' keys/values
+    after the old ones and returns all of them: a new token attends to the whole history
+    without recomputing it."""
 
     def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.length = 0  # slots filled
+        self.capacity, self.length = capacity, 0  # slots to allocate first, slots filled
         self.k = self.v = None  # (B, Hkv, capacity, hd), allocated by the first update
 
     def update(self, k, v):
-        end = self.length + k.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"{end} tokens do not fit a KV cache of {self.capacity}")
-        if self.k is None:  # empty, not zeros: only slots below `length` are ever read
-            self.k = k.new_empty(*k.shape[:2], self.capacity, k.shape[3])
-            self.v = torch.empty_like(self.k)
+        end, n, old = self.length + k.shape[2], self.length, (self.k, self.v)
+        if self.k is None or end > self.k.shape[2]:  # empty: slots past `length` are never read
+            size = max(end, self.capacity, 2 * n)
+            self.k, self.v = (k.new_empty(*k.shape[:2], size, k.shape[3]) for _ in range(2))
+            if n:
+                self.k[:, :, :n], self.v[:, :, :n] = old[0][:, :, :n], old[1][:, :, :n]
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end
@@ -387,7 +387,7 @@ class Transformer(nn.Module):
         logits_to_keep > 0: logits of the last that many positions only (generate needs one;
         the output layer over a 512-token prompt is ~1/8 of the prefill's work)."""
         if use_cache and past_key_values is None:
-            past_key_values = [KVCache(self.config.max_seq_len) for _ in self.layers]
+            past_key_values = [KVCache(input_ids.shape[1]) for _ in self.layers]
         past_len = past_key_values[0].length if past_key_values is not None else 0
         positions = self._positions(input_ids, attention_mask, past_len)
         mask = self._attention_mask(attention_mask, input_ids.shape[1], past_len, input_ids.device)

@@ -50,7 +50,7 @@ class RunLog:
             self.say("warning: --use_wandb asked but wandb is not installed; logging to the "
                      "JSONL file only")
             return
-        if self.file is not None:
+        if self.rank == 0:
             self.wandb = wandb.init(project=project, config=config)
 
     def write(self, record):

@@ -31,9 +31,10 @@ from torch.utils.data import DataLoader
 
 from checkpoint import checkpoint_paths, find_resume_file, load_resume, save_checkpoint
 from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
-                    add_source_flags, device_error, mixed_precision, peak_flops_per_second,
-                    pick_device)
-from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, prepare
+                    add_source_flags, allow_tf32, device_error, mixed_precision,
+                    peak_flops_per_second, pick_device)
+from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, load_meta, prepare,
+                     prepare_options)
 from eval_model import loss_sums, summarize
 from model import LMConfig, Transformer
 from runlog import RunLog
@@ -201,6 +202,7 @@ def setup_distributed(device_arg):
         device = torch.device("cuda", local_rank)  # one GPU per process; set_device needs an index
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        allow_tf32()
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world_size, device
@@ -235,6 +237,11 @@ def resolve_data(args, log):
     return None
 
 
+def is_prepared_dir(path) -> bool:
+    """A directory dataset.py finished: it writes meta.json last."""
+    return (Path(path) / "meta.json").is_file()
+
+
 def load_data(args, rank, world_size, log):
     """(tokenizer, train split, val split). A directory prepared by dataset.py is used as it
     is; raw sources are prepared by rank 0 into OUT_DIR/data (cached there, so a second run
@@ -248,8 +255,7 @@ def load_data(args, rank, world_size, log):
         sources = resolve_data(args, log)
         tok_path = resolve_tokenizer(args, sources, rank, world_size, log)
         tok = load_tokenizer(tok_path)
-        options = dict(text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
-                       weights=args.weights, seed=args.split_seed, num_workers=args.prep_workers)
+        options = prepare_options(args)
         cache_dir = Path(args.out_dir) / "data"
         if rank == 0:
             prepared = prepare(sources, tok_path, cache_dir, verbose=log.show, **options)
@@ -349,8 +355,8 @@ class Run:
     stop: "StopSignal"
     weights_path: Path
     resume_path: Path
-    first_step: int = 0
-    byte_counts: list = field(default_factory=list)  # UTF-8 bytes of every token id
+    first_step: int  # the step this process started at (0, or where it resumed)
+    byte_counts: list  # UTF-8 bytes of every token id (tokenizer.token_bytes)
 
     def mfu_of(self, tokens_per_sec):
         flops = self.raw_model.flops_per_token(self.args.max_seq_len) * tokens_per_sec
@@ -501,9 +507,12 @@ def start_run(args, rank, world_size, device):
         model = DistributedDataParallel(
             raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     plan = plan_steps(args, len(train_ds), world_size)
-    run = Run(args, rank, world_size, device, tok, train_ds, val_ds, raw_model, model,
-              optimizer, scaler, autocast, loss_fn, plan, log, StopSignal(), weights_path,
-              resume_path, state.step, [len(b) for b in token_bytes(tok)])
+    run = Run(args=args, rank=rank, world_size=world_size, device=device, tok=tok,
+              train_ds=train_ds, val_ds=val_ds, raw_model=raw_model, model=model,
+              optimizer=optimizer, scaler=scaler, autocast=autocast, loss_fn=loss_fn,
+              plan=plan, log=log, stop=StopSignal(), weights_path=weights_path,
+              resume_path=resume_path, first_step=state.step,
+              byte_counts=[len(b) for b in token_bytes(tok)])
     describe(run, config, dtype_name, found)
     return run, state
 
@@ -543,12 +552,12 @@ def describe(run: Run, config, dtype_name, resumed_from):
 
 def open_log(run: Run, state: RunState):
     """Start the JSONL log (appending to the resumed run's) with a "run" or "resume" record."""
+    if run.args.use_wandb:  # first: wandb.init takes seconds, which are not training time
+        run.log.start_wandb(run.args.wandb_project, vars(run.args))
     run.log.open(state.log_path, run.plan.total_steps, state.step, state.tokens_seen)
     run.log.write({"kind": "resume" if state.step else "run", "step": state.step,
                    "config": asdict(run.raw_model.config), "args": vars(run.args),
                    "world_size": run.world_size})
-    if run.args.use_wandb:
-        run.log.start_wandb(run.args.wandb_project, vars(run.args))
 
 
 def pretrain(args):
@@ -591,11 +600,6 @@ def main(argv=None):
         pretrain(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
-
-
-def is_prepared_dir(path) -> bool:
-    """A directory dataset.py finished: it writes meta.json last."""
-    return (Path(path) / "meta.json").is_file()
 
 
 def check_args(p, args):

@@ -219,9 +219,7 @@ def padding_datasets(args, work):
     if not tokenizer.exists():
         save_tokenizer(train_tokenizer(iter_texts(sources), 6400), tokenizer)
     prepared = dataset.prepare(sources, tokenizer, args.data_dir or work / "data",
-                               text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
-                               weights=args.weights, seed=args.split_seed,
-                               num_workers=args.prep_workers, verbose=False)
+                               verbose=False, **dataset.prepare_options(args))
     return (dataset.PretrainDataset(prepared, "train", args.max_seq_len, mode="packed"),
             dataset.PretrainDataset(prepared, "train", args.max_seq_len, mode="padded"))
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from decode import apply_repetition_penalty, sample_next_token
-from model import LMConfig, Transformer, apply_rope, repeat_kv, rope_frequencies
+from model import KVCache, LMConfig, Transformer, apply_rope, repeat_kv, rope_frequencies
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from export_hf import to_hf_state_dict  # noqa: E402  the one place the Llama mapping lives
@@ -91,6 +91,14 @@ def test_kv_cache_matches_full_forward(overrides):
             out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_grows_past_its_capacity_and_keeps_every_key():
+    cache = KVCache(4)
+    chunks = [torch.randn(1, 2, n, 8) for n in (3, 3, 1, 9)]  # the second overflows 4 slots
+    for i, chunk in enumerate(chunks):
+        keys, values = cache.update(chunk, -chunk)
+        assert torch.equal(keys, torch.cat(chunks[:i + 1], dim=2)) and torch.equal(values, -keys)
 
 
 def test_eager_attention_equals_sdpa_with_and_without_padding():

@@ -512,16 +512,21 @@ def test_val_loss_weights_every_target_token_equally(corpus, tmp_path):
     model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320))
     with torch.no_grad():  # sharp logits: at initialisation every token's loss is near ln 320,
         model.norm.weight.mul_(30)  # and any way of averaging them agrees
-    nll, targets = 0.0, 0.0
+    # bytes per target: the UTF-8 of its text, special tokens none (an ASCII corpus: every
+    # token decodes to whole characters)
+    text = load_tokenizer(tok).decode
+    nll, targets, n_bytes = 0.0, 0.0, 0
     with torch.no_grad():
         for X, Y, mask in (val_ds[i] for i in range(len(val_ds))):
             per_token = F.cross_entropy(model(X[None]).logits[0], Y, reduction="none")
             nll += (per_token * mask).sum().item()
             targets += mask.sum().item()
+            n_bytes += sum(len(text([y]).encode()) for y, m in zip(Y.tolist(), mask) if m)
     args = parse_args(TINY_FLAGS + ["--eval_iters", "2"])  # 2 batches: every window
     got = evaluate(model, val_ds, [len(b) for b in token_bytes(load_tokenizer(tok))], args, 0, 1,
                    torch.device("cpu"), contextlib.nullcontext())
     assert got["loss"] == pytest.approx(nll / targets, rel=1e-5)
+    assert got["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
 
 
 def test_prepared_directory_without_a_val_split_trains_and_logs_no_val_loss(corpus, tmp_path):
@@ -538,7 +543,8 @@ def test_prepared_directory_without_a_val_split_trains_and_logs_no_val_loss(corp
     assert sorted(losses(log)) == [1, 2]
     assert [r for r in log if r["kind"] == "val"] == []  # not a val loss of 0
     assert not (tmp_path / "out" / "data").exists()  # nothing prepared again
-    assert evaluate(result["model"], val_ds, [1] * 320, args, 0, 1, torch.device("cpu"),
+    byte_counts = [len(b) for b in token_bytes(load_tokenizer(tok))]
+    assert evaluate(result["model"], val_ds, byte_counts, args, 0, 1, torch.device("cpu"),
                     contextlib.nullcontext()) is None
 
 
