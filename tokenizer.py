@@ -143,8 +143,9 @@ def load_tokenizer(path):
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found; train one with `python tokenizer.py --data_path "
-                                f"builtin --out {file}`, or pass an existing tokenizer.json")
+        raise FileNotFoundError(f"{file} not found; train one with `python tokenizer.py "
+                                f"--data_path builtin --out {file}`, or pass an existing "
+                                "tokenizer.json")
     try:
         tok = Tokenizer.from_file(str(file))
     except Exception as e:  # the tokenizers library raises a plain Exception for a bad file
