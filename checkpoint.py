@@ -149,14 +149,14 @@ def find_resume_file(resume, resume_path, world_size, device):
     return path if found else None
 
 
-def load_resume(path, args, config, tok_fingerprint, world_size, warn):
+def load_resume(path, args, config, tok_fingerprint, data_fingerprint, world_size, warn):
     """The state saved in resume file `path`, checked against this run; warn(message)
     reports what continues but changes (the tokens per step, the world size)."""
     state = load_torch(path, "resume file")
     if not isinstance(state, dict) or not {"optimizer", "config", "args"} <= state.keys():
         raise ValueError(f"{path} is not a resume file (a weights file?); pass a "
                          "*_resume.pth written by train_pretrain.py, or --resume none")
-    check_resume(path, state, args, config, tok_fingerprint, world_size, warn)
+    check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, world_size, warn)
     return state
 
 
@@ -182,7 +182,8 @@ def check_state_dict(state, config: LMConfig, name: str, flags: str):
                          "is it a MyLLM checkpoint?")
 
 
-def check_resume(path, state, args, config, tok_fingerprint, world_size, warn):
+def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, world_size,
+                 warn):
     asked, saved = asdict(config), state["config"]
     differ = [k for k in asked if asked[k] != saved.get(k)]
     if differ:
@@ -193,8 +194,15 @@ def check_resume(path, state, args, config, tok_fingerprint, world_size, warn):
     if state["tokenizer_fingerprint"] != tok_fingerprint:
         raise ValueError(f"{path} was trained with another tokenizer; pass the run's "
                          "--tokenizer, or --resume none to start over")
-    # the data position counts sequences of max_seq_len tokens: another length would
-    # continue somewhere else in the data
+    # the data position counts sequences of this prepared data: other data would continue
+    # somewhere else (files written before data fingerprints were saved cannot be checked)
+    saved_data = state.get("data_fingerprint")
+    if saved_data is not None and saved_data != data_fingerprint:
+        raise ValueError(f"{path} was trained on prepared data {saved_data}, this run on "
+                         f"{data_fingerprint} (the sources, tokenizer, options or the data "
+                         f"format changed); pass --data_path OUT_DIR/data/*-{saved_data} to "
+                         "continue on the same data, or --resume none to start over")
+    # ... and sequences of max_seq_len tokens: another length would continue elsewhere too
     old = state["args"]
     if old["max_seq_len"] != args.max_seq_len:
         raise ValueError(f"{path} was trained with --max_seq_len {old['max_seq_len']}; pass "

@@ -500,7 +500,7 @@ class PretrainDataset(Dataset):
         self.max_seq_len = max_seq_len
         self.mode = mode
         meta = load_meta(prepared_dir)
-        self.vocab_size = meta["vocab_size"]
+        self.vocab_size, self.fingerprint = meta["vocab_size"], meta.get("fingerprint")
         tokens, doc_starts = open_split(prepared_dir, split)
         self.n_tokens = len(tokens)
         if mode == "packed":

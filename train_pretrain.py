@@ -407,6 +407,7 @@ def save(run: Run, state: RunState):
         save_checkpoint(run.weights_path, run.resume_path, run.raw_model, run.optimizer,
                         run.scaler, {**asdict(state), "args": vars(run.args),
                                      "tokenizer_fingerprint": tokenizer_fingerprint(run.tok),
+                                     "data_fingerprint": run.train_ds.fingerprint,
                                      "world_size": run.world_size})
     if run.world_size > 1:
         dist.barrier()  # nobody trains on while the files are half written
@@ -493,8 +494,8 @@ def start_run(args, rank, world_size, device):
     if found is None:
         torch.manual_seed(args.seed + rank)  # dropout differs per rank, weights do not
     else:
-        state = restore(found, args, config, tok, world_size, rank, device,
-                        raw_model, optimizer, scaler)
+        state = restore(found, args, config, tok, train_ds.fingerprint, world_size, rank,
+                        device, raw_model, optimizer, scaler)
     model, loss_fn = raw_model, masked_lm_loss
     if args.compile:
         # Compile the model in place, then wrap it in DDP, as PyTorch's torch.compile guide
@@ -517,11 +518,13 @@ def start_run(args, rank, world_size, device):
     return run, state
 
 
-def restore(path, args, config, tok, world_size, rank, device, model, optimizer, scaler):
+def restore(path, args, config, tok, data_fingerprint, world_size, rank, device, model,
+            optimizer, scaler):
     """The run's state from resume file `path`, with weights, optimizer, scaler and (with the
     same world size) every rank's RNG put back as they were."""
     warn = print if rank == 0 else (lambda message: None)  # shown even with --quiet
-    saved = load_resume(path, args, config, tokenizer_fingerprint(tok), world_size, warn)
+    saved = load_resume(path, args, config, tokenizer_fingerprint(tok), data_fingerprint,
+                        world_size, warn)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])

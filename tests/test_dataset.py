@@ -244,6 +244,9 @@ def test_fast_shingles_and_signatures_equal_the_plain_definitions():
         plain = dedup.shingles_plain(text)
         assert set(hashes.tolist()) == plain, text
         assert signature.tolist() == dedup.minhash_plain(plain, num_perm=32), text
+    for a, b in zip(texts[:-1], texts[1:]):
+        fast_j = dedup.jaccard(np.unique(dedup.shingles(a)), np.unique(dedup.shingles(b)))
+        assert fast_j == dedup.jaccard_plain(dedup.shingles_plain(a), dedup.shingles_plain(b))
 
 
 def test_fast_candidates_equal_the_plain_banding():

@@ -477,6 +477,23 @@ def test_resume_with_another_max_seq_len_is_a_clear_error(corpus, tmp_path):
         pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--max_seq_len", "16"))
 
 
+def test_resume_on_other_prepared_data_is_a_clear_error(corpus, tmp_path):
+    """The data position counts sequences of one prepared split; an edited source (or a new
+    data format) is prepared into another directory, where it would point elsewhere."""
+    data, tok = corpus
+    source = tmp_path / "docs.jsonl"
+    source.write_text(data.read_text())
+    flags = TINY_FLAGS + ["--data_path", str(source), "--tokenizer", str(tok), "--device",
+                          "cpu", "--out_dir", str(tmp_path / "out")]
+    pretrain(parse_args(flags + ["--max_steps", "1"]))
+    (old,) = (tmp_path / "out" / "data").iterdir()
+    source.write_text(data.read_text() + json.dumps({"text": "one more document here."}) + "\n")
+    with pytest.raises(ValueError, match=f"trained on prepared data {old.name.split('-')[-1]}"):
+        pretrain(parse_args(flags + ["--max_steps", "2"]))
+    resumed = pretrain(parse_args(flags + ["--max_steps", "2", "--data_path", str(old)]))
+    assert resumed["step"] == 2  # on the data it was trained on, it continues
+
+
 def test_resume_with_another_batch_size_warns_and_continues(corpus, tmp_path, capsys):
     pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
     capsys.readouterr()
