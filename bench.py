@@ -294,7 +294,8 @@ def run(args, models, generators):
             figures[name].update(f)
         error = static_decode_error(model.eval(), args, device)
         model.train()
-        print(f"CUDA-graph decoder, max |logit difference| against a full forward: {error:.2e}")
+        print(f"static-cache decoder (a CUDA graph on a GPU), max |logit difference| against "
+              f"a full forward: {error:.2e}")
     print(format_rows(rows_of(figures, list(models), args, device), list(models)))
 
 

@@ -215,7 +215,7 @@ def _counted(texts, bar):
         yield text
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train MyLLM's byte-level BPE tokenizer.")
     add_source_flags(parser, data_path_default=["builtin"])
     renamed(parser, "--data", "data_path", nargs="+")  # its name here before
@@ -224,7 +224,11 @@ def main(argv=None):
                         help="train on a deterministic sample of about this many bytes; on "
                              "Chinese text training takes ~75 bytes of memory per byte")
     parser.add_argument("--out", default="out/tokenizer.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
         train_texts, held_out = read_sample(args.data_path, args.max_bytes, args.text_field,
                                             args.skip_bad_lines)

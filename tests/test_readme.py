@@ -1,8 +1,6 @@
 """The README's commands run as written (scaled down where a CPU test must be quick)."""
 
-import json
 import os
-import random
 import re
 import shlex
 import subprocess
@@ -12,6 +10,8 @@ from pathlib import Path
 import train_pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench_data  # noqa: E402
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
@@ -78,20 +78,9 @@ def test_setup_then_every_script_example(tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
-def minimind_lines(n, seed=0):
-    """MiniMind-format jsonl lines: several <s>...</s> documents of random Chinese text."""
-    rng = random.Random(seed)
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 300)]
-    docs = lambda: " ".join(
-        "<s>" + "".join(rng.choice(chars) for _ in range(rng.randint(20, 60))) + "。</s>"
-        for _ in range(rng.randint(2, 5)))
-    return "".join(json.dumps({"text": docs()}, ensure_ascii=False) + "\n" for _ in range(n))
-
-
 def test_full_path_on_minimind_format_data(tmp_path):
-    (tmp_path / "dataset").mkdir()
-    (tmp_path / "dataset" / "pretrain_hq.jsonl").write_text(minimind_lines(300),
-                                                            encoding="utf-8")
+    (tmp_path / "dataset").mkdir()  # MiniMind-format lines from the project's one generator
+    bench_data.write_corpus(tmp_path / "dataset" / "pretrain_hq.jsonl", 150_000)
     # what makes the GPU-sized commands fit a CPU test: a few tiny steps on two processes
     small_run = ["--max_steps", "1", "--batch_size", "2", "--accumulation_steps", "1",
                  "--max_seq_len", "64", "--eval_iters", "1"]

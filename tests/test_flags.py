@@ -1,0 +1,55 @@
+"""One flag name, one meaning: a flag that several scripts take is declared once (common.py),
+so its default is the same in each; a renamed flag's old name still works."""
+
+import sys
+from pathlib import Path
+
+import bench
+import dataset
+import eval_model
+import tokenizer
+import train_pretrain
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import export_hf  # noqa: E402
+
+SCRIPTS = {
+    "train_pretrain": lambda: train_pretrain.parse_args(["--device", "cpu"]),
+    "dataset": lambda: dataset.parse_args([]),
+    "tokenizer": lambda: tokenizer.parse_args([]),
+    "eval_model": lambda: eval_model.parse_args(["--device", "cpu"]),
+    "export_hf": lambda: export_hf.parse_args([]),
+    "bench": lambda: bench.parse_args(["--device", "cpu"]),
+}
+# flag -> the scripts that take it, with one meaning (eval_model reads the shape from a
+# checkpoint when --dim and friends are not given, so its defaults there are None)
+SHARED = {
+    "text_field": ["train_pretrain", "dataset", "tokenizer", "eval_model"],
+    "skip_bad_lines": ["train_pretrain", "dataset", "tokenizer"],
+    "tokenizer": ["train_pretrain", "dataset", "eval_model", "export_hf"],
+    "weights": ["train_pretrain", "dataset"],
+    "split_seed": ["train_pretrain", "dataset"],
+    "prep_workers": ["train_pretrain", "dataset"],
+    "out_dir": ["train_pretrain", "eval_model", "export_hf"],
+    "dim": ["train_pretrain", "export_hf", "bench"],
+    "n_layers": ["train_pretrain", "export_hf", "bench"],
+    "use_moe": ["train_pretrain", "export_hf", "bench"],
+    "max_seq_len": ["train_pretrain", "dataset", "bench"],
+    "dtype": ["train_pretrain", "bench"],
+}
+
+
+def test_a_shared_flag_has_the_same_default_in_every_script():
+    parsed = {name: vars(parse()) for name, parse in SCRIPTS.items()}
+    for flag, scripts in SHARED.items():
+        defaults = {name: parsed[name][flag] for name in scripts}
+        assert len(set(map(repr, defaults.values()))) == 1, (flag, defaults)
+    # the meanings that differed now have names of their own
+    assert "seed" not in parsed["dataset"] and "num_workers" not in parsed["dataset"]
+    assert "seed" not in parsed["eval_model"] and "max_seq_len" not in parsed["eval_model"]
+    assert parsed["dataset"]["split_seed"] == 0  # the split training prepares with
+
+
+def test_renamed_flags_of_tokenizer_py_keep_their_old_name(capsys):
+    assert tokenizer.parse_args(["--data", "a.jsonl"]).data_path == ["a.jsonl"]
+    assert "--data is now --data_path" in capsys.readouterr().err
