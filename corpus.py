@@ -93,65 +93,56 @@ def expand_paths(sources):
     return paths
 
 
-def _bad_line(message, skip_bad_lines, counts):
-    if not skip_bad_lines:
-        raise ValueError(message)
-    if counts is not None:
-        counts["bad_lines"] += 1
-
-
 def read_file(path, text_field="text", skip_bad_lines=False, counts=None):
     """Yield the documents of one file, streaming: a .jsonl file gives the text_field of every
-    line, a .txt file its paragraphs (separated by blank lines); either may be gzipped."""
+    line, a .txt file its paragraphs (separated by blank lines); either may be gzipped. A bad
+    line stops with its file and line number, or with skip_bad_lines is counted in
+    counts["bad_lines"] and skipped."""
     path = Path(path)
     zipped = path.name.endswith(".gz")
-    kind = Path(path.name[:-3] if zipped else path.name).suffix
-    if kind not in (".jsonl", ".txt"):
-        raise ValueError(f"{path}: unsupported file type; use .jsonl or .txt (or .jsonl.gz, "
-                         f".txt.gz)")
-    skip_hint = "or pass --skip_bad_lines to skip and count such lines"
+    kind = check_file_type(path, Path(path.name[:-3] if zipped else path.name).suffix)
     try:
         with (gzip.open if zipped else open)(path, "rb") as f:
-            lines = _decoded_lines(f, path, skip_hint, skip_bad_lines, counts)
+            lines = _decoded_lines(f, path, skip_bad_lines, counts)
             if kind == ".txt":
                 yield from _paragraphs(lines)
                 return
             for lineno, line in lines:
                 if not line.strip():
                     continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    _bad_line(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno}); "
-                              f"fix the line, {skip_hint}", skip_bad_lines, counts)
-                    continue
-                if not isinstance(record, dict) or text_field not in record:
-                    keys = list(record)[:5] if isinstance(record, dict) else type(record).__name__
-                    _bad_line(f"{path}:{lineno}: no '{text_field}' field (found {keys}); pass "
-                              f"--text_field with the field that holds the text, {skip_hint}",
-                              skip_bad_lines, counts)
-                    continue
-                text = record[text_field]
-                if not isinstance(text, str):
-                    _bad_line(f"{path}:{lineno}: field '{text_field}' is "
-                              f"{type(text).__name__}, not text; {skip_hint}",
-                              skip_bad_lines, counts)
-                    continue
-                yield text
+                text, problem = text_of(line, text_field)
+                if problem is None:
+                    yield text
+                else:
+                    bad_line(f"{path}:{lineno}: {problem}", skip_bad_lines, counts)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: damaged gzip file ({e}); recompress it or pass the "
                          f"uncompressed file") from None
 
 
-def _decoded_lines(f, path, skip_hint, skip_bad_lines, counts):
+def text_of(line, text_field):
+    """(the text of one JSON line, None), or (None, what is wrong with the line)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"malformed JSON ({e.msg}, column {e.colno}); fix the line"
+    if not isinstance(record, dict) or text_field not in record:
+        keys = list(record)[:5] if isinstance(record, dict) else type(record).__name__
+        return None, (f"no '{text_field}' field (found {keys}); pass --text_field with the "
+                      "field that holds the text")
+    if not isinstance(record[text_field], str):
+        return None, f"field '{text_field}' is {type(record[text_field]).__name__}, not text"
+    return record[text_field], None
+
+
+def _decoded_lines(f, path, skip_bad_lines, counts):
     """(line number, text) of every line that is valid UTF-8."""
     for lineno, raw in enumerate(f, 1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            _bad_line(f"{path}:{lineno}: bytes that are not UTF-8 ({e.reason} at byte "
-                      f"{e.start} of the line); convert the file to UTF-8, {skip_hint}",
-                      skip_bad_lines, counts)
+            bad_line(f"{path}:{lineno}: bytes that are not UTF-8 ({e.reason} at byte {e.start} "
+                     "of the line); convert the file to UTF-8", skip_bad_lines, counts)
             continue
         yield lineno, (line.removeprefix("\ufeff") if lineno == 1 else line)
 
@@ -263,3 +254,18 @@ def clean_text(text, min_chars=MIN_CHARS, markers=()):
 def normalize(text):
     """The form two texts are compared in: lower case, whitespace runs as one space."""
     return " ".join(text.lower().split())
+
+
+def check_file_type(path, kind):
+    if kind not in (".jsonl", ".txt"):
+        raise ValueError(f"{path}: unsupported file type; use .jsonl or .txt (or .jsonl.gz, "
+                         f".txt.gz)")
+    return kind
+
+
+def bad_line(message, skip_bad_lines, counts):
+    """Stop with message and the way past it, or count the line as skipped."""
+    if not skip_bad_lines:
+        raise ValueError(f"{message}, or pass --skip_bad_lines to skip and count such lines")
+    if counts is not None:
+        counts["bad_lines"] += 1

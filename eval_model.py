@@ -231,31 +231,13 @@ def load_probes(path):
     if not path.is_file():
         raise FileNotFoundError(f"probe file {path} not found; pass a .jsonl file such as "
                                 "probes/builtin_en.jsonl")
-    example = '{"prompt": "...", "choices": ["...", "..."], "answer": 0}'
     probes = []
     with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 can be named
         for line_no, line in enumerate(f, 1):
-            try:
-                line = line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"{path}:{line_no} is not UTF-8 text; save the file as UTF-8"
-                                 ) from None
-            if not line.strip():
-                continue
-            try:
-                probe = json.loads(line)
-                prompt, choices, answer = probe["prompt"], probe["choices"], probe["answer"]
-                ok = (isinstance(prompt, str) and isinstance(choices, list) and len(choices) >= 2
-                      and all(isinstance(c, str) and c for c in choices)
-                      and isinstance(answer, int) and 0 <= answer < len(choices))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                ok = False
-            if not ok:
-                raise ValueError(f"{path}:{line_no} is not a probe; each line must be like "
-                                 f"{example}, with 2+ non-empty choices and answer an index")
-            probes.append(probe)
+            if line.strip():
+                probes.append(check_probe(line, f"{path}:{line_no}"))
     if not probes:
-        raise ValueError(f"{path} holds no probes; write one per line, like {example}")
+        raise ValueError(f"{path} holds no probes; write one per line, like {PROBE_EXAMPLE}")
     return probes
 
 
@@ -303,26 +285,6 @@ def print_probe_report(probes, results, out):
     out.write(f"accuracy: {right_total}/{n} = {right_total / n:.1%} by total log-prob, "
               f"{right_per_byte}/{n} = {right_per_byte / n:.1%} by log-prob per byte\n")
     return right_total / n, right_per_byte / n
-
-
-def check_flag_values(parser, args):
-    """Stop with a usage error on a flag value that cannot work (comparisons written so that
-    nan fails them too)."""
-    minimum = dict(n_heads=1, eval_seq_len=1, batch_size=1, max_new_tokens=0, top_k=0,
-                   eval_iters=0, dim=1, n_layers=1, n_kv_heads=1)
-    for name, low in minimum.items():
-        value = getattr(args, name)
-        if value is not None and value < low:  # dim, n_layers and n_kv_heads may be unset
-            parser.error(f"--{name} must be at least {low}, not {value}")
-    if not 0 < args.top_p <= 1:
-        parser.error(f"--top_p must be above 0 and at most 1 (1 = off), not {args.top_p}")
-    if not args.temperature >= 0:
-        parser.error(f"--temperature must be at least 0 (0 = greedy), not {args.temperature}")
-    if not args.repetition_penalty > 0:
-        parser.error(f"--repetition_penalty must be above 0 (1 = off), not "
-                     f"{args.repetition_penalty}")
-    if problem := device_error(args.device):
-        parser.error(problem)
 
 
 def parse_args(argv=None):
@@ -377,19 +339,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     check_flag_values(parser, args)
     return args
-
-
-def check_minimind_flags(args):
-    """MiniMind's eval_model.py flags that name weights MyLLM never makes."""
-    if args.model_mode != 0:
-        kind = MINIMIND_MODES.get(args.model_mode, "unknown")
-        raise ValueError(f"--model_mode {args.model_mode} asks for MiniMind's {kind} weights; "
-                         "MyLLM trains only pretrained weights: use --model_mode 0")
-    if args.load != 0:
-        raise ValueError(f"--load {args.load} asks for a transformers model folder; MyLLM loads "
-                         "native .pth files (--load 0): convert the folder with `python "
-                         "scripts/import_hf.py --hf_dir FOLDER --out out/pretrain_512.pth`, "
-                         "which prints the command that loads it")
 
 
 def find_prepared_data(data_dir, tok):
@@ -499,13 +448,6 @@ def run(args):
                   f"first token after {done.first_token_s * 1000:.0f} ms]\n")
 
 
-def check_eval_window(args, config):
-    if args.eval_seq_len > config.max_seq_len:
-        raise ValueError(f"--eval_seq_len {args.eval_seq_len} is longer than the model's "
-                         f"context ({config.max_seq_len} tokens); pass --eval_seq_len "
-                         f"{config.max_seq_len} or less")
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -516,6 +458,72 @@ def main(argv=None):
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def check_flag_values(parser, args):
+    """Stop with a usage error on a flag value that cannot work (comparisons written so that
+    nan fails them too)."""
+    minimum = dict(n_heads=1, eval_seq_len=1, batch_size=1, max_new_tokens=0, top_k=0,
+                   eval_iters=0, dim=1, n_layers=1, n_kv_heads=1)
+    for name, low in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < low:  # dim, n_layers and n_kv_heads may be unset
+            parser.error(f"--{name} must be at least {low}, not {value}")
+    if not 0 < args.top_p <= 1:
+        parser.error(f"--top_p must be above 0 and at most 1 (1 = off), not {args.top_p}")
+    if not args.temperature >= 0:
+        parser.error(f"--temperature must be at least 0 (0 = greedy), not {args.temperature}")
+    if not args.repetition_penalty > 0:
+        parser.error(f"--repetition_penalty must be above 0 (1 = off), not "
+                     f"{args.repetition_penalty}")
+    if problem := device_error(args.device):
+        parser.error(problem)
+
+
+
+def check_minimind_flags(args):
+    """MiniMind's eval_model.py flags that name weights MyLLM never makes."""
+    if args.model_mode != 0:
+        kind = MINIMIND_MODES.get(args.model_mode, "unknown")
+        raise ValueError(f"--model_mode {args.model_mode} asks for MiniMind's {kind} weights; "
+                         "MyLLM trains only pretrained weights: use --model_mode 0")
+    if args.load != 0:
+        raise ValueError(f"--load {args.load} asks for a transformers model folder; MyLLM loads "
+                         "native .pth files (--load 0): convert the folder with `python "
+                         "scripts/import_hf.py --hf_dir FOLDER --out out/pretrain_512.pth`, "
+                         "which prints the command that loads it")
+
+
+
+def check_eval_window(args, config):
+    if args.eval_seq_len > config.max_seq_len:
+        raise ValueError(f"--eval_seq_len {args.eval_seq_len} is longer than the model's "
+                         f"context ({config.max_seq_len} tokens); pass --eval_seq_len "
+                         f"{config.max_seq_len} or less")
+
+
+PROBE_EXAMPLE = '{"prompt": "...", "choices": ["...", "..."], "answer": 0}'
+
+
+def check_probe(line: bytes, where: str):
+    """The probe on one line of a probe file, or ValueError naming the file and line."""
+    try:
+        probe = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text; save the file as UTF-8") from None
+    except json.JSONDecodeError:
+        probe = None
+    try:
+        prompt, choices, answer = probe["prompt"], probe["choices"], probe["answer"]
+        ok = (isinstance(prompt, str) and isinstance(choices, list) and len(choices) >= 2
+              and all(isinstance(c, str) and c for c in choices)
+              and isinstance(answer, int) and 0 <= answer < len(choices))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{where} is not a probe; each line must be like {PROBE_EXAMPLE}, "
+                         "with 2+ non-empty choices and answer an index")
+    return probe
 
 
 if __name__ == "__main__":
