@@ -9,7 +9,8 @@ train_step and generate() that users run.
 Every figure is the median over --repeats timed windows; where several things are compared
 their windows take turns, so that a busy machine slows each of them alike. The FLOP count is
 Transformer.flops_per_token and the GPU peaks are common.PEAK_BF16_FLOPS, as in the
-training log. Every run also checks the CUDA-graph decoder's logits against a full forward.
+training log. Every decode run also checks the static-cache decoder's logits against a
+full forward. Decoding runs in the weights' dtype (float32), without autocast.
 """
 
 import argparse

@@ -35,7 +35,7 @@ def save_torch(obj, path):
 def save_checkpoint(weights_path, resume_path, model, optimizer, scaler, run_fields: dict):
     """The weights file, then the resume file: the same weights with the optimizer's and
     the loss scaler's state, the model's config and run_fields (the run's state, flags,
-    tokenizer fingerprint, world size)."""
+    tokenizer and prepared-data fingerprints, world size)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_torch(weights, weights_path)
     save_torch({"model": weights, "optimizer": optimizer.state_dict(),
@@ -200,7 +200,8 @@ def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, w
     if saved_data is not None and saved_data != data_fingerprint:
         raise ValueError(f"{path} was trained on prepared data {saved_data}, this run on "
                          f"{data_fingerprint} (the sources, tokenizer, options or the data "
-                         f"format changed); pass --data_path OUT_DIR/data/*-{saved_data} to "
+                         f"format changed); pass --data_path {Path(args.out_dir)}/data/"
+                         f"*-{saved_data} (the directory of that name) to "
                          "continue on the same data, or --resume none to start over")
     # ... and sequences of max_seq_len tokens: another length would continue elsewhere too
     old = state["args"]

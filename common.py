@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+DEFAULT_TOKENIZER = "out/tokenizer.json"  # where tokenizer.py writes and dataset.py reads
 # Dense bf16 peak of common GPUs, in FLOP/s, for MFU (the share of it a run achieves).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12,
                    "RTX 4090": 165e12, "RTX 3090": 71e12}

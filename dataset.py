@@ -43,13 +43,14 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from common import add_prepare_flags, add_source_flags, renamed, write_text_atomic
+from common import (DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags, renamed,
+                    write_text_atomic)
 from corpus import (CLEANING_RULES, MIN_CHARS, clean_text, expand_paths, file_fingerprint,
                     iter_texts, normalize)
 from dedup import (band_hashes, candidate_pairs, exact_duplicates, lsh_bands, minhash,
                    near_duplicates, shingles, text_hash)
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
-                       token_bytes, tokenizer_fingerprint)
+                       token_byte_counts, tokenizer_fingerprint)
 
 FORMAT_VERSION = 2  # bump when a change here changes what prepare() writes
 # 2: one framing (frame_document) and one byte accounting (token_bytes) with evaluation
@@ -226,7 +227,7 @@ def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
     """Pass 2: encode the kept documents in parallel batches into train.bin and val.bin, each
     framed <s> ... </s>. Returns the token count of every document of each split and the
     UTF-8 bytes the tokens stand for (tokenizer.token_bytes: markers count none)."""
-    byte_counts = np.array([len(b) for b in token_bytes(tok)], np.int64)
+    byte_counts = np.array(token_byte_counts(tok), np.int64)
     lengths = {"train": [], "val": []}
     text_bytes = 0
     bar = tqdm(desc="tokenize", total=int(keep.sum()), unit=" docs", disable=not verbose)
@@ -355,6 +356,11 @@ def _fingerprint_sources(entries, weights):
     return fingerprints
 
 
+def is_prepared_dir(path) -> bool:
+    """A directory prepare() finished: it writes meta.json last."""
+    return (Path(path) / "meta.json").is_file()
+
+
 def prepare_options(args):
     """prepare()'s keyword arguments from the flags common.add_source_flags and
     add_prepare_flags declare, as train_pretrain.py and dataset.py pass them."""
@@ -398,7 +404,7 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     first = entries[0][0]
     name = f"{'builtin' if first == 'builtin' else first.name.split('.')[0]}-{fingerprint}"
     out_dir = Path(cache_dir) / name
-    if (out_dir / "meta.json").is_file():
+    if is_prepared_dir(out_dir):
         if verbose:
             print(f"reusing {out_dir}: sources, tokenizer and options are unchanged")
             print(format_report(load_meta(out_dir)))
@@ -414,12 +420,12 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         # meta.json last: a directory without it is never mistaken for a finished one
         write_text_atomic(tmp_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False)
                           + "\n")
-        if out_dir.exists() and not (out_dir / "meta.json").is_file():
+        if out_dir.exists() and not is_prepared_dir(out_dir):
             shutil.rmtree(out_dir)  # left by hand: a finished directory has meta.json
         try:
             os.rename(tmp_dir, out_dir)
         except OSError:
-            if not (out_dir / "meta.json").is_file():
+            if not is_prepared_dir(out_dir):
                 raise
             # another process (another DDP rank, say) finished the same directory first
     finally:
@@ -638,7 +644,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        prepared = prepare(args.data_path, args.tokenizer or "out/tokenizer.json", args.data_dir,
+        prepared = prepare(args.data_path, args.tokenizer or DEFAULT_TOKENIZER, args.data_dir,
                            val_fraction=args.val_fraction, near_dedup=not args.no_near_dedup,
                            dedup_threshold=args.dedup_threshold, num_perm=args.num_perm,
                            min_chars=args.min_chars, verbose=not args.quiet,

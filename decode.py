@@ -5,7 +5,7 @@ decoding with static caches and CUDA graphs, kept apart from the network in mode
     decoder = StaticDecoder(model, batch_size=1, capacity=512)        # made once, kept
     model.generate(ids, max_new_tokens=64, temperature=0, decoder=decoder)
 
-RoPE scaling (NTK, YaRN) is here too: it lets a trained model read contexts longer than
+At the end, RoPE scaling (NTK, YaRN): it lets a trained model read contexts longer than
 training saw, a setting of inference that model.py's RoPE tables take when LMConfig asks
 for it. Nothing here imports model.py; the loop and the decoder take the model as an
 argument.
@@ -16,37 +16,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-
-
-def scaled_rope_frequencies(head_dim: int, theta: float, scaling: dict):
-    """RoPE frequencies (see model.rope_frequencies) stretched for a longer context than
-    training saw, and a factor for cos/sin. Off unless LMConfig.rope_scaling is set.
-
-    NTK-aware scaling raises theta so the slowest pairs stretch over factor x more positions
-    while the fastest barely change. YaRN (Peng et al. 2023, sec. 3) interpolates only the
-    slow pairs (fewer than beta_slow turns over the original context), keeps the fast ones
-    (more than beta_fast turns), ramps linearly in between, and scales the attention logits.
-    """
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-    kind, factor = scaling.get("type"), float(scaling.get("factor", 1.0))
-    if kind == "ntk":
-        return (theta * factor ** (head_dim / (head_dim - 2))) ** -exponents, 1.0
-    if kind == "yarn":
-        original_len = scaling["original_max_seq_len"]
-        beta_fast, beta_slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
-        freqs = theta ** -exponents
-
-        def pair_index(turns):  # the pair that makes `turns` full turns over original_len
-            return head_dim * math.log(original_len / (turns * 2 * math.pi)) / (
-                2 * math.log(theta))
-
-        low = max(math.floor(pair_index(beta_fast)), 0)
-        high = min(math.ceil(pair_index(beta_slow)), head_dim - 1)
-        ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) /
-                max(high - low, 1e-3)).clamp(0, 1)  # 0: keep as is, 1: interpolate
-        scaled = freqs / factor * ramp + freqs * (1 - ramp)
-        return scaled, 0.1 * math.log(factor) + 1.0
-    raise ValueError(f"rope_scaling type {kind!r} is not supported; use 'ntk' or 'yarn'")
 
 
 def apply_repetition_penalty(logits, ids, attention_mask, penalty: float):
@@ -280,6 +249,37 @@ def decoder_error(model, ids, prompt_len, compile_step=False):
         logits = [decoder.prefill(ids[:, :prompt_len]).clone()]
         logits += [decoder.step(ids[:, t:t + 1]).clone() for t in range(prompt_len, ids.shape[1])]
     return (torch.cat(logits).float() - full).abs().max().item()
+
+
+def scaled_rope_frequencies(head_dim: int, theta: float, scaling: dict):
+    """RoPE frequencies (see model.rope_frequencies) stretched for a longer context than
+    training saw, and a factor for cos/sin. Off unless LMConfig.rope_scaling is set.
+
+    NTK-aware scaling raises theta so the slowest pairs stretch over factor x more positions
+    while the fastest barely change. YaRN (Peng et al. 2023, sec. 3) interpolates only the
+    slow pairs (fewer than beta_slow turns over the original context), keeps the fast ones
+    (more than beta_fast turns), ramps linearly in between, and scales the attention logits.
+    """
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    kind, factor = scaling.get("type"), float(scaling.get("factor", 1.0))
+    if kind == "ntk":
+        return (theta * factor ** (head_dim / (head_dim - 2))) ** -exponents, 1.0
+    if kind == "yarn":
+        original_len = scaling["original_max_seq_len"]
+        beta_fast, beta_slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
+        freqs = theta ** -exponents
+
+        def pair_index(turns):  # the pair that makes `turns` full turns over original_len
+            return head_dim * math.log(original_len / (turns * 2 * math.pi)) / (
+                2 * math.log(theta))
+
+        low = max(math.floor(pair_index(beta_fast)), 0)
+        high = min(math.ceil(pair_index(beta_slow)), head_dim - 1)
+        ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) /
+                max(high - low, 1e-3)).clamp(0, 1)  # 0: keep as is, 1: interpolate
+        scaled = freqs / factor * ramp + freqs * (1 - ramp)
+        return scaled, 0.1 * math.log(factor) + 1.0
+    raise ValueError(f"rope_scaling type {kind!r} is not supported; use 'ntk' or 'yarn'")
 
 
 def check_generate_args(config, decoder, batch_size, attention_mask, longest):

@@ -45,6 +45,25 @@ def text_hash(normalized):
                           "little")
 
 
+def exact_duplicates(keys, read):
+    """Boolean mask of exact duplicates: documents whose text_hash matches an earlier one's
+    and whose normalised text equals it; read(i) gives document i's text."""
+    dup = np.zeros(len(keys), bool)
+    order = np.argsort(keys, kind="stable")  # stable: each group lists its documents in order
+    sorted_keys = keys[order]
+    bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    group_starts, group_ends = np.r_[0, bounds], np.r_[bounds, len(keys)]
+    for lo, hi in zip(group_starts.tolist(), group_ends.tolist()):
+        if hi - lo < 2:
+            continue
+        seen = set()
+        for i in order[lo:hi].tolist():
+            text = normalize(read(i))
+            dup[i] = text in seen  # a set compares the full texts of equal hashes
+            seen.add(text)
+    return dup
+
+
 def is_cjk(char):
     return any(lo <= ord(char) <= hi for lo, hi in CJK_RANGES)
 
@@ -85,6 +104,14 @@ def jaccard_plain(a: set, b: set):
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
+def minhash_params(num_perm):
+    """The (a, b) of each of the num_perm hash functions: fixed, so signatures are too."""
+    rng = np.random.default_rng(20240607)
+    a = rng.integers(0, 2**64, num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
+    b = rng.integers(0, 2**64, num_perm, dtype=np.uint64, endpoint=False)
+    return a, b
+
+
 def minhash_plain(shingles: set, num_perm=128):
     """The signature of a shingle set: hash function k maps x to ((a_k x + b_k) mod 2**64)
     >> 32 (multiply-shift hashing), and the signature keeps each function's minimum."""
@@ -121,8 +148,7 @@ def lsh_bands(num_perm, threshold):
 
 
 # The fast path: the same shingles, signatures and candidates with numpy, a batch of
-# documents at a time, on arrays of code points rather than one Python string per unit
-# (several times faster on Chinese, where nearly every character is a unit).
+# documents at a time, on arrays of code points rather than one Python string per unit.
 
 
 def _cjk_table():
@@ -174,14 +200,6 @@ def shingles(text, size=SHINGLE_SIZE):
     for k in range(min(size, len(ids))):
         hashes = hashes * np.uint64(SHINGLE_MULT) + ids[k:k + n]  # wraps mod 2**64
     return hashes
-
-
-def minhash_params(num_perm):
-    """The (a, b) of each of the num_perm hash functions: fixed, so signatures are too."""
-    rng = np.random.default_rng(20240607)
-    a = rng.integers(0, 2**64, num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
-    b = rng.integers(0, 2**64, num_perm, dtype=np.uint64, endpoint=False)
-    return a, b
 
 
 def minhash(shingle_arrays, num_perm=128, chunk=1024):
@@ -289,22 +307,3 @@ def near_duplicates(pairs, get_shingles, threshold, progress=None):
     drop = sorted(i for i in parent if _find(parent, i) != i)
     clusters = len({_find(parent, i) for i in drop})
     return drop, clusters, checked
-
-
-def exact_duplicates(keys, read):
-    """Boolean mask of exact duplicates: documents whose text_hash matches an earlier one's
-    and whose normalised text equals it; read(i) gives document i's text."""
-    dup = np.zeros(len(keys), bool)
-    order = np.argsort(keys, kind="stable")  # stable: each group lists its documents in order
-    sorted_keys = keys[order]
-    bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
-    group_starts, group_ends = np.r_[0, bounds], np.r_[bounds, len(keys)]
-    for lo, hi in zip(group_starts.tolist(), group_ends.tolist()):
-        if hi - lo < 2:
-            continue
-        seen = set()
-        for i in order[lo:hi].tolist():
-            text = normalize(read(i))
-            dup[i] = text in seen  # a set compares the full texts of equal hashes
-            seen.add(text)
-    return dup

@@ -30,11 +30,12 @@ from tqdm import tqdm
 
 import dataset
 from checkpoint import checkpoint_paths, load_model
-from common import (add_model_flags, add_out_dir_flag, add_tokenizer_flag, device_error,
-                    renamed)
+from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_tokenizer_flag,
+                    device_error, pick_device, renamed)
 from corpus import iter_texts
 from decode import StaticDecoder, fast_decoding
-from tokenizer import BOS_ID, EOS_ID, PAD_ID, frame_document, load_tokenizer, token_bytes
+from tokenizer import (BOS_ID, EOS_ID, PAD_ID, frame_document, load_tokenizer, token_byte_counts,
+                       token_bytes)
 
 # Pretraining-only prompts, in the style of each corpus: the built-in corpus is Python's
 # own documentation; MiniMind's pretrain_hq.jsonl is general Chinese text.
@@ -52,6 +53,7 @@ SAMPLE_PROMPTS_ZH = [
     "学习一门新的语言",
     "光合作用是指",
 ]
+PROBE_EXAMPLE = '{"prompt": "...", "choices": ["...", "..."], "answer": 0}'  # one line
 MINIMIND_MODES = {0: "pretrain", 1: "full_sft", 2: "rlhf", 3: "reason", 4: "ppo_actor",
                   5: "grpo"}
 
@@ -181,7 +183,7 @@ def batches_of(windows, batch_size):
         yield collate(batch)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: training all-reduces the sums across ranks
 def loss_sums(model, batches, byte_counts, autocast=None, progress=None):
     """(summed NLL in nats, target tokens, their UTF-8 bytes) over (X, Y, loss_mask) batches,
     as one float64 tensor on the model's device: sums, so that batches (and DDP ranks) add
@@ -291,7 +293,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Generate text with a pretrained MyLLM model, evaluate it, probe it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    model = add_model_flags(parser, None, None, None,
+    model = add_model_flags(parser, None, None, None,  # the "model" group of flags
                             " (default 512, 8, off; with --ckpt read from the file)")
     model.add_argument("--hidden_size", dest="dim", type=int, help=argparse.SUPPRESS)
     model.add_argument("--num_hidden_layers", dest="n_layers", type=int, help=argparse.SUPPRESS)
@@ -301,7 +303,7 @@ def parse_args(argv=None):
     model.add_argument("--ckpt", default=None, help="load this .pth instead of "
                        "{out_dir}/pretrain_{dim}{_moe}.pth")
     add_tokenizer_flag(model)
-    model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_flags(model, dtype=False)
     model.add_argument("--model_mode", type=int, default=0,
                        help="MiniMind's weights kind; MyLLM has 0 = pretrained only")
     model.add_argument("--load", type=int, default=0,
@@ -337,6 +339,7 @@ def parse_args(argv=None):
     ev.add_argument("--probe", default=None,
                     help='.jsonl of {"prompt", "choices", "answer"} lines, e.g. probes/*.jsonl')
     args = parser.parse_args(argv)
+    args.device = args.device or str(pick_device())  # a name, checked below
     check_flag_values(parser, args)
     return args
 
@@ -368,7 +371,7 @@ def eval_batches(args, tok):
     if not path.is_file():
         raise FileNotFoundError(f"--eval_data {path} not found; pass a .jsonl/.txt file or a "
                                 "prepared folder")
-    texts = iter_texts([str(path)], args.text_field)
+    texts = iter_texts([path], args.text_field)  # a Path: a name with [ or * is no glob
     return batches_of(text_windows(tok, texts, args.eval_seq_len), args.batch_size)
 
 
@@ -419,7 +422,7 @@ def run(args):
         if args.eval_iters:
             batches = itertools.islice(batches, args.eval_iters)
             total = min(total or args.eval_iters, args.eval_iters)
-        result = evaluate(model, batches, [len(b) for b in token_bytes(tok)], {"total": total})
+        result = evaluate(model, batches, token_byte_counts(tok), {"total": total})
         print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
               f"bits per byte {result['bits_per_byte']:.4f} | {result['tokens']:,} tokens, "
               f"{result['bytes']:,} bytes")
@@ -480,7 +483,6 @@ def check_flag_values(parser, args):
         parser.error(problem)
 
 
-
 def check_minimind_flags(args):
     """MiniMind's eval_model.py flags that name weights MyLLM never makes."""
     if args.model_mode != 0:
@@ -494,15 +496,11 @@ def check_minimind_flags(args):
                          "which prints the command that loads it")
 
 
-
 def check_eval_window(args, config):
     if args.eval_seq_len > config.max_seq_len:
         raise ValueError(f"--eval_seq_len {args.eval_seq_len} is longer than the model's "
                          f"context ({config.max_seq_len} tokens); pass --eval_seq_len "
                          f"{config.max_seq_len} or less")
-
-
-PROBE_EXAMPLE = '{"prompt": "...", "choices": ["...", "..."], "answer": 0}'
 
 
 def check_probe(line: bytes, where: str):

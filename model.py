@@ -158,9 +158,9 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
 
         # enable_gqa lets each key/value head serve its n_rep query heads without repeat_kv's
-        # copies (when decoding, a copy of the whole cache per layer and token), where a fused
-        # kernel takes it: the CPU one, or FlashAttention on a GPU (half precision, no mask);
-        # elsewhere SDPA would fall back to its slow math path.
+        # copies (decoding without a mask: a copy of the cache per layer and token) where a
+        # fused kernel takes it: the CPU one, or FlashAttention on a GPU (half precision, no
+        # mask); elsewhere SDPA would fall back to its slow math path.
         fused_gqa = mask is None and (
             x.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16))
         if self.flash:
@@ -419,13 +419,14 @@ class Transformer(nn.Module):
         those filters. Rows that produce eos_token_id keep emitting it until every row is
         done. Returns (B, T + new) ids, or with stream=True an iterator of (B,) tensors.
         decoder: a decode.StaticDecoder that the caller made and keeps (static caches and,
-        on a GPU, a CUDA graph); use_cache=False recomputes the whole sequence every step.
+        on a GPU, a CUDA graph); use_cache=False recomputes the whole sequence every step
+        (and uses no decoder).
         """
         capacity = input_ids.shape[1] + max_new_tokens  # the final length, known in advance
         caches = [KVCache(capacity) for _ in self.layers] if use_cache and decoder is None else None
         steps = generate_steps(self, input_ids, attention_mask, max_new_tokens,
                                Sampling(temperature, top_k, top_p, repetition_penalty, generator),
-                               eos_token_id, caches, decoder)
+                               eos_token_id, caches, decoder if use_cache else None)
         if stream:
             return steps
         return torch.cat([input_ids] + [token[:, None] for token in steps], dim=1)

@@ -28,7 +28,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from common import add_source_flags, renamed, write_text_atomic
+from common import DEFAULT_TOKENIZER, add_source_flags, renamed, write_text_atomic
 from corpus import clean_text, expand_paths, iter_texts, source_bytes
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -106,6 +106,11 @@ def token_bytes(tok):
         else:  # a token that is not byte-level (another kind of tokenizer): its decoded text
             table.append(tok.decode([i]).encode("utf-8"))
     return table
+
+
+def token_byte_counts(tok):
+    """len(token_bytes(tok)[i]) for every id i: what bits per byte divides by."""
+    return [len(piece) for piece in token_bytes(tok)]
 
 
 def save_tokenizer(tok, path):
@@ -201,8 +206,8 @@ def read_sample(sources, max_bytes=50_000_000, text_field="text", skip_bad_lines
     # Train on the text as dataset.py cleans it, so no merges are spent on junk.
     cleaned = (t for t in (clean_text(t, markers=SPECIAL_TOKENS[1:])[0] for t in texts)
                if t is not None)
-    with tqdm(desc="reading sample", total=max_bytes, unit="B", unit_scale=True,
-              disable=not verbose) as bar:
+    with tqdm(desc="reading sample", total=total_bytes or None, unit="B", unit_scale=True,
+              disable=not verbose) as bar:  # cleaned text read, of the sources' size
         train_texts, held_out = sample_texts(_counted(cleaned, bar), total_bytes, max_bytes)
     if not train_texts:
         raise ValueError(f"no text to train a tokenizer on in {sources} after cleaning")
@@ -223,7 +228,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_bytes", type=int, default=50_000_000,
                         help="train on a deterministic sample of about this many bytes; on "
                              "Chinese text training takes ~75 bytes of memory per byte")
-    parser.add_argument("--out", default="out/tokenizer.json")
+    parser.add_argument("--out", default=DEFAULT_TOKENIZER)
     return parser.parse_args(argv)
 
 

@@ -33,12 +33,12 @@ from checkpoint import checkpoint_paths, find_resume_file, load_resume, save_che
 from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                     add_source_flags, allow_tf32, device_error, mixed_precision,
                     peak_flops_per_second, pick_device)
-from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, load_meta, prepare,
-                     prepare_options)
+from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
+                     load_meta, prepare, prepare_options)
 from eval_model import loss_sums, summarize
 from model import LMConfig, Transformer
 from runlog import RunLog
-from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_bytes,
+from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
                        tokenizer_fingerprint, train_tokenizer)
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
@@ -237,11 +237,6 @@ def resolve_data(args, log):
     return None
 
 
-def is_prepared_dir(path) -> bool:
-    """A directory dataset.py finished: it writes meta.json last."""
-    return (Path(path) / "meta.json").is_file()
-
-
 def load_data(args, rank, world_size, log):
     """(tokenizer, train split, val split). A directory prepared by dataset.py is used as it
     is; raw sources are prepared by rank 0 into OUT_DIR/data (cached there, so a second run
@@ -425,11 +420,13 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
                              run.mfu_of if peak_flops_per_second(run.device) else None)
     evaluating = step % args.eval_interval == 0 or step == run.plan.total_steps
     saving = step % args.save_interval == 0 and step < run.plan.total_steps
-    with run.log.paused(run.device, sync=evaluating or saving):  # not training time
-        if evaluating:
+    if evaluating:
+        with run.log.paused(run.device, sync=True):  # not training time
             validate(run, state)
-        stopped = run.stop.agreed(run.world_size, run.device)
-        if saving and not stopped:
+    # under DDP this waits for the step's kernels (an all-reduce): training time, on the clock
+    stopped = run.stop.agreed(run.world_size, run.device)
+    if saving and not stopped:
+        with run.log.paused(run.device, sync=True):
             save(run, state)
     return stopped
 
@@ -513,7 +510,7 @@ def start_run(args, rank, world_size, device):
               optimizer=optimizer, scaler=scaler, autocast=autocast, loss_fn=loss_fn,
               plan=plan, log=log, stop=StopSignal(), weights_path=weights_path,
               resume_path=resume_path, first_step=state.step,
-              byte_counts=[len(b) for b in token_bytes(tok)])
+              byte_counts=token_byte_counts(tok))
     describe(run, config, dtype_name, found)
     return run, state
 
