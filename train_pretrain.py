@@ -269,7 +269,7 @@ def make_loader(ds, sampler, batch_size, num_workers, device):
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 
-def evaluate(model, val_ds, byte_counts, args, rank, world_size, device, autocast):
+def val_metrics(model, val_ds, byte_counts, args, rank, world_size, device, autocast):
     """Loss, perplexity and bits per byte (eval_model.summarize) over up to eval_iters
     validation batches per rank, summed over all ranks, every target token weighted alike;
     None when the validation split has no batch."""
@@ -432,7 +432,7 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
 
 
 def validate(run: Run, state: RunState):
-    result = evaluate(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
+    result = val_metrics(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
                       run.world_size, run.device, run.autocast)
     if result is not None:
         run.log.write({"kind": "val", "step": state.step, "tokens": state.tokens_seen,

@@ -24,8 +24,8 @@ from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from checkpoint import save_torch
 from common import allow_tf32
 from tokenizer import token_bytes
-from train_pretrain import (evaluate, get_lr, main, make_optimizer, masked_lm_loss, parse_args,
-                            pretrain)
+from train_pretrain import (get_lr, main, make_optimizer, masked_lm_loss, parse_args,
+                            pretrain, val_metrics)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
@@ -540,7 +540,7 @@ def test_val_loss_weights_every_target_token_equally(corpus, tmp_path):
             targets += mask.sum().item()
             n_bytes += sum(len(text([y]).encode()) for y, m in zip(Y.tolist(), mask) if m)
     args = parse_args(TINY_FLAGS + ["--eval_iters", "2"])  # 2 batches: every window
-    got = evaluate(model, val_ds, [len(b) for b in token_bytes(load_tokenizer(tok))], args, 0, 1,
+    got = val_metrics(model, val_ds, [len(b) for b in token_bytes(load_tokenizer(tok))], args, 0, 1,
                    torch.device("cpu"), contextlib.nullcontext())
     assert got["loss"] == pytest.approx(nll / targets, rel=1e-5)
     assert got["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
@@ -561,7 +561,7 @@ def test_prepared_directory_without_a_val_split_trains_and_logs_no_val_loss(corp
     assert [r for r in log if r["kind"] == "val"] == []  # not a val loss of 0
     assert not (tmp_path / "out" / "data").exists()  # nothing prepared again
     byte_counts = [len(b) for b in token_bytes(load_tokenizer(tok))]
-    assert evaluate(result["model"], val_ds, byte_counts, args, 0, 1, torch.device("cpu"),
+    assert val_metrics(result["model"], val_ds, byte_counts, args, 0, 1, torch.device("cpu"),
                     contextlib.nullcontext()) is None
 
 
@@ -596,7 +596,7 @@ def test_tokens_per_second_leaves_out_evaluation_and_saving(corpus, tmp_path, mo
         paused[0] += 1000.0
         return {"loss": 1.0, "perplexity": math.e, "bits_per_byte": 0.5}
 
-    monkeypatch.setattr(train_pretrain, "evaluate", slow_evaluate)
+    monkeypatch.setattr(train_pretrain, "val_metrics", slow_evaluate)
     result = pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--accumulation_steps", "1",
                                "--log_interval", "2", "--eval_interval", "1",
                                "--save_interval", "1"))
