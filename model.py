@@ -419,9 +419,8 @@ class Transformer(nn.Module):
         those filters. Rows that produce eos_token_id keep emitting it until every row is
         done. Returns (B, T + new) ids, or with stream=True an iterator of (B,) tensors.
         decoder: a decode.StaticDecoder that the caller made and keeps (static caches and,
-        on a GPU, a CUDA graph); use_cache=False recomputes the whole sequence every step
-        (and uses no decoder).
-        """
+        on a GPU, a CUDA graph); use_cache=False: no cache, no decoder, the whole sequence
+        recomputed every step."""
         capacity = input_ids.shape[1] + max_new_tokens  # the final length, known in advance
         caches = [KVCache(capacity) for _ in self.layers] if use_cache and decoder is None else None
         steps = generate_steps(self, input_ids, attention_mask, max_new_tokens,
