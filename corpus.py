@@ -68,14 +68,17 @@ def builtin_corpus():
     return docs + stdlib_docstrings(sysconfig.get_paths()["stdlib"])
 
 
+def as_sources(sources):
+    """A list of sources from None (the built-in corpus), one path or glob, or a list."""
+    if sources is None:
+        return ["builtin"]
+    return [sources] if isinstance(sources, (str, Path)) else list(sources)
+
+
 def expand_paths(sources):
     """Expand a source list (paths, globs, 'builtin') into files in sorted order per glob."""
-    if sources is None:
-        sources = ["builtin"]
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
     paths = []
-    for source in sources:
+    for source in as_sources(sources):
         if source == "builtin":
             paths.append(source)
             continue

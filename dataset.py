@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from common import (DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags, renamed,
                     write_text_atomic)
-from corpus import (CLEANING_RULES, MIN_CHARS, clean_text, expand_paths, file_fingerprint,
-                    iter_texts, normalize)
+from corpus import (CLEANING_RULES, MIN_CHARS, as_sources, clean_text, expand_paths,
+                    file_fingerprint, iter_texts, normalize)
 from dedup import (band_hashes, candidate_pairs, exact_duplicates, lsh_bands, minhash,
                    near_duplicates, shingles, text_hash)
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
@@ -326,11 +326,7 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
 
 def _source_entries(sources, weights):
     """The files of each source (a glob is one source), and one weight per source."""
-    if sources is None:
-        sources = ["builtin"]
-    elif isinstance(sources, (str, Path)):
-        sources = [sources]
-    entries = [expand_paths([source]) for source in sources]
+    entries = [expand_paths([source]) for source in as_sources(sources)]
     weights = [1.0] * len(entries) if weights is None else [float(w) for w in weights]
     if len(weights) != len(entries):
         raise ValueError(f"{len(weights)} weights for {len(entries)} sources; give one weight "
