@@ -433,7 +433,7 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
 
 def validate(run: Run, state: RunState):
     result = val_metrics(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
-                      run.world_size, run.device, run.autocast)
+                         run.world_size, run.device, run.autocast)
     if result is not None:
         run.log.write({"kind": "val", "step": state.step, "tokens": state.tokens_seen,
                        "val_loss": result["loss"], "val_ppl": result["perplexity"],
