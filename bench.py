@@ -6,26 +6,22 @@ train_step and generate() that users run.
     python scripts/bench_hf.py                       # the same, beside transformers' Llama
     python scripts/bench_data.py                     # data pipeline; packed vs padded
 
-Every figure is the median over --repeats timed windows; where several things are compared
-their windows take turns, so that a busy machine slows each of them alike. The FLOP count is
-Transformer.flops_per_token and the GPU peaks are common.PEAK_BF16_FLOPS, as in the
-training log. Every decode run also checks the static-cache decoder's logits against a
-full forward. Decoding runs in the weights' dtype (float32), without autocast.
+Every figure is the median over --repeats timed windows; things compared take turns
+(common.timed_rounds), so a busy machine slows each alike. FLOPs: flops_per_token; GPU
+peaks: common.PEAK_BF16_FLOPS, as in the training log. Every decode run also checks the
+static-cache decoder's logits against a full forward. Decoding runs in the weights' dtype
+(float32), without autocast.
 """
 
 import argparse
-import contextlib
 import itertools
-import platform
 import shutil
 import statistics
-import time
-from pathlib import Path
 
 import torch
 
-from common import (add_device_flags, add_model_flags, allow_tf32, mixed_precision,
-                    peak_flops_per_second, pick_device)
+from common import (add_device_flags, add_model_flags, allow_tf32, format_rows, machine_name,
+                    mixed_precision, peak_flops_per_second, pick_device, timed_rounds)
 from decode import StaticDecoder, decoder_error, fast_decoding
 from model import LMConfig, Transformer
 from train_pretrain import make_optimizer, masked_lm_loss, train_step
@@ -57,56 +53,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     check_args(p, args)
     return args
-
-
-def machine_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-             if line.startswith("model name")] or [platform.machine()]
-    return f"{names[0]}, {torch.get_num_threads()} threads"
-
-
-def sync(device):
-    """Wait for queued GPU work: CUDA kernels run asynchronously, a clock must not."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mib(device, reset=False):
-    """CUDA: peak bytes held by tensors. CPU (Linux): the process's peak resident memory,
-    everything in the process included (writing 5 to clear_refs resets it). None where
-    neither can be read."""
-    if device.type == "cuda":
-        if reset:
-            torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    with contextlib.suppress(OSError):
-        if reset:
-            Path("/proc/self/clear_refs").write_text("5")
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return None
-
-
-def timed_rounds(tasks, repeats, device):
-    """Run every task of {name: fn} once per round, for `repeats` rounds, so a busy machine
-    slows all of them alike. Returns {name: (seconds of each run, peak memory MiB)}."""
-    seconds, peak = {name: [] for name in tasks}, dict.fromkeys(tasks)
-    for _ in range(repeats):
-        for name, task in tasks.items():
-            peak_memory_mib(device, reset=True)
-            sync(device)
-            start = time.perf_counter()
-            task()
-            sync(device)
-            seconds[name].append(time.perf_counter() - start)
-            memory = peak_memory_mib(device)
-            if memory is not None:
-                peak[name] = max(peak[name] or 0.0, memory)
-    return {name: (seconds[name], peak[name]) for name in tasks}
 
 
 def build_model(args, device):
@@ -196,10 +142,8 @@ DECODE_CASES = {  # key: (batch, long prompt?, new tokens (None: --new_tokens), 
 
 
 def inference(generate, *args):
-    def task():
-        with torch.inference_mode():
-            return generate(*args)
-    return task
+    """A task that runs generate(*args) under inference_mode, as a user decodes."""
+    return lambda: torch.inference_mode()(generate)(*args)
 
 
 def measure_decode(models, generators, args, device):
@@ -227,24 +171,6 @@ def measure_decode(models, generators, args, device):
     for m in models.values():
         m.train()
     return figures
-
-
-def format_rows(rows, names):
-    """A plain-text table: one row per (label, values, higher_is_better, format), one column
-    per name, and where there are two names their ratio, >1 when the first is better (for a
-    time, the second's over the first's). higher_is_better None: no ratio."""
-    lines = [["", *names] + (["ratio"] if len(names) == 2 else [])]
-    for label, values, higher_is_better, fmt in rows:
-        cells = [label] + ["-" if v is None else fmt.format(v) for v in values]
-        if len(values) == 2:
-            a, b = values
-            ratio = (a / b if higher_is_better else b / a) if a and b else None
-            cells.append("" if higher_is_better is None else
-                         "-" if ratio is None else f"{ratio:.2f}x")
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
 
 
 ROWS = [  # (figure, label, higher is better, format); rows without a figure are left out

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench  # noqa: E402
 import dataset  # noqa: E402
 import dedup  # noqa: E402
-from common import add_prepare_flags, add_source_flags, pick_device  # noqa: E402
+from common import (add_prepare_flags, add_source_flags, format_rows, pick_device,  # noqa: E402
+                    timed_rounds)
 from corpus import iter_texts  # noqa: E402
 from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
 
@@ -248,7 +249,7 @@ def measure_padding(args, datasets, device):
     for mode in datasets:
         window(mode)()  # warm-up
         useful[mode].clear()
-    runs = bench.timed_rounds({mode: window(mode) for mode in datasets}, args.repeats, device)
+    runs = timed_rounds({mode: window(mode) for mode in datasets}, args.repeats, device)
     return {mode: {"useful_tokens_per_sec": float(np.median(
                        [u / t for u, t in zip(useful[mode], seconds)])),
                    "useful_tokens_per_step": float(np.median(useful[mode])) / args.steps,
@@ -290,7 +291,7 @@ def main(argv=None):
     if "padding" in args.tasks:
         datasets = dict(zip(("packed", "padded"), padding_datasets(args, work)))
         figures = measure_padding(args, datasets, pick_device())
-        print(bench.format_rows([
+        print(format_rows([
             ("useful tokens/s (carrying loss)",
              [figures[m]["useful_tokens_per_sec"] for m in datasets], True, "{:,.0f}"),
             ("padding share", [100 * figures[m]["padding_share"] for m in datasets], None,

@@ -10,6 +10,7 @@ import torch
 
 import bench
 import train_pretrain
+from common import format_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench_data  # noqa: E402
@@ -120,7 +121,7 @@ def test_the_documented_padding_command_reuses_the_data_training_prepared(tmp_pa
 
 
 def test_ratio_is_above_one_when_the_first_is_better_for_rates_and_times():
-    table = bench.format_rows([("tokens/s", [200.0, 100.0], True, "{:.0f}"),
+    table = format_rows([("tokens/s", [200.0, 100.0], True, "{:.0f}"),
                                ("ms/step", [50.0, 100.0], False, "{:.0f}"),
                                ("share", [1.0, 2.0], None, "{:.0f}")], ["a", "b"])
     rows = [line.split() for line in table.splitlines()]
