@@ -192,6 +192,7 @@ def peak_flops_per_second(device: torch.device):
 
 
 def machine_name(device):
+    """The GPU's name, or the CPU's model and the threads torch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
