@@ -98,8 +98,9 @@ def _steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id, c
             if decoder is not None:
                 logits = decoder.prefill(ids) if i == 0 else decoder.step(unseen)
             else:
-                logits = model(unseen if caches else ids, attention_mask, caches,
-                               caches is not None, logits_to_keep=1).logits[:, -1]
+                cached = caches is not None  # else the whole sequence, every step
+                logits = model(unseen if cached else ids, attention_mask, caches, cached,
+                               logits_to_keep=1).logits[:, -1]
         token = sampling.pick(logits.float(), ids, attention_mask)  # (B,)
         if eos_token_id is not None:  # finished rows repeat eos
             token = torch.where(done, torch.full_like(token, eos_token_id), token)
