@@ -5,13 +5,16 @@ asked, a progress bar with the latest figures, and messages printed above it.
 Records: {"kind": "run" | "resume", ...flags and config} when a run starts or continues,
 {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", ...} every
 --log_interval steps, {"kind": "val", "step", "tokens", "val_loss", "val_ppl", "val_bpb"}
-every --eval_interval steps. Only rank 0 writes; the others stay silent.
+every --eval_interval steps. Only rank 0 writes; the others stay silent. Every line is
+strict JSON: what was not measured is null, never NaN (the loss of an interval whose every
+step was skipped as non-finite, a non-finite gradient norm).
 
 tokens/s measures training alone: time spent inside `paused()` (evaluation, saving) is
 taken off the clock.
 """
 
 import json
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +57,9 @@ class RunLog:
             self.wandb = wandb.init(project=project, config=config)
 
     def write(self, record):
+        # strict JSON has no NaN or infinity: a value that is not a finite number is null
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                  for k, v in record.items()}
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
@@ -73,10 +79,12 @@ class RunLog:
         mfu_of(tokens_per_sec) gives the MFU where the GPU's peak is known."""
         now = time.perf_counter()
         tokens_per_sec = (tokens_seen - self.last_tokens) / max(now - self.last_time, 1e-9)
-        loss = float(self.loss_sum) / max(self.good_steps, 1)  # the one wait for the device
+        # the one wait for the device; no loss when every step of the interval was skipped
+        loss = float(self.loss_sum) / self.good_steps if self.good_steps else None
         record = {"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss, "lr": lr,
                   "grad_norm": float(grad_norm), "tokens_per_sec": tokens_per_sec, **extra}
-        postfix = {"loss": f"{loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens_per_sec:,.0f}"}
+        postfix = {"loss": "skipped" if loss is None else f"{loss:.3f}", "lr": f"{lr:.2e}",
+                   "tok/s": f"{tokens_per_sec:,.0f}"}
         if mfu_of is not None:
             record["mfu"] = mfu_of(tokens_per_sec)
             postfix["mfu"] = f"{record['mfu']:.1%}"

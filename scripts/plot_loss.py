@@ -16,6 +16,7 @@ matplotlib is an optional extra: pip install matplotlib.
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 REQUIRED = {"train": ("step", "tokens", "loss"), "val": ("step", "tokens", "val_loss")}
@@ -68,7 +69,9 @@ def draw(runs, logx=False):
         color = colors[i % len(colors)]
         train, val = log["train"], log["val"]
         if train:
-            loss_ax.plot([r["tokens"] for r in train], [r["loss"] for r in train],
+            # an interval whose every step was skipped has loss null: a gap in the line
+            loss_ax.plot([r["tokens"] for r in train],
+                         [math.nan if r["loss"] is None else r["loss"] for r in train],
                          color=color, linewidth=1.2, label=f"{name} train")
         if val:
             loss_ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o--",

