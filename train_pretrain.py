@@ -351,6 +351,7 @@ class Run:
     weights_path: Path
     resume_path: Path
     first_step: int  # the step this process started at (0, or where it resumed)
+    dtype_name: str  # the precision it trains in (common.mixed_precision)
     byte_counts: list  # UTF-8 bytes of every token id (tokenizer.token_bytes)
 
     def mfu_of(self, tokens_per_sec):
@@ -403,7 +404,7 @@ def save(run: Run, state: RunState):
                         run.scaler, {**asdict(state), "args": vars(run.args),
                                      "tokenizer_fingerprint": tokenizer_fingerprint(run.tok),
                                      "data_fingerprint": run.train_ds.fingerprint,
-                                     "world_size": run.world_size})
+                                     "world_size": run.world_size, "dtype": run.dtype_name})
     if run.world_size > 1:
         dist.barrier()  # nobody trains on while the files are half written
 
@@ -492,7 +493,7 @@ def start_run(args, rank, world_size, device):
         torch.manual_seed(args.seed + rank)  # dropout differs per rank, weights do not
     else:
         state = restore(found, args, config, tok, train_ds.fingerprint, world_size, rank,
-                        device, raw_model, optimizer, scaler)
+                        device, raw_model, optimizer, scaler, dtype_name)
     model, loss_fn = raw_model, masked_lm_loss
     if args.compile:
         # Compile the model in place, then wrap it in DDP, as PyTorch's torch.compile guide
@@ -509,22 +510,30 @@ def start_run(args, rank, world_size, device):
               train_ds=train_ds, val_ds=val_ds, raw_model=raw_model, model=model,
               optimizer=optimizer, scaler=scaler, autocast=autocast, loss_fn=loss_fn,
               plan=plan, log=log, stop=StopSignal(), weights_path=weights_path,
-              resume_path=resume_path, first_step=state.step,
+              resume_path=resume_path, first_step=state.step, dtype_name=dtype_name,
               byte_counts=token_byte_counts(tok))
     describe(run, config, dtype_name, found)
     return run, state
 
 
 def restore(path, args, config, tok, data_fingerprint, world_size, rank, device, model,
-            optimizer, scaler):
-    """The run's state from resume file `path`, with weights, optimizer, scaler and (with the
-    same world size) every rank's RNG put back as they were."""
+            optimizer, scaler, dtype_name):
+    """The run's state from resume file `path`, with weights, optimizer, loss scaler and
+    (with the same world size) every rank's RNG put back as they were. Another precision
+    continues too: only float16 has a loss scaler, which then starts fresh or is dropped."""
     warn = print if rank == 0 else (lambda message: None)  # shown even with --quiet
     saved = load_resume(path, args, config, tokenizer_fingerprint(tok), data_fingerprint,
                         world_size, warn)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    scaler.load_state_dict(saved["scaler"])
+    # files from before the precision was saved: only a float16 run's scaler has a state
+    saved_dtype = saved.get("dtype") or ("float16" if saved["scaler"] else "bfloat16/float32")
+    if bool(saved["scaler"]) != scaler.is_enabled():
+        warn(f"note: {path} was written by a {saved_dtype} run and this one trains in "
+             f"{dtype_name}: the float16 loss scaler "
+             + ("starts fresh" if scaler.is_enabled() else "is not needed and is dropped"))
+    elif saved["scaler"]:
+        scaler.load_state_dict(saved["scaler"])
     state = RunState.from_resume(saved)
     if saved["world_size"] == world_size:
         torch.set_rng_state(state.rng[rank]["cpu"])

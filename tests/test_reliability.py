@@ -63,3 +63,17 @@ def test_nan_in_one_micro_step_skips_the_whole_step_and_only_it(corpus, tmp_path
     logged = losses(read_log(three["log_path"]))
     assert three["bad_steps"] == 1 and logged[2] is None and math.isfinite(logged[3])
     assert all(torch.isfinite(p).all() for p in three["model"].parameters())
+
+
+@pytest.mark.parametrize("first, second", [("bfloat16", "float16"), ("float16", "float32")])
+def test_resume_under_another_precision_continues_with_a_note(corpus, tmp_path, capsys,
+                                                              first, second):
+    # a bf16 file holds no loss-scaler state, which float16 needs: it starts fresh; the
+    # other way round the scaler's state is not needed
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--dtype", first))
+    resumed = pretrain(run_args(corpus, tmp_path, "--max_steps", "4", "--dtype", second))
+    assert resumed["step"] == 4
+    assert f"written by a {first} run and this one trains in {second}" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)
+    assert saved["dtype"] == second and bool(saved["scaler"]) == (second == "float16")
+    assert all(torch.isfinite(p).all() for p in resumed["model"].parameters())
