@@ -4,14 +4,18 @@ corrupt files, ranks that die. Each test says the fault and checks that nothing 
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
+import common
 import train_pretrain
 from model import LMConfig, Transformer
-from test_train import corpus, losses, read_log, run_args  # noqa: F401 (corpus: a fixture)
-from train_pretrain import masked_lm_loss, pretrain
+from test_train import TINY_FLAGS, corpus, losses, read_log, run_args  # noqa: F401 (a fixture)
+from tokenizer import load_tokenizer
+from train_pretrain import masked_lm_loss, parse_args, pretrain
 
 
 def strict_json_lines(path):
@@ -77,3 +81,32 @@ def test_resume_under_another_precision_continues_with_a_note(corpus, tmp_path, 
     saved = torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)
     assert saved["dtype"] == second and bool(saved["scaler"]) == (second == "float16")
     assert all(torch.isfinite(p).all() for p in resumed["model"].parameters())
+
+
+class WindowsOs:
+    """The os module as Windows shows it to write_atomic: os.name 'nt', and a directory
+    cannot be opened (so it cannot be fsynced)."""
+    name = "nt"
+
+    def __getattr__(self, attr):
+        return getattr(os, attr)
+
+    def open(self, path, flags, mode=0o777):
+        if Path(path).is_dir():
+            raise PermissionError(13, "Permission denied", str(path))
+        return os.open(path, flags, mode)
+
+
+def test_every_file_is_written_by_one_atomic_writer_that_works_on_windows(corpus, tmp_path,
+                                                                          monkeypatch):
+    # a run that trains its tokenizer, prepares its data and saves checkpoints: each file
+    # goes through common.write_atomic, which must not fsync a directory there
+    monkeypatch.setattr(common, "os", WindowsOs())
+    data, _ = corpus
+    args = parse_args(TINY_FLAGS + ["--data_path", str(data), "--out_dir", str(tmp_path),
+                                    "--device", "cpu", "--vocab_size", "300", "--max_steps", "2"])
+    result = pretrain(args)
+    assert result["step"] == 2
+    assert load_tokenizer(tmp_path / "tokenizer.json").get_vocab_size() == 300
+    assert torch.load(result["weights_path"], weights_only=True)
+    assert torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)["step"] == 2
