@@ -5,12 +5,17 @@
     OUT_DIR/pretrain_512_resume.pth  weights, optimizer, loss scaler, the run's state (step,
                                      position in the data, RNG, ...): what --resume continues
 
-Both are written atomically (common.write_atomic): a crash or a full disk mid-save leaves
+    OUT_DIR/.lock                    held while a run trains there (lock_out_dir)
+
+Both checkpoints are written atomically (common.write_atomic): a crash or a full disk mid-save leaves
 the previous file whole. Both are read with torch.load(weights_only=True), so a file cannot
 run code. A weights file says its model's shape through its tensors' shapes
 (config_from_state_dict); check_state_dict compares a file with the model it should fill.
 """
 
+import os
+import socket
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +30,38 @@ def checkpoint_paths(out_dir, dim: int, use_moe: bool):
     """MiniMind's weights file name, and the resume file beside it."""
     stem = f"pretrain_{dim}{'_moe' if use_moe else ''}"
     return Path(out_dir) / f"{stem}.pth", Path(out_dir) / f"{stem}_resume.pth"
+
+
+def lock_out_dir(out_dir):
+    """Hold OUT_DIR/.lock while this run lives, so that a second run started in the same
+    directory is refused at once instead of overwriting this one's checkpoints. The lock is
+    the kernel's (flock): it goes when the process ends, however it ends, so a crashed run
+    leaves nothing stuck. Also the run's first write there: an --out_dir that cannot be
+    written is refused before any data is prepared. Returns the open file; closing it
+    unlocks. (Windows has no flock: there the directory is only checked for writing.)"""
+    path = Path(out_dir) / ".lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+", encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--out_dir {out_dir} cannot be written ({e.strerror or e}); pass a "
+                         "directory this user can write to") from None
+    try:
+        import fcntl
+    except ImportError:
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process"
+        f.close()
+        raise ValueError(f"another run ({holder}) is training in --out_dir {out_dir}; wait for "
+                         "it to end, or pass another --out_dir") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}")
+    f.flush()
+    return f
 
 
 def save_torch(obj, path):

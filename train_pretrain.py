@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from checkpoint import checkpoint_paths, find_resume_file, load_resume, save_checkpoint
+from checkpoint import (checkpoint_paths, find_resume_file, load_resume, lock_out_dir,
+                        save_checkpoint)
 from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                     add_source_flags, allow_tf32, device_error, mixed_precision,
                     peak_flops_per_second, pick_device)
@@ -572,7 +573,9 @@ def open_log(run: Run, state: RunState):
 def pretrain(args):
     """Run (or continue) one pretraining run; returns a summary dict (and the model)."""
     rank, world_size, device = setup_distributed(args.device)
+    lock = None
     try:
+        lock = lock_out_dir(args.out_dir) if rank == 0 else None  # one writer per --out_dir
         run, state = start_run(args, rank, world_size, device)
         stopped = None
         if state.step >= run.plan.total_steps:
@@ -593,6 +596,8 @@ def pretrain(args):
                     f"{run.weights_path}; resume file: {run.resume_path}; log: {state.log_path}")
         return summary(run, state, stopped)
     finally:
+        if lock is not None:
+            lock.close()
         if world_size > 1:
             dist.destroy_process_group()
 

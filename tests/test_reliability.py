@@ -5,6 +5,9 @@ corrupt files, ranks that die. Each test says the fault and checks that nothing 
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,11 @@ import torch
 
 import common
 import train_pretrain
-from model import LMConfig, Transformer
-from test_train import TINY_FLAGS, corpus, losses, read_log, run_args  # noqa: F401 (a fixture)
+from checkpoint import lock_out_dir
+from test_train import (ROOT, TINY_FLAGS, argv_of, corpus,  # noqa: F401 (corpus: a fixture)
+                        losses, read_log, run_args)
 from tokenizer import load_tokenizer
-from train_pretrain import masked_lm_loss, parse_args, pretrain
+from train_pretrain import main, masked_lm_loss, parse_args, pretrain
 
 
 def strict_json_lines(path):
@@ -110,3 +114,31 @@ def test_every_file_is_written_by_one_atomic_writer_that_works_on_windows(corpus
     assert load_tokenizer(tmp_path / "tokenizer.json").get_vocab_size() == 300
     assert torch.load(result["weights_path"], weights_only=True)
     assert torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)["step"] == 2
+
+
+def test_a_second_run_in_the_same_out_dir_is_refused_at_start(corpus, tmp_path, capsys):
+    held = lock_out_dir(tmp_path)  # a run that is training there now
+    try:
+        with pytest.raises(SystemExit, match="another run .pid \\d+ on .*is training in "
+                                             "--out_dir .*pass another --out_dir"):
+            main(argv_of(corpus, tmp_path, "--max_steps", "1"))
+        assert not (tmp_path / "data").exists()  # refused before preparing anything
+    finally:
+        held.close()
+    assert pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))["step"] == 1
+
+
+def test_a_crashed_run_does_not_leave_its_out_dir_locked(corpus, tmp_path):
+    crash = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import checkpoint; "
+        "checkpoint.lock_out_dir(sys.argv[2]); os.kill(os.getpid(), signal.SIGKILL)"),
+        str(ROOT), str(tmp_path)])
+    assert crash.returncode == -signal.SIGKILL and (tmp_path / ".lock").exists()
+    assert pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))["step"] == 1
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_before_the_data_is_read(corpus,
+                                                                               tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match="--out_dir .*a_file/out cannot be written"):
+        main(argv_of(corpus, tmp_path / "a_file" / "out", "--max_steps", "1"))

@@ -54,10 +54,15 @@ def corpus(tmp_path_factory):
     return data, root / "tokenizer.json"
 
 
-def run_args(corpus, out_dir, *extra):
+def argv_of(corpus, out_dir, *extra):
+    """The command line of a tiny CPU run on the shared corpus."""
     data, tok = corpus
-    return parse_args(TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok),
-                                    "--out_dir", str(out_dir), "--device", "cpu", *extra])
+    return TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok), "--out_dir",
+                         str(out_dir), "--device", "cpu", *extra]
+
+
+def run_args(corpus, out_dir, *extra):
+    return parse_args(argv_of(corpus, out_dir, *extra))
 
 
 def read_log(path):
