@@ -13,7 +13,9 @@ run code. A weights file says its model's shape through its tensors' shapes
 (config_from_state_dict); check_state_dict compares a file with the model it should fill.
 """
 
+import errno
 import os
+import shutil
 import socket
 import time
 from dataclasses import asdict
@@ -64,9 +66,34 @@ def lock_out_dir(out_dir):
     return f
 
 
+class DiskFull(OSError):
+    """A save that found no space left: the message names the file and the space needed."""
+
+
 def save_torch(obj, path):
-    """torch.save, atomically."""
-    return write_atomic(path, lambda f: torch.save(obj, f))
+    """torch.save, atomically. A full disk (or quota) raises DiskFull; the file that was
+    there before stays whole."""
+    try:
+        return write_atomic(path, lambda f: torch.save(obj, f))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need, free = tensor_bytes(obj) / 1e6, shutil.disk_usage(Path(path).parent).free / 1e6
+        raise DiskFull(f"{path}: no space left on its disk (about {need:,.0f} MB needed, "
+                       f"{free:,.0f} MB free); the previous checkpoint is kept: free some "
+                       "space, then run the same command again (--resume auto continues "
+                       "from it)") from None
+
+
+def tensor_bytes(obj):
+    """Bytes of the tensors in a nest of dicts, lists and tuples (a file's size, roughly)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_checkpoint(weights_path, resume_path, model, optimizer, scaler, run_fields: dict):

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from checkpoint import (checkpoint_paths, find_resume_file, load_resume, lock_out_dir,
-                        save_checkpoint)
+from checkpoint import (DiskFull, checkpoint_paths, find_resume_file, load_resume,
+                        lock_out_dir, save_checkpoint)
 from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                     add_source_flags, allow_tf32, device_error, mixed_precision,
                     peak_flops_per_second, pick_device)
@@ -612,7 +612,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         pretrain(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, DiskFull) as e:
         sys.exit(f"error: {e}")
 
 

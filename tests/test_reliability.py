@@ -2,6 +2,7 @@
 precision changes, crashes mid-write, a full disk, a second run in the same directory,
 corrupt files, ranks that die. Each test says the fault and checks that nothing is lost."""
 
+import errno
 import json
 import math
 import os
@@ -142,3 +143,29 @@ def test_an_out_dir_that_cannot_be_written_is_refused_before_the_data_is_read(co
     (tmp_path / "a_file").write_text("")
     with pytest.raises(SystemExit, match="--out_dir .*a_file/out cannot be written"):
         main(argv_of(corpus, tmp_path / "a_file" / "out", "--max_steps", "1"))
+
+
+def test_a_full_disk_during_a_save_stops_the_run_and_the_rerun_continues_exactly(
+        corpus, tmp_path, monkeypatch):
+    flags = ("--max_steps", "6", "--save_interval", "2", "--accumulation_steps", "1")
+    straight = pretrain(run_args(corpus, tmp_path / "straight", *flags))
+    real_save, calls = torch.save, {"n": 0}
+
+    def disk_fills_at_the_second_save(obj, f):  # saves 1-2: step 2; save 3: step 4's weights
+        calls["n"] += 1
+        if calls["n"] == 3:
+            f.write(b"the first bytes")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    out = tmp_path / "full"
+    monkeypatch.setattr(torch, "save", disk_fills_at_the_second_save)
+    with pytest.raises(SystemExit, match=f"{out}/pretrain_32.pth: no space left on its disk "
+                                         r"\(about [\d,.]+ MB needed, [\d,.]+ MB free\)"):
+        main(argv_of(corpus, out, *flags))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(out / "pretrain_32_resume.pth", weights_only=True)["step"] == 2
+    resumed = pretrain(run_args(corpus, out, *flags))  # space freed: the same command
+    assert resumed["step"] == 6
+    for name, p in straight["model"].state_dict().items():
+        torch.testing.assert_close(resumed["model"].state_dict()[name], p, atol=1e-6, rtol=0)
