@@ -4,11 +4,10 @@
                                      eval_model.py, scripts/export_hf.py and MiniMind load
     OUT_DIR/pretrain_512_resume.pth  weights, optimizer, loss scaler, the run's state (step,
                                      position in the data, RNG, ...): what --resume continues
+    OUT_DIR/.lock                    held while a run trains in OUT_DIR (lock_out_dir)
 
-    OUT_DIR/.lock                    held while a run trains there (lock_out_dir)
-
-Both checkpoints are written atomically (common.write_atomic): a crash or a full disk mid-save leaves
-the previous file whole. Both are read with torch.load(weights_only=True), so a file cannot
+Both checkpoints are written atomically (common.write_atomic): a crash or a full disk
+mid-save leaves the previous file whole. Both are read with torch.load(weights_only=True), so a file cannot
 run code. A weights file says its model's shape through its tensors' shapes
 (config_from_state_dict); check_state_dict compares a file with the model it should fill.
 """

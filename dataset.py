@@ -371,7 +371,16 @@ def load_meta(prepared_dir):
         out_dir = Path(prepared_dir).parent
         raise FileNotFoundError(f"{path} not found; prepare the data first with "
                                 f"`python dataset.py --data_path ... --data_dir {out_dir}`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): {damaged(prepared_dir)}") from None
+
+
+def damaged(prepared_dir):
+    """The fix for a prepared directory whose files do not fit together."""
+    return (f"the directory is damaged (a copy cut short?); delete {prepared_dir} and prepare "
+            "it again (train_pretrain.py does so by itself for OUT_DIR/data)")
 
 
 def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
@@ -439,15 +448,25 @@ def open_split(prepared_dir, split):
     if split not in meta["splits"]:
         raise ValueError(f"no split '{split}' in {prepared_dir}; use one of "
                          f"{list(meta['splits'])}")
-    n_tokens = meta["splits"][split]["tokens"]
+    n_tokens, n_docs = meta["splits"][split]["tokens"], meta["splits"][split]["documents"]
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    # the files must be as long as meta.json says: a short file would fail deep in numpy
+    bin_path = Path(prepared_dir) / f"{split}.bin"
+    idx_path = Path(prepared_dir) / f"{split}.idx.npy"
+    size = bin_path.stat().st_size if bin_path.is_file() else None
+    if size != n_tokens * dtype.itemsize:
+        raise ValueError(f"{bin_path} has {size} bytes, but meta.json says {n_tokens} tokens of "
+                         f"{dtype.itemsize} bytes: {damaged(prepared_dir)}")
+    try:
+        doc_starts = np.load(idx_path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{idx_path} cannot be read ({e}): {damaged(prepared_dir)}") from None
+    if doc_starts.shape != (n_docs + 1,) or (n_docs and doc_starts[-1] != n_tokens):
+        raise ValueError(f"{idx_path} does not index the {n_docs} documents of {n_tokens} tokens "
+                         f"that meta.json lists: {damaged(prepared_dir)}")
     if n_tokens == 0:  # an empty file cannot be memory-mapped
-        tokens = np.zeros(0, dtype)
-    else:
-        tokens = np.memmap(Path(prepared_dir) / f"{split}.bin", dtype, mode="r",
-                           shape=(n_tokens,))
-    doc_starts = np.load(Path(prepared_dir) / f"{split}.idx.npy", mmap_mode="r")
-    return tokens, doc_starts
+        return np.zeros(0, dtype), doc_starts
+    return np.memmap(bin_path, dtype, mode="r", shape=(n_tokens,)), doc_starts
 
 
 def padded_samples(tokens, doc_starts, is_sentence_end, max_seq_len):

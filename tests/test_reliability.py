@@ -17,6 +17,7 @@ import torch
 import common
 import train_pretrain
 from checkpoint import lock_out_dir
+from eval_model import main as eval_main
 from test_train import (ROOT, TINY_FLAGS, argv_of, corpus,  # noqa: F401 (corpus: a fixture)
                         losses, read_log, run_args)
 from tokenizer import load_tokenizer
@@ -169,3 +170,47 @@ def test_a_full_disk_during_a_save_stops_the_run_and_the_rerun_continues_exactly
     assert resumed["step"] == 6
     for name, p in straight["model"].state_dict().items():
         torch.testing.assert_close(resumed["model"].state_dict()[name], p, atol=1e-6, rtol=0)
+
+
+def cut_in_half(path):
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:len(data) // 2])
+
+
+def overwrite_start(path):
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(b"\x00garbage" + data[8:])
+
+
+@pytest.mark.parametrize("damage, file, names", [
+    (cut_in_half, "pretrain_32_resume.pth", "--resume none"),
+    (overwrite_start, "pretrain_32_resume.pth", "--resume none"),
+    (cut_in_half, "data/*/meta.json", "prepare it again"),
+    (cut_in_half, "data/*/train.bin", "prepare it again"),
+    (cut_in_half, "data/*/train.idx.npy", "prepare it again"),
+    (overwrite_start, "data/*/val.idx.npy", "prepare it again"),
+    (cut_in_half, "tokenizer.json", "pass one written by tokenizer.py"),
+])
+def test_a_damaged_file_is_one_line_naming_it_and_the_fix(corpus, tmp_path, damage, file,
+                                                           names):
+    data, tok = corpus
+    own_tok = tmp_path / "tokenizer.json"
+    own_tok.write_bytes(Path(tok).read_bytes())
+    argv = argv_of(corpus, tmp_path, "--max_steps", "1", "--tokenizer", str(own_tok))
+    main(argv)
+    path = next(tmp_path.glob(file))
+    damage(path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv + ["--max_steps", "2"])
+    message = str(stop.value.code)
+    assert "\n" not in message and str(path) in message and names in message, message
+
+
+@pytest.mark.parametrize("damage", [cut_in_half, overwrite_start])
+def test_a_damaged_weights_file_is_one_line_in_evaluation(corpus, tmp_path, damage, capsys):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
+    damage(tmp_path / "pretrain_32.pth")
+    code = eval_main(["--out_dir", str(tmp_path), "--dim", "32", "--n_layers", "2",
+                      "--tokenizer", str(corpus[1]), "--device", "cpu", "--prompt", "a"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and f"{tmp_path}/pretrain_32.pth" in err, err
