@@ -30,6 +30,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import sysconfig
 import time
@@ -383,17 +384,11 @@ def damaged(prepared_dir):
             "it again (train_pretrain.py does so by itself for OUT_DIR/data)")
 
 
-def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
-            near_dedup=True, dedup_threshold=0.8, num_perm=128, min_chars=MIN_CHARS, seed=0,
-            skip_bad_lines=False, num_workers=None, weights=None, verbose=True):
-    """Clean, deduplicate and tokenize sources into a directory under cache_dir; return it.
-
-    sources: paths or globs of .jsonl/.txt files (gzip too), or None / ['builtin'] for the
-    text that ships with Python. weights (one per source) scale how often each source's
-    documents appear in the training split: 2 repeats every document, 0.5 keeps a
-    deterministic half. The directory is reused while sources, tokenizer and options are
-    unchanged; num_workers and verbose do not change the result.
-    """
+def prepare_job(sources, tokenizer_path, cache_dir, *, text_field, val_fraction, near_dedup,
+                dedup_threshold, num_perm, min_chars, seed, skip_bad_lines, weights):
+    """What prepare() would build, without building it: the directory it names after a
+    fingerprint of the sources (paths, sizes, content hashes), the tokenizer and every
+    option that changes the result, and what it needs to build it."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     entries, weights = _source_entries(sources, weights)
@@ -408,19 +403,46 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     first = entries[0][0]
     name = f"{'builtin' if first == 'builtin' else first.name.split('.')[0]}-{fingerprint}"
-    out_dir = Path(cache_dir) / name
+    return dict(out_dir=Path(cache_dir) / name, fingerprint=fingerprint, options=options,
+                entries=entries, weights=weights, source_fps=source_fps, tok=tok)
+
+
+def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
+            near_dedup=True, dedup_threshold=0.8, num_perm=128, min_chars=MIN_CHARS, seed=0,
+            skip_bad_lines=False, num_workers=None, weights=None, verbose=True, wait=False):
+    """Clean, deduplicate and tokenize sources into a directory under cache_dir; return it.
+
+    sources: paths or globs of .jsonl/.txt files (gzip too), or None / ['builtin'] for the
+    text that ships with Python. weights (one per source) scale how often each source's
+    documents appear in the training split: 2 repeats every document, 0.5 keeps a
+    deterministic half. The directory is reused while sources, tokenizer and options are
+    unchanged; num_workers and verbose do not change the result. wait: another process
+    (the first rank on this machine) is building it; wait for it instead of building it too.
+    """
+    job = prepare_job(sources, tokenizer_path, cache_dir, text_field=text_field,
+                      val_fraction=val_fraction, near_dedup=near_dedup,
+                      dedup_threshold=dedup_threshold, num_perm=num_perm, min_chars=min_chars,
+                      seed=seed, skip_bad_lines=skip_bad_lines, weights=weights)
+    out_dir, entries, weights, tok = job["out_dir"], job["entries"], job["weights"], job["tok"]
+    while wait and not is_prepared_dir(out_dir):
+        time.sleep(0.5)  # if that process fails, torchrun ends this one
     if is_prepared_dir(out_dir):
         if verbose:
             print(f"reusing {out_dir}: sources, tokenizer and options are unchanged")
             print(format_report(load_meta(out_dir)))
         return out_dir
 
-    tmp_dir = Path(cache_dir) / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    # work in a private directory; one left by a preparation that was killed is removed
+    host = socket.gethostname()
+    for stale in Path(cache_dir).glob(f".tmp-{out_dir.name}-{host}-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp_dir = Path(cache_dir) / f".tmp-{out_dir.name}-{host}-{os.getpid()}"
     tmp_dir.mkdir(parents=True)
     try:
-        meta = _build(entries, weights, tok, tmp_dir, options, num_workers, verbose)
-        meta.update(fingerprint=fingerprint, sources=source_fps,
+        meta = _build(entries, weights, tok, tmp_dir, job["options"], num_workers, verbose)
+        meta.update(fingerprint=job["fingerprint"], sources=job["source_fps"],
                     tokenizer_path=str(Path(tokenizer_path).resolve()))
         # meta.json last: a directory without it is never mistaken for a finished one
         write_text_atomic(tmp_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False)
@@ -439,6 +461,19 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         print(f"prepared {out_dir}")
         print(format_report(meta))
     return out_dir
+
+
+def process_alive(pid):
+    """Whether process pid (of this machine) exists; assumed so where that cannot be asked."""
+    if os.name != "posix":  # os.kill(pid, 0) would send Ctrl-C on Windows
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is not ours
+        return True
+    return True
 
 
 def open_split(prepared_dir, split):

@@ -193,11 +193,16 @@ class RunState:
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
-def setup_distributed(device_arg):
-    """(rank, world_size, device). torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; NCCL moves
-    gradients between GPUs, gloo between CPU processes."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+def ranks():
+    """(rank, local_rank, world_size), as torchrun sets them; (0, 0, 1) in a plain process."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def setup_distributed(device_arg, local_rank, world_size):
+    """The device; under torchrun also the process group: NCCL moves gradients between GPUs,
+    gloo between CPU processes. Called once the data is ready (load_data), so that
+    preparing a large corpus never meets the group's timeout (10 minutes for NCCL)."""
     device = pick_device(device_arg)
     if device.type == "cuda" and (world_size > 1 or device.index is None):
         device = torch.device("cuda", local_rank)  # one GPU per process; set_device needs an index
@@ -205,23 +210,35 @@ def setup_distributed(device_arg):
         torch.cuda.set_device(device)
         allow_tf32()
     if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world_size, device
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if attempt != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun --max-restarts: torchrun's key-value store still holds the failed
+            # attempt's addresses, which a restarted rank may read and fail to reach
+            # (PyTorch issue 167288); this attempt's keys go under a prefix of their own
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  world_size, is_master=False)
+            dist.init_process_group(backend, store=dist.PrefixStore(f"attempt{attempt}/", store),
+                                    rank=int(os.environ["RANK"]), world_size=world_size)
+        else:
+            dist.init_process_group(backend)
+    return device
 
 
-def resolve_tokenizer(args, sources, rank, world_size, log):
-    """The tokenizer path: --tokenizer, else OUT_DIR/tokenizer.json, trained here if absent."""
+def resolve_tokenizer(args, sources, local_rank, log):
+    """The tokenizer path: --tokenizer, else OUT_DIR/tokenizer.json, trained here if absent
+    (by the first process on each machine; the others wait for the file)."""
     if args.tokenizer:
         return Path(args.tokenizer)
     path = Path(args.out_dir) / "tokenizer.json"
-    if rank == 0 and not path.exists():
+    if local_rank == 0 and not path.exists():
         log.say(f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on the data")
         # a bounded sample: memory stays flat
         texts, _ = read_sample(sources, text_field=args.text_field,
                                skip_bad_lines=args.skip_bad_lines, verbose=log.show)
-        save_tokenizer(train_tokenizer(texts, args.vocab_size), path)
-    if world_size > 1:
-        dist.barrier()  # the others wait until rank 0 has written it
+        save_tokenizer(train_tokenizer(texts, args.vocab_size), path)  # atomically
+    while not path.exists():
+        time.sleep(0.5)  # if the first process fails, torchrun ends this one
     return path
 
 
@@ -238,10 +255,11 @@ def resolve_data(args, log):
     return None
 
 
-def load_data(args, rank, world_size, log):
+def load_data(args, local_rank, world_size, log):
     """(tokenizer, train split, val split). A directory prepared by dataset.py is used as it
-    is; raw sources are prepared by rank 0 into OUT_DIR/data (cached there, so a second run
-    reuses them), where the other ranks then find them."""
+    is; raw sources are prepared into OUT_DIR/data (cached there, so a second run reuses
+    them) by the first process on each machine, while the others wait for it. This runs
+    before the process group exists, so it may take as long as it needs."""
     if args.data_path and is_prepared_dir(args.data_path[0]):
         prepared = Path(args.data_path[0])
         tok = load_tokenizer(args.tokenizer or load_meta(prepared)["tokenizer_path"])
@@ -249,16 +267,10 @@ def load_data(args, rank, world_size, log):
         log.say(f"data: {prepared}, prepared by dataset.py")
     else:
         sources = resolve_data(args, log)
-        tok_path = resolve_tokenizer(args, sources, rank, world_size, log)
+        tok_path = resolve_tokenizer(args, sources, local_rank, log)
         tok = load_tokenizer(tok_path)
-        options = prepare_options(args)
-        cache_dir = Path(args.out_dir) / "data"
-        if rank == 0:
-            prepared = prepare(sources, tok_path, cache_dir, verbose=log.show, **options)
-        if world_size > 1:
-            dist.barrier()
-        if rank != 0:
-            prepared = prepare(sources, tok_path, cache_dir, verbose=False, **options)
+        prepared = prepare(sources, tok_path, Path(args.out_dir) / "data", verbose=log.show,
+                           wait=local_rank != 0, **prepare_options(args))
     train_ds = PretrainDataset(prepared, "train", args.max_seq_len)
     val_ds = PretrainDataset(prepared, "val", args.max_seq_len)
     check_enough_data(prepared, train_ds, args, world_size)
@@ -477,10 +489,12 @@ def train_loop(run: Run, state: RunState):
     return None
 
 
-def start_run(args, rank, world_size, device):
-    """Data, model, optimizer and the run's state, fresh or from the resume file."""
-    log = RunLog(rank, args.quiet)
-    tok, train_ds, val_ds = load_data(args, rank, world_size, log)
+def start_run(args, rank, world_size, device, log, data):
+    """Model, optimizer and the run's state, fresh or from the resume file, for data =
+    load_data(...)."""
+    tok, train_ds, val_ds = data
+    if world_size > 1:
+        check_same_data(train_ds, world_size)
     config = model_config(args, tok.get_vocab_size())
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     raw_model = Transformer(config).to(device)
@@ -572,11 +586,14 @@ def open_log(run: Run, state: RunState):
 
 def pretrain(args):
     """Run (or continue) one pretraining run; returns a summary dict (and the model)."""
-    rank, world_size, device = setup_distributed(args.device)
+    rank, local_rank, world_size = ranks()
     lock = None
     try:
         lock = lock_out_dir(args.out_dir) if rank == 0 else None  # one writer per --out_dir
-        run, state = start_run(args, rank, world_size, device)
+        log = RunLog(rank, args.quiet)
+        data = load_data(args, local_rank, world_size, log)
+        device = setup_distributed(args.device, local_rank, world_size)
+        run, state = start_run(args, rank, world_size, device, log, data)
         stopped = None
         if state.step >= run.plan.total_steps:
             run.log.say(f"nothing to do: the run is complete at step {state.step}; pass "
@@ -598,7 +615,7 @@ def pretrain(args):
     finally:
         if lock is not None:
             lock.close()
-        if world_size > 1:
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -611,7 +628,7 @@ def summary(run: Run, state: RunState, stopped_by):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        pretrain(args)
+        return pretrain(args)
     except (ValueError, FileNotFoundError, FloatingPointError, DiskFull) as e:
         sys.exit(f"error: {e}")
 
@@ -644,6 +661,17 @@ def check_enough_data(prepared, train_ds, args, world_size):
         raise ValueError(f"{prepared} has {len(train_ds)} training sequences of "
                          f"{args.max_seq_len} tokens, fewer than the {world_size} ranks; "
                          "add data or lower --max_seq_len")
+
+
+def check_same_data(train_ds, world_size):
+    """Every rank must train on the same prepared data (on several machines each prepares
+    its own copy, from its own files and tokenizer)."""
+    seen = [None] * world_size
+    dist.all_gather_object(seen, train_ds.fingerprint)
+    if len(set(seen)) > 1:
+        raise ValueError(f"the ranks prepared different data ({', '.join(sorted(set(seen)))}); "
+                         "give every machine the same --data_path files and --tokenizer, or "
+                         "put --out_dir on a filesystem they share")
 
 
 def check_bad_steps(state: RunState, args, resume_path):

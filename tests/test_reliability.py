@@ -214,3 +214,109 @@ def test_a_damaged_weights_file_is_one_line_in_evaluation(corpus, tmp_path, dama
                       "--tokenizer", str(corpus[1]), "--device", "cpu", "--prompt", "a"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err and f"{tmp_path}/pretrain_32.pth" in err, err
+
+
+def faulty(fault, out_dir, corpus, *extra, nproc=0, restarts=0):
+    """tests/faulty_run.py under `fault` (in torchrun with nproc processes, or alone);
+    returns the finished process (stdout and stderr as text)."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                "--max-restarts", str(restarts)] if nproc else []
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), FAULT=fault)
+    return subprocess.run([sys.executable, *torchrun, str(ROOT / "tests" / "faulty_run.py"),
+                           *argv_of(corpus, out_dir, *extra)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # a hang fails here
+
+
+def same_weights(a, b, atol=0.0):
+    a, b = (torch.load(p, weights_only=True) if not isinstance(p, dict) else p for p in (a, b))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=atol, rtol=0)
+
+
+def test_preparation_that_outlasts_the_process_group_timeout_does_not_fail(corpus, tmp_path):
+    # the first process prepares for 10 s more, under a 5 s collective timeout
+    done = faulty("slow_prepare:10", tmp_path, corpus, "--max_steps", "2", nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_weights(tmp_path / "rank0.pt", tmp_path / "rank1.pt")
+
+
+RESTART_FLAGS = ("--max_steps", "6", "--save_interval", "2", "--accumulation_steps", "1")
+
+
+def test_a_rank_that_dies_stops_the_others_and_a_restart_ends_with_the_same_weights(
+        corpus, tmp_path):
+    straight = faulty("none", tmp_path / "straight", corpus, *RESTART_FLAGS, nproc=2)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # rank 1 raises in step 5, after the save at step 4; rank 0 must not wait for it
+    # forever, and torchrun's restart continues from the resume file of step 4
+    done = faulty("crash:1:5", tmp_path / "crash", corpus, *RESTART_FLAGS, nproc=2, restarts=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "injected failure on rank 1" in done.stderr
+    assert "Connection closed by peer" in done.stderr  # rank 0's own end, not a hang
+    same_weights(tmp_path / "straight" / "rank0.pt", tmp_path / "crash" / "rank0.pt")
+    log = [r for r in read_log(next((tmp_path / "crash" / "logs").iterdir()))]
+    assert [r["step"] for r in log if r["kind"] == "resume"] == [4]
+
+
+def test_nan_on_one_rank_only_makes_every_rank_skip_that_step(corpus, tmp_path):
+    done = faulty("nan:1:3", tmp_path, corpus, "--max_steps", "4", "--accumulation_steps", "1",
+                  nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    same_weights(tmp_path / "rank0.pt", tmp_path / "rank1.pt")  # the ranks did not diverge
+    train = [r for r in read_log(next((tmp_path / "logs").iterdir())) if r["kind"] == "train"]
+    assert [r["loss"] is None for r in train] == [False, False, True, False]
+    assert train[-1]["bad_steps"] == 1
+
+
+def test_sigkill_in_the_middle_of_a_checkpoint_write_loses_only_the_steps_since_the_last_save(
+        corpus, tmp_path):
+    straight = pretrain(run_args(corpus, tmp_path / "straight", *RESTART_FLAGS))
+    out = tmp_path / "killed"
+    # saves 1 and 2 are step 2's weights and resume files; save 3, step 4's weights, is cut
+    done = faulty("kill_in_save:3", out, corpus, *RESTART_FLAGS)
+    assert done.returncode == -signal.SIGKILL
+    assert (out / ".pretrain_32.pth.tmp").exists()  # the half-written file, never renamed
+    assert torch.load(out / "pretrain_32_resume.pth", weights_only=True)["step"] == 2
+    torch.load(out / "pretrain_32.pth", weights_only=True)  # step 2's, whole
+    resumed = pretrain(run_args(corpus, out, *RESTART_FLAGS))
+    assert resumed["step"] == 6
+    same_weights(straight["model"].state_dict(), resumed["model"].state_dict(), atol=1e-6)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_sigkill_during_data_preparation_leaves_nothing_that_a_rerun_uses(corpus, tmp_path):
+    clean = pretrain(run_args(corpus, tmp_path / "clean", "--max_steps", "1"))
+    out = tmp_path / "killed"
+    done = faulty("kill_in_prepare", out, corpus, "--max_steps", "1")
+    assert done.returncode == -signal.SIGKILL
+    assert [p.name.startswith(".tmp-") for p in (out / "data").iterdir()] == [True]
+    rerun = pretrain(run_args(corpus, out, "--max_steps", "1"))
+    prepared = [p for p in (out / "data").iterdir()]
+    assert [p.name for p in prepared] == [p.name for p in (tmp_path / "clean" / "data").iterdir()]
+    for file in ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy"):
+        assert (prepared[0] / file).read_bytes() == (
+            tmp_path / "clean" / "data" / prepared[0].name / file).read_bytes(), file
+    same_weights(clean["model"].state_dict(), rerun["model"].state_dict())
+
+
+def test_sigterm_in_the_last_step_of_an_epoch_resumes_into_the_next(corpus, tmp_path,
+                                                                     monkeypatch):
+    flags = ("--epochs", "2", "--accumulation_steps", "1", "--save_interval", "1000")
+    straight = pretrain(run_args(corpus, tmp_path / "straight", *flags))
+    steps_per_epoch = straight["step"] // 2
+    calls = {"n": 0}
+
+    def sigterm_in_the_epochs_last_step(*a):
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return masked_lm_loss(*a)
+
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", sigterm_in_the_epochs_last_step)
+    stopped = pretrain(run_args(corpus, tmp_path / "b", *flags))
+    assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == steps_per_epoch
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", masked_lm_loss)
+    resumed = pretrain(run_args(corpus, tmp_path / "b", *flags))
+    assert resumed["step"] == straight["step"]
+    same_weights(straight["model"].state_dict(), resumed["model"].state_dict(), atol=1e-6)

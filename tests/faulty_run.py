@@ -1,0 +1,94 @@
+"""train_pretrain.py with one fault injected, for the reliability tests that need real
+processes (torchrun, SIGKILL). Run it as the script itself, with the same flags:
+
+    FAULT=none              no fault: the run to compare with
+    FAULT=slow_prepare:8    the data preparation takes 8 s longer, and the process group
+                            gets a 5 s timeout: preparation must not be under that timeout
+    FAULT=crash:1:5         rank 1 raises in its 5th micro-step (only in torchrun's first
+                            attempt, so that a restart runs clean)
+    FAULT=nan:1:5           rank 1's loss is NaN in its 5th micro-step
+    FAULT=kill_in_save:3    SIGKILL in the middle of the 3rd torch.save, half the file written
+    FAULT=kill_in_prepare   SIGKILL during data preparation, the token file half written
+
+At the end every rank writes its weights to OUT_DIR/rank<r>.pt, so that a test can check
+that the ranks still agree.
+"""
+
+import datetime
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import dataset  # noqa: E402
+import train_pretrain  # noqa: E402
+
+RANK = int(os.environ.get("RANK", 0))
+FIRST_ATTEMPT = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+
+
+REAL_LOSS = train_pretrain.masked_lm_loss
+
+
+def on_micro_step(n, fault):
+    """A loss function that applies fault(loss) in this process's n-th micro-step."""
+    calls = {"n": 0}
+
+    def loss_fn(*a):
+        calls["n"] += 1
+        loss = REAL_LOSS(*a)
+        return fault(loss) if calls["n"] == n else loss
+    return loss_fn
+
+
+def crash(loss):
+    raise RuntimeError(f"injected failure on rank {RANK}")
+
+
+def inject(name, *numbers):
+    if name == "slow_prepare":
+        real_prepare, real_init = train_pretrain.prepare, dist.init_process_group
+
+        def slow_prepare(*a, **kw):
+            if not kw.get("wait"):
+                time.sleep(numbers[0])
+            return real_prepare(*a, **kw)
+        train_pretrain.prepare = slow_prepare
+        dist.init_process_group = lambda *a, **kw: real_init(
+            *a, **kw, timeout=datetime.timedelta(seconds=5))
+    elif name in ("crash", "nan"):
+        rank, n = numbers
+        fault = crash if name == "crash" else lambda loss: loss * float("nan")
+        if RANK == rank and (FIRST_ATTEMPT or name == "nan"):
+            train_pretrain.masked_lm_loss = on_micro_step(n, fault)
+    elif name == "kill_in_save":
+        real_save, saves = torch.save, {"n": 0}
+
+        def killed_save(obj, f):
+            saves["n"] += 1
+            if saves["n"] == numbers[0]:
+                f.write(b"half of a checkpoint")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_save(obj, f)
+        torch.save = killed_save
+    elif name == "kill_in_prepare":
+        def killed(path, *a):  # called once train.bin holds the split's tokens
+            os.kill(os.getpid(), signal.SIGKILL)
+        dataset._apply_weights = killed
+    elif name != "none":
+        raise SystemExit(f"FAULT={name}: unknown fault")
+
+
+if __name__ == "__main__":
+    name, *numbers = os.environ["FAULT"].split(":")
+    inject(name, *map(int, numbers))
+    result = train_pretrain.main()  # exits with its one-line message on an error
+    out_dir = Path(train_pretrain.parse_args().out_dir)
+    torch.save(result["model"].state_dict(), out_dir / f"rank{RANK}.pt")
