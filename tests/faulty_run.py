@@ -48,7 +48,7 @@ def on_micro_step(n, fault):
 
 
 def crash(loss):
-    raise RuntimeError(f"injected failure on rank {RANK}")
+    raise RuntimeError(f"injected failure on rank {RANK} at {time.time():.3f}")
 
 
 def inject(name, *numbers):
