@@ -6,6 +6,7 @@ processes (torchrun, SIGKILL). Run it as the script itself, with the same flags:
                             gets a 5 s timeout: preparation must not be under that timeout
     FAULT=crash:1:5         rank 1 raises in its 5th micro-step (only in torchrun's first
                             attempt, so that a restart runs clean)
+    FAULT=kill:1:5          the same, but rank 1 is killed with SIGKILL
     FAULT=nan:1:5           rank 1's loss is NaN in its 5th micro-step
     FAULT=kill_in_save:3    SIGKILL in the middle of the 3rd torch.save, half the file written
     FAULT=kill_in_prepare   SIGKILL during data preparation, the token file half written
@@ -51,6 +52,10 @@ def crash(loss):
     raise RuntimeError(f"injected failure on rank {RANK} at {time.time():.3f}")
 
 
+def killed(loss):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def inject(name, *numbers):
     if name == "slow_prepare":
         real_prepare, real_init = train_pretrain.prepare, dist.init_process_group
@@ -62,9 +67,9 @@ def inject(name, *numbers):
         train_pretrain.prepare = slow_prepare
         dist.init_process_group = lambda *a, **kw: real_init(
             *a, **kw, timeout=datetime.timedelta(seconds=5))
-    elif name in ("crash", "nan"):
+    elif name in ("crash", "kill", "nan"):
         rank, n = numbers
-        fault = crash if name == "crash" else lambda loss: loss * float("nan")
+        fault = {"crash": crash, "kill": killed, "nan": lambda loss: loss * float("nan")}[name]
         if RANK == rank and (FIRST_ATTEMPT or name == "nan"):
             train_pretrain.masked_lm_loss = on_micro_step(n, fault)
     elif name == "kill_in_save":
@@ -78,10 +83,8 @@ def inject(name, *numbers):
                 os.kill(os.getpid(), signal.SIGKILL)
             real_save(obj, f)
         torch.save = killed_save
-    elif name == "kill_in_prepare":
-        def killed(path, *a):  # called once train.bin holds the split's tokens
-            os.kill(os.getpid(), signal.SIGKILL)
-        dataset._apply_weights = killed
+    elif name == "kill_in_prepare":  # _apply_weights runs once train.bin holds the tokens
+        dataset._apply_weights = lambda *a: killed(None)
     elif name != "none":
         raise SystemExit(f"FAULT={name}: unknown fault")
 
