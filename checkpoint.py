@@ -7,9 +7,10 @@
     OUT_DIR/.lock                    held while a run trains in OUT_DIR (lock_out_dir)
 
 Both checkpoints are written atomically (common.write_atomic): a crash or a full disk
-mid-save leaves the previous file whole. Both are read with torch.load(weights_only=True), so a file cannot
-run code. A weights file says its model's shape through its tensors' shapes
-(config_from_state_dict); check_state_dict compares a file with the model it should fill.
+mid-save leaves the previous file whole. Both are read with torch.load(weights_only=True),
+so a file cannot run code. A weights file says its model's shape through its tensors'
+shapes (config_from_state_dict); check_state_dict compares a file with the model it should
+fill.
 """
 
 import errno
@@ -36,10 +37,12 @@ def checkpoint_paths(out_dir, dim: int, use_moe: bool):
 def lock_out_dir(out_dir):
     """Hold OUT_DIR/.lock while this run lives, so that a second run started in the same
     directory is refused at once instead of overwriting this one's checkpoints. The lock is
-    the kernel's (flock): it goes when the process ends, however it ends, so a crashed run
+    the kernel's (a POSIX record lock, lockf): it belongs to this process alone, not to the
+    workers it forks, and goes when the process ends, however it ends, so a crashed run
     leaves nothing stuck. Also the run's first write there: an --out_dir that cannot be
     written is refused before any data is prepared. Returns the open file; closing it
-    unlocks. (Windows has no flock: there the directory is only checked for writing.)"""
+    unlocks. (Windows, or a filesystem without locks: the directory is only checked for
+    writing.)"""
     path = Path(out_dir) / ".lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,18 +52,20 @@ def lock_out_dir(out_dir):
                          "directory this user can write to") from None
     try:
         import fcntl
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except ImportError:
         return f
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            return f  # this filesystem has no locks (ENOLCK, ENOSYS, ...): run unlocked
         f.seek(0)
         holder = f.read().strip() or "a process"
         f.close()
         raise ValueError(f"another run ({holder}) is training in --out_dir {out_dir}; wait for "
                          "it to end, or pass another --out_dir") from None
     f.truncate(0)
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}")
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
     f.flush()
     return f
 

@@ -381,7 +381,7 @@ def load_meta(prepared_dir):
 def damaged(prepared_dir):
     """The fix for a prepared directory whose files do not fit together."""
     return (f"the directory is damaged (a copy cut short?); delete {prepared_dir} and prepare "
-            "it again (train_pretrain.py does so by itself for OUT_DIR/data)")
+            "it again (for OUT_DIR/data, train_pretrain.py then does so by itself)")
 
 
 def prepare_job(sources, tokenizer_path, cache_dir, *, text_field, val_fraction, near_dedup,
@@ -433,12 +433,12 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         return out_dir
 
     # work in a private directory; one left by a preparation that was killed is removed
-    host = socket.gethostname()
-    for stale in Path(cache_dir).glob(f".tmp-{out_dir.name}-{host}-*"):
-        pid = stale.name.rsplit("-", 1)[1]
+    mine = f".tmp-{out_dir.name}-{socket.gethostname()}-"  # then the process id
+    for stale in Path(cache_dir).glob(mine + "*"):
+        pid = stale.name[len(mine):]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    tmp_dir = Path(cache_dir) / f".tmp-{out_dir.name}-{host}-{os.getpid()}"
+    tmp_dir = Path(cache_dir) / f"{mine}{os.getpid()}"
     tmp_dir.mkdir(parents=True)
     try:
         meta = _build(entries, weights, tok, tmp_dir, job["options"], num_workers, verbose)
@@ -488,10 +488,11 @@ def open_split(prepared_dir, split):
     # the files must be as long as meta.json says: a short file would fail deep in numpy
     bin_path = Path(prepared_dir) / f"{split}.bin"
     idx_path = Path(prepared_dir) / f"{split}.idx.npy"
-    size = bin_path.stat().st_size if bin_path.is_file() else None
-    if size != n_tokens * dtype.itemsize:
-        raise ValueError(f"{bin_path} has {size} bytes, but meta.json says {n_tokens} tokens of "
-                         f"{dtype.itemsize} bytes: {damaged(prepared_dir)}")
+    if not bin_path.is_file():
+        raise ValueError(f"{bin_path} is missing: {damaged(prepared_dir)}")
+    if bin_path.stat().st_size != n_tokens * dtype.itemsize:
+        raise ValueError(f"{bin_path} has {bin_path.stat().st_size} bytes, but meta.json says "
+                         f"{n_tokens} tokens of {dtype.itemsize} bytes: {damaged(prepared_dir)}")
     try:
         doc_starts = np.load(idx_path, mmap_mode="r")
     except (OSError, ValueError) as e:

@@ -14,6 +14,7 @@ the progress bar in runlog.py, the evaluator in eval_model.py.
 
 import argparse
 import contextlib
+import datetime
 import itertools
 import math
 import os
@@ -212,12 +213,17 @@ def setup_distributed(device_arg, local_rank, world_size):
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        if attempt != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        one_machine = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size)
+        if attempt != "0" and one_machine and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") \
+                == "True":
             # torchrun --max-restarts: torchrun's key-value store still holds the failed
             # attempt's addresses, which a restarted rank may read and fail to reach
-            # (PyTorch issue 167288); this attempt's keys go under a prefix of their own
+            # (PyTorch issue 167288); this attempt's keys go under a prefix of their own.
+            # One machine only: each machine counts its own restarts, so on several the
+            # counts (and the prefixes) could differ.
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                  world_size, is_master=False)
+                                  world_size, is_master=False,
+                                  timeout=datetime.timedelta(minutes=10))
             dist.init_process_group(backend, store=dist.PrefixStore(f"attempt{attempt}/", store),
                                     rank=int(os.environ["RANK"]), world_size=world_size)
         else:

@@ -9,7 +9,8 @@ processes (torchrun, SIGKILL). Run it as the script itself, with the same flags:
     FAULT=kill:1:5          the same, but rank 1 is killed with SIGKILL
     FAULT=nan:1:5           rank 1's loss is NaN in its 5th micro-step
     FAULT=kill_in_save:3    SIGKILL in the middle of the 3rd torch.save, half the file written
-    FAULT=kill_in_prepare   SIGKILL during data preparation, the token file half written
+    FAULT=kill_in_prepare   SIGKILL during data preparation: the token files written, their
+                            index files not yet
 
 At the end every rank writes its weights to OUT_DIR/rank<r>.pt, so that a test can check
 that the ranks still agree.
