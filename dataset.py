@@ -48,13 +48,15 @@ from common import (DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags, rena
                     write_text_atomic)
 from corpus import (CLEANING_RULES, MIN_CHARS, as_sources, clean_text, expand_paths,
                     file_fingerprint, iter_texts, normalize)
-from dedup import (band_hashes, candidate_pairs, exact_duplicates, lsh_bands, minhash,
-                   near_duplicates, shingles, text_hash)
+from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicates, lsh_bands,
+                   minhash, near_duplicates, shingles, text_hash)
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
                        token_byte_counts, tokenizer_fingerprint)
 
-FORMAT_VERSION = 2  # bump when a change here changes what prepare() writes
+FORMAT_VERSION = 3  # bump when a change here changes what prepare() writes
 # 2: one framing (frame_document) and one byte accounting (token_bytes) with evaluation
+# 3: near dedup by character shingles, a threshold of 0.5 and the parts check (dedup.py)
+EXAMPLE_CHARS = 60  # of each text in the report's near-dedup examples
 
 
 def unit_hash(normalized, salt):
@@ -203,12 +205,18 @@ def _deduplicate(exact_keys, hashes, has_shingles, store, options, counts, verbo
     if options["near_dedup"]:
         pairs = candidate_pairs(hashes, has_shingles & ~dup)
         bar = tqdm(desc="near dedup", total=len(pairs), unit=" pairs", disable=not verbose)
-        drop, clusters, checked = near_duplicates(
-            pairs, lambda i: shingles(store.read(i, i + 1)[0]), options["dedup_threshold"], bar)
+        drop, cut = near_duplicates(pairs, lambda i: shingles(store.read(i, i + 1)[0]),
+                                    options["dedup_threshold"], bar)
         bar.close()
         dup[drop] = True
-        counts.update(near_duplicates=len(drop), near_duplicate_clusters=clusters,
-                      candidate_pairs=len(pairs), candidate_pairs_checked=checked)
+        # the examples with their texts, cut short, so that the report shows the cut
+        examples = {kind: None if pair is None else [round(pair[0], 3)] + [
+                        store.read(k, k + 1)[0][:EXAMPLE_CHARS] for k in pair[1:]]
+                    for kind, pair in cut["examples"].items()}
+        counts["near_duplicates"], counts["near_duplicate_clusters"] = len(drop), cut["clusters"]
+        counts["candidate_pairs"], counts["candidate_pairs_checked"] = len(pairs), cut["checked"]
+        counts["similarity_histogram"], counts["cut_examples"] = cut["histogram"], examples
+        counts["parts_rejected"] = cut["parts_rejected"]
     return ~dup
 
 
@@ -273,7 +281,7 @@ def _apply_weights(path, starts, copies, dtype):
 
 def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
     """The work of prepare(): write the splits into tmp_dir and return the meta dict."""
-    counts = Counter()
+    counts = Counter(similarity_histogram=[], parts_rejected=0, cut_examples={})
     seconds = {}
     bands, rows = lsh_bands(options["num_perm"], options["dedup_threshold"])
     num_workers = min(os.cpu_count() or 1, 8) if num_workers is None else num_workers
@@ -312,7 +320,8 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
               "cleaning": {rule: counts[rule] for rule in CLEANING_RULES},
               **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
                                         "near_duplicate_clusters", "candidate_pairs",
-                                        "candidate_pairs_checked")},
+                                        "candidate_pairs_checked", "similarity_histogram",
+                                        "parts_rejected", "cut_examples")},
               "documents_kept": int(keep.sum()),
               "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s>: 0 bytes
               "lsh": {"bands": bands, "rows": rows},
@@ -408,8 +417,9 @@ def prepare_job(sources, tokenizer_path, cache_dir, *, text_field, val_fraction,
 
 
 def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
-            near_dedup=True, dedup_threshold=0.8, num_perm=128, min_chars=MIN_CHARS, seed=0,
-            skip_bad_lines=False, num_workers=None, weights=None, verbose=True, wait=False):
+            near_dedup=True, dedup_threshold=DEDUP_THRESHOLD, num_perm=128, min_chars=MIN_CHARS,
+            seed=0, skip_bad_lines=False, num_workers=None, weights=None, verbose=True,
+            wait=False):
     """Clean, deduplicate and tokenize sources into a directory under cache_dir; return it.
 
     sources: paths or globs of .jsonl/.txt files (gzip too), or None / ['builtin'] for the
@@ -654,6 +664,8 @@ def format_report(meta):
                  f"{r['near_duplicate_clusters']:,} clusters ({r['candidate_pairs_checked']:,} "
                  f"of {r['candidate_pairs']:,} candidate pairs checked; LSH "
                  f"{r['lsh']['bands']} bands x {r['lsh']['rows']} rows)")
+    if any(r.get("similarity_histogram", ())):  # a directory of format 2 has none
+        lines += cut_report(r, meta["options"]["dedup_threshold"])
     lines.append(f"documents kept      {r['documents_kept']:>12,}")
     for split, s in meta["splits"].items():
         lines.append(f"{split:<19} {s['documents']:>12,} docs {s['tokens']:>14,} tokens "
@@ -663,6 +675,28 @@ def format_report(meta):
     lines.append("time                " + ", ".join(f"{k} {v:.1f} s"
                                                  for k, v in r["seconds"].items()))
     return "\n".join(lines)
+
+
+def cut_report(r, threshold):
+    """Where the near-dedup threshold cut the checked candidate pairs: a histogram of their
+    similarity, and the pairs closest to the cut on either side."""
+    lines = [f"  similarity of the {sum(r['similarity_histogram']):,} checked pairs "
+             f"(Jaccard of their shingles; near copies from {threshold:.2f} up):"]
+    widest = max(r["similarity_histogram"])
+    for b, n in enumerate(r["similarity_histogram"]):
+        cut = "   <- the cut" if b / 10 < threshold <= (b + 1) / 10 else ""
+        lines.append(f"    {b / 10:.1f}-{(b + 1) / 10:.1f} {'#' * round(30 * n / widest):<30} "
+                     f"{n:>9,}{cut}")
+    titles = {"above": "just above the cut, dropped", "below": "just below the cut, kept",
+              "parts": "similar, but a part of each is missing in the other, kept"}
+    for kind, title in titles.items():
+        if r["cut_examples"][kind]:
+            similarity, a, b = r["cut_examples"][kind]
+            lines.append(f"  {title} ({similarity:.3f}): {a!r} | {b!r}")
+    if r["parts_rejected"]:
+        lines.append(f"  {r['parts_rejected']:,} pairs at the threshold or above kept: they "
+                     "share text (a header, a licence) but a part of each is not in the other")
+    return lines
 
 
 def parse_args(argv=None):
@@ -675,9 +709,9 @@ def parse_args(argv=None):
                              "them in OUT_DIR/data)")
     parser.add_argument("--val_fraction", type=float, default=0.01)
     parser.add_argument("--no_near_dedup", action="store_true", help="skip MinHash dedup")
-    parser.add_argument("--dedup_threshold", type=float, default=0.8,
-                        help="Jaccard similarity of word 5-grams above which texts are near "
-                             "duplicates")
+    parser.add_argument("--dedup_threshold", type=float, default=DEDUP_THRESHOLD,
+                        help="Jaccard similarity of character shingles from which texts are "
+                             "near duplicates (see dedup.py)")
     parser.add_argument("--num_perm", type=int, default=128, help="MinHash permutations")
     parser.add_argument("--min_chars", type=int, default=MIN_CHARS,
                         help="drop documents shorter than this")

