@@ -6,30 +6,34 @@ confirmed by comparing the texts, so a hash collision never drops a distinct doc
 
 Near (Broder 1997; Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch. 3):
 - Shingles: a document's runs of k consecutive letters and digits, lower-cased, with spaces
-  and punctuation left out (so re-spacing or re-punctuating a text changes nothing); k is
-  SHINGLE_CJK = 3 where most of them are CJK, else SHINGLE_OTHER = 5. Characters, not words:
-  one edited letter changes k shingles, while in English it would change every word
-  shingle that holds the word. Why these sizes: an edit changes about k shingles of the
-  copy and k of the original, so 3% of the characters edited leaves a Jaccard similarity
-  near (1 - 0.03k) / (1 + 0.03k): 0.84 for Chinese with k = 3 (0.75 with the former
-  5-character shingles), and 0.67 for English with k = 5, whose 3% of all characters is
-  about 4% of its letters (measured: 0.65 to 0.68 at the 5th percentile). Shorter runs
-  would raise these, but in English they repeat across distinct texts: with k = 4, short
-  lines of one template with one-word slots ("Question: what is the X of the Y? ...") reach
-  0.60 with each other, 13% of them above 0.5 (with k = 5: 0.52 and 2%).
+  and punctuation left out (so re-spacing or re-punctuating a text changes nothing). A
+  shingle that starts at a CJK character holds k = SHINGLE_CJK = 4, any other k =
+  SHINGLE_OTHER = 5: chosen at each position, not for the whole document, so that a copy
+  of a text half Chinese, half English cannot switch sizes and share no shingle with its
+  original (it did, when the majority script chose). Characters, not words: one edited
+  letter changes k shingles, while in English it would change every word shingle that
+  holds the word. An edit changes about k shingles of the copy and k of the original, so
+  3% of the characters edited leaves a Jaccard similarity near (1 - 0.03k) / (1 + 0.03k):
+  0.79 for Chinese with k = 4 (0.75 with the former 5-unit shingles, which the former
+  threshold of 0.8 cut: it found 0.17 of such copies), and 0.67 for English with k = 5,
+  whose 3% of all characters is about 4% of its letters (measured: 0.65 to 0.68 at the 5th
+  percentile). Shorter runs would raise these, but they repeat across distinct texts: with
+  k = 3, 300 MB of generated MiniMind-format lines gave 315,523 candidate pairs to check
+  (56,787 with 4; the former rule 9,937) and near-dedup fell to 3,200 documents/s; in
+  English, with k = 4, short lines of one template with one-word slots ("Question: what is
+  the X of the Y? ...") reach 0.60 with each other, 13% of them above 0.5 (with 5: 2%).
 - Two documents are near copies when the Jaccard similarity of their shingle sets,
-  |A & B| / |A | B|, reaches DEDUP_THRESHOLD = 0.5, below every edited copy above (the
-  former 0.8 found 0.17 of Chinese copies with 3% of their characters changed), and when
-  every part of one of them is mostly found in the other (parts_found_plain). The second
-  test keeps pages that share a header or a licence: their shared text can pass the
-  threshold, but each has a body the other lacks, whereas an edited copy is found part by
-  part. A document that extends another still counts as its copy.
+  |A & B| / |A | B|, reaches DEDUP_THRESHOLD = 0.5, well below the edited copies above, and
+  when every part of one of them is mostly found in the other (parts_found_plain). The
+  second test keeps pages that share a header or a licence: their shared text can pass
+  the threshold, but each has a body the other lacks, whereas an edited copy is found part
+  by part. A document that extends another still counts as its copy.
 - Measured by scripts/bench_dedup.py on text that no one tuned on (Tang poems,
   fortunes-zh, Python's documentation, Debian's fortunes; the README has the table):
-  recall 0.96 to 1.00 for 50 to 20,000 characters in both languages and every kind of edit
-  (1% and 3% of the letters, a sentence moved, spacing and punctuation), and 0.09% or less
-  of distinct documents removed that share a form (poems of one form, question-answer
-  lines of one template, pages whose licence is a quarter or half of their text).
+  recall 0.97 to 1.00 for 50 to 20,000 characters in both languages and every kind of edit
+  (1% and 3% of the letters, a sentence moved, spacing and punctuation), and none of the
+  distinct documents removed that share a form (poems of one form, question-answer lines
+  of one template, pages whose licence is a quarter or half of their text).
 - MinHash: hash every shingle with num_perm random hash functions and keep, per function,
   the minimum over the document. Two documents agree on one function's minimum with
   probability equal to their Jaccard similarity, so a signature of 128 minima estimates it.
@@ -50,8 +54,8 @@ import numpy as np
 
 from corpus import char_class, code_points, IS_ALNUM_BMP, normalize
 
-SHINGLE_CJK = 3  # characters per shingle where most are CJK (one carries ~10 bits)
-SHINGLE_OTHER = 5  # elsewhere (a Latin letter carries ~4 bits)
+SHINGLE_CJK = 4  # characters in a shingle that starts at a CJK one (each carries ~10 bits)
+SHINGLE_OTHER = 5  # in one that starts elsewhere (a Latin letter carries ~4 bits)
 PART_SHINGLES, PART_FOUND = 25, 0.5  # see parts_found_plain
 DEDUP_THRESHOLD = 0.5  # Jaccard similarity from which two documents are near copies
 LSH_MARGIN = 0.15  # see lsh_bands
@@ -99,18 +103,22 @@ def units_plain(text):
     return [char for char in text.lower() if char.isalnum()]
 
 
-def shingle_size(units):
-    """SHINGLE_CJK characters when most of the units are CJK, else SHINGLE_OTHER."""
-    return SHINGLE_CJK if 2 * sum(is_cjk(u) for u in units) >= len(units) else SHINGLE_OTHER
+def shingle_size(unit):
+    """A shingle that starts at a CJK unit holds SHINGLE_CJK units, any other SHINGLE_OTHER."""
+    return SHINGLE_CJK if is_cjk(unit) else SHINGLE_OTHER
 
 
 def shingles_plain(text):
-    """The text's shingles in order, each a 64-bit polynomial hash of shingle_size(units)
-    consecutive units' code points; a text shorter than one shingle is a single shingle."""
+    """The text's shingles in order: for every unit, a 64-bit polynomial hash of the code
+    points of the shingle_size(unit) units that start there, where the text has that many
+    left. A text too short for any is a single shingle of all its units."""
     units = units_plain(text)
-    size = shingle_size(units)
+    starts = [(i, shingle_size(u)) for i, u in enumerate(units)
+              if i + shingle_size(u) <= len(units)]
+    if units and not starts:
+        starts = [(0, len(units))]
     out = []
-    for start in range(max(len(units) - size + 1, 1 if units else 0)):
+    for start, size in starts:
         h = 0
         for unit in units[start:start + size]:
             h = (h * SHINGLE_MULT + ord(unit)) & MASK64
@@ -205,18 +213,32 @@ IS_CJK = _cjk_table()
 
 
 def shingles(text):
-    """shingles_plain as a uint64 array, computed on the array of the text's code points."""
+    """shingles_plain as a uint64 array, computed on the array of the text's code points:
+    the hashes of the runs of both sizes from every position, then each position's own."""
     cp = code_points(text.lower())
     units = cp[char_class(cp, IS_ALNUM_BMP, str.isalnum)].astype(np.uint64)
-    if len(units) == 0:
+    n = len(units)
+    if n == 0:
         return units
-    cjk = IS_CJK[np.minimum(units, 0xFFFF).astype(np.int64)]
-    size = SHINGLE_CJK if 2 * int(cjk.sum()) >= len(units) else SHINGLE_OTHER
-    n = max(len(units) - size + 1, 1)
-    hashes = np.zeros(n, np.uint64)
-    for k in range(min(size, len(units))):
-        hashes = hashes * np.uint64(SHINGLE_MULT) + units[k:k + n]  # wraps mod 2**64
-    return hashes
+    sizes = np.where(IS_CJK[np.minimum(units, 0xFFFF).astype(np.int64)], SHINGLE_CJK,
+                     SHINGLE_OTHER)
+    fits = np.arange(n) + sizes <= n
+    if not fits.any():  # too short for any shingle: one of all its units
+        return np.array([shingle_hash(units)], np.uint64)
+    longest = max(SHINGLE_CJK, SHINGLE_OTHER)
+    padded = np.r_[units, np.zeros(longest, np.uint64)]  # runs past the end do not fit
+    runs, h = {}, np.zeros(n, np.uint64)
+    for k in range(1, longest + 1):
+        h = h * np.uint64(SHINGLE_MULT) + padded[k - 1:k - 1 + n]  # wraps mod 2**64
+        runs[k] = h  # h[i]: the hash of the run of k units from i
+    return np.where(sizes == SHINGLE_CJK, runs[SHINGLE_CJK], runs[SHINGLE_OTHER])[fits]
+
+
+def shingle_hash(units):
+    h = 0
+    for unit in units.tolist():
+        h = (h * SHINGLE_MULT + unit) & MASK64
+    return h
 
 
 def minhash(shingle_arrays, num_perm=128, chunk=1024):

@@ -203,9 +203,13 @@ def test_shingles_are_runs_of_letters_that_spacing_and_punctuation_do_not_change
     same = dedup.shingles("Hello, World!  It's 2024.")
     assert same.tolist() == dedup.shingles("hello world its 2024").tolist()
     assert len(same) == len("helloworldits2024") - 4  # runs of 5 outside CJK
-    assert len(dedup.shingles("你好，世界和平")) == 6 - 2  # runs of 3 where most are CJK
+    assert len(dedup.shingles("你好，世界和平")) == 6 - 3  # runs of 4 from a CJK character
     assert len(dedup.shingles("abc")) == 1 and len(dedup.shingles("...")) == 0
     assert len(set(dedup.shingles("abcdeabcde").tolist())) == 5  # abcde bcdea ... eabcd
+    # sizes are chosen per position: a text half CJK keeps its shingles when edited
+    mixed = "systemd 下的日志服务 journald 记录内核信息 kernel messages 和系统消息"
+    a, b = dedup.shingles(mixed), dedup.shingles(mixed.replace("journald", "journal"))
+    assert dedup.jaccard(np.unique(a), np.unique(b)) > 0.7
 
 
 def test_minhash_estimates_jaccard_similarity():
@@ -339,13 +343,13 @@ def test_exact_dedup_keeps_distinct_texts_under_a_hash_collision(tmp_path, tok_p
 
 
 def shingle_set(text):
-    """The shingles of the dedup rule, written independently: runs of 3 letters or digits
-    where most of them are CJK, else of 5, lower-cased, everything else left out."""
+    """The shingles of the dedup rule, written independently: the run of 4 letters or digits
+    from each CJK one, of 5 from any other (where the text has that many left), lower-cased,
+    everything else left out."""
     chars = re.sub(r"[\W_]+", "", text.lower())
-    cjk = len(re.findall(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]",
-                         chars))
-    k = 3 if 2 * cjk >= len(chars) else 5
-    return {chars[i:i + k] for i in range(max(len(chars) - k + 1, 1))}
+    cjk = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+    sizes = [4 if cjk.match(c) else 5 for c in chars]
+    return {chars[i:i + k] for i, k in enumerate(sizes) if i + k <= len(chars)} or {chars}
 
 
 def true_jaccard(a, b):
