@@ -111,21 +111,18 @@ def concatenated(texts, length, n, measure=len):
 
 
 def edited(text, kind, rng):
-    """A copy of text with edits of one kind: substitutions, insertions and deletions of
-    letters (mixed, at 1% or 3% of the characters), a sentence moved, or spacing and
-    punctuation changed."""
-    alphabet = [c for c in text if c.isalnum()] or list("abc")
+    """A copy of text with edits of one kind (EDITS)."""
     if kind == "spacing and punctuation":
-        swap = {"，": ",", "。": ".", ",": "，", ".": " .", " ": "  ", "\n": " ", "：": ":"}
-        return "".join(swap.get(c, c) if rng.random() < 0.5 else c for c in text)
-    rate = 0.01 if kind.endswith("1%") else 0.03
+        return respaced(text, rng)
     if kind.startswith("sentence moved"):
-        sentences = [s for s in SENTENCE_END.split(text) if s]
-        if len(sentences) > 2:
-            s = sentences.pop(rng.randrange(len(sentences)))
-            sentences.insert(rng.randrange(len(sentences) + 1), s)
-            text = "".join(sentences)
-    chars = list(text)
+        text = sentence_moved(text, rng)
+    return letters_edited(text, 0.01 if kind.endswith("1%") else 0.03, rng)
+
+
+def letters_edited(text, rate, rng):
+    """text with substitutions, insertions and deletions of letters, mixed, at `rate` of
+    its characters (at least one), the new letters drawn from the text's own."""
+    chars, alphabet = list(text), [c for c in text if c.isalnum()] or ["a"]
     for _ in range(max(1, int(rate * len(chars)))):
         op, i = rng.choice("sid"), rng.randrange(len(chars))
         if op == "s":
@@ -135,6 +132,20 @@ def edited(text, kind, rng):
         elif len(chars) > 1:
             del chars[i]
     return "".join(chars)
+
+
+def sentence_moved(text, rng):
+    sentences = [s for s in SENTENCE_END.split(text) if s]
+    if len(sentences) > 2:
+        moved = sentences.pop(rng.randrange(len(sentences)))
+        sentences.insert(rng.randrange(len(sentences) + 1), moved)
+    return "".join(sentences)
+
+
+def respaced(text, rng):
+    """Half the spaces and punctuation marks changed (doubled, dropped, full or half width)."""
+    swap = {"，": ",", "。": ".", ",": "，", ".": " .", " ": "  ", "\n": " ", "：": ":"}
+    return "".join(swap.get(c, c) if rng.random() < 0.5 else c for c in text)
 
 
 def recalls(prose, length, kind, rng, n):

@@ -7,6 +7,8 @@ import math
 import pickle
 import random
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ import eval_model
 from corpus import builtin_corpus, clean_text, iter_texts, stdlib_docstrings
 from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, open_split, prepare
 from dedup import lsh_bands, minhash
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from bench_dedup import letters_edited, respaced, sentence_moved  # noqa: E402 (edits)
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer, save_tokenizer,
                        token_bytes, train_tokenizer)
 
@@ -266,7 +270,7 @@ def test_the_fast_rule_equals_the_plain_rule_on_pairs_of_every_kind():
     licence, kinds = english_doc(rng, 40), set()
     for _ in range(60):
         a = rng.choice([english_doc(rng, rng.randint(5, 120)), chinese_doc(rng, 200)])
-        b = rng.choice([edited(rng, a, 0.03), licence + english_doc(rng, 40),
+        b = rng.choice([letters_edited(a, 0.03, rng), licence + english_doc(rng, 40),
                         a + " " + english_doc(rng, 20), english_doc(rng), a.upper()])
         if rng.random() < 0.5:
             a = licence + " " + a
@@ -392,40 +396,14 @@ def test_near_dedup_finds_planted_near_duplicates_english_and_chinese(tmp_path, 
     assert report["near_duplicates"] == len(texts) - len(kept)
 
 
-def edited(rng, text, rate):
-    """text with substitutions, insertions and deletions of letters, mixed, at `rate` of
-    its characters (at least one)."""
-    chars, alphabet = list(text), [c for c in text if c.isalnum()] or ["a"]
-    for _ in range(max(1, int(rate * len(chars)))):
-        op, i = rng.choice("sid"), rng.randrange(len(chars))
-        if op == "s":
-            chars[i] = rng.choice(alphabet)
-        elif op == "i":
-            chars.insert(i, rng.choice(alphabet))
-        elif len(chars) > 1:
-            del chars[i]
-    return "".join(chars)
-
-
-def sentence_moved(rng, text):
-    sentences = re.findall(r"[^。.]*[。.]", text) or [text]
-    moved = sentences.pop(rng.randrange(len(sentences)))
-    sentences.insert(rng.randrange(len(sentences) + 1), moved)
-    return "".join(sentences)
-
-
-def respaced(rng, text):
-    swap = {"，": ", ", "。": ". ", ".": " .", " ": "  "}
-    return "".join(swap.get(c, c) if rng.random() < 0.5 else c for c in text)
-
-
 LICENCE = ("This program is free software: you can redistribute it and/or modify it under the "
            "terms of the GNU General Public License as published by the Free Software "
            "Foundation, either version 3 of the License, or (at your option) any later version. "
            "It is distributed in the hope that it will be useful, but WITHOUT ANY WARRANTY; "
            "without even the implied warranty of MERCHANTABILITY.")  # 60 words
-EDIT_KINDS = {"3% edits": lambda rng, t: edited(rng, t, 0.03),
-              "a sentence moved": sentence_moved, "spacing and punctuation": respaced}
+EDIT_KINDS = {"3% edits": lambda rng, t: letters_edited(t, 0.03, rng),
+              "a sentence moved": lambda rng, t: sentence_moved(t, rng),
+              "spacing and punctuation": lambda rng, t: respaced(t, rng)}
 
 
 @pytest.mark.parametrize("kind", EDIT_KINDS)
@@ -464,7 +442,7 @@ def test_distinct_documents_that_share_a_form_are_kept():
 def test_the_histogram_holds_the_plain_similarity_of_every_checked_pair():
     rng = random.Random(9)
     bases = [english_doc(rng, 30) for _ in range(10)]
-    docs = bases + [edited(rng, b, 0.03) for b in bases]  # clusters of two: none skipped
+    docs = bases + [letters_edited(b, 0.03, rng) for b in bases]  # clusters of two: none skipped
     pairs = np.array([(i, j) for i in range(20) for j in range(i + 1, 20)])
     _, report = dedup.near_duplicates(pairs, lambda i: dedup.shingles(docs[i]), 0.5)
     plain = [0] * 10
@@ -478,7 +456,7 @@ def test_the_histogram_holds_the_plain_similarity_of_every_checked_pair():
 def test_the_cut_report_counts_every_checked_pair_in_its_histogram(tmp_path, tok_path, tok):
     rng = random.Random(8)
     bases = [english_doc(rng, 60) for _ in range(40)]
-    texts = bases + [edited(rng, b, 0.03) for b in bases[:20]] + [
+    texts = bases + [letters_edited(b, 0.03, rng) for b in bases[:20]] + [
         LICENCE + " " + english_doc(rng, 20) for _ in range(10)]
     prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", texts), tok_path, tmp_path,
                              val_fraction=0)
