@@ -48,8 +48,8 @@ from common import (DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags, rena
                     write_text_atomic)
 from corpus import (CLEANING_RULES, MIN_CHARS, as_sources, clean_text, expand_paths,
                     file_fingerprint, iter_texts, normalize)
-from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicates, lsh_bands,
-                   minhash, near_duplicates, shingles, text_hash)
+from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicates,
+                   likely_pairs, lsh_bands, minhash, near_duplicates, shingles, text_hash)
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
                        token_byte_counts, tokenizer_fingerprint)
 
@@ -91,13 +91,15 @@ def _clean_and_sign(item, min_chars, seed, num_perm, bands, rows, near_dedup):
         weight.append(unit_hash(norm, f"weight{seed}"))
     if near_dedup:
         doc_shingles = [shingles(t) for t in cleaned]
-        hashes = band_hashes(minhash(doc_shingles, num_perm), bands, rows)
+        signatures = minhash(doc_shingles, num_perm)
+        hashes, sketches = band_hashes(signatures, bands, rows), signatures.astype(np.uint16)
         has_shingles = np.array([len(s) > 0 for s in doc_shingles], bool)
     else:
         hashes = np.zeros((len(cleaned), 0), np.uint64)
+        sketches = np.zeros((len(cleaned), 0), np.uint16)
         has_shingles = np.zeros(len(cleaned), bool)
     return (source_id, cleaned, fired, np.array(exact, np.uint64), np.array(split),
-            np.array(weight), hashes, has_shingles)
+            np.array(weight), hashes, sketches, has_shingles)
 
 
 def _batches(entries, text_field, skip_bad_lines, counts, batch_size=1000):
@@ -162,13 +164,13 @@ def _read_clean_sign(entries, options, bands, rows, num_workers, store, counts, 
     """Pass 1: read every document, clean it, append it to store, and hash and sign it.
 
     Returns per kept document: source index, exact-dedup hash, split hash, weight hash, LSH
-    band hashes and whether it has any shingle.
+    band hashes, the low 16 bits of its MinHash signature and whether it has any shingle.
     """
     work = partial(_clean_and_sign, min_chars=options["min_chars"], seed=options["seed"],
                    num_perm=options["num_perm"], bands=bands, rows=rows,
                    near_dedup=options["near_dedup"])
     batches = _batches(entries, options["text_field"], options["skip_bad_lines"], counts)
-    columns = [[] for _ in range(6)]
+    columns = [[] for _ in range(7)]
     pool = multiprocessing.Pool(num_workers) if num_workers > 0 else None
     try:
         bar = tqdm(desc="read + clean", unit=" docs", disable=not verbose)
@@ -197,13 +199,14 @@ def _dropped_summary(counts):
     return ", ".join(dropped) + " dropped" if dropped else "none dropped"
 
 
-def _deduplicate(exact_keys, hashes, has_shingles, store, options, counts, verbose):
+def _deduplicate(exact_keys, hashes, sketches, has_shingles, store, options, counts, verbose):
     """Exact, then near duplicates; returns the mask of documents to keep. The first
     document of each group of duplicates is kept."""
     dup = exact_duplicates(exact_keys, lambda i: store.read(i, i + 1)[0])
     counts["exact_duplicates"] = int(dup.sum())
     if options["near_dedup"]:
-        pairs = candidate_pairs(hashes, has_shingles & ~dup)
+        candidates = candidate_pairs(hashes, has_shingles & ~dup)
+        pairs = likely_pairs(candidates, sketches, options["dedup_threshold"])
         bar = tqdm(desc="near dedup", total=len(pairs), unit=" pairs", disable=not verbose)
         drop, cut = near_duplicates(pairs, lambda i: shingles(store.read(i, i + 1)[0]),
                                     options["dedup_threshold"], bar)
@@ -213,10 +216,11 @@ def _deduplicate(exact_keys, hashes, has_shingles, store, options, counts, verbo
         examples = {kind: None if pair is None else [round(pair[0], 3)] + [
                         store.read(k, k + 1)[0][:EXAMPLE_CHARS] for k in pair[1:]]
                     for kind, pair in cut["examples"].items()}
-        counts["near_duplicates"], counts["near_duplicate_clusters"] = len(drop), cut["clusters"]
-        counts["candidate_pairs"], counts["candidate_pairs_checked"] = len(pairs), cut["checked"]
+        counts.update(near_duplicates=len(drop), near_duplicate_clusters=cut["clusters"],
+                      candidate_pairs=len(candidates), candidate_pairs_checked=cut["checked"],
+                      candidate_pairs_unlikely=len(candidates) - len(pairs),
+                      parts_rejected=cut["parts_rejected"])  # numbers: a Counter adds them
         counts["similarity_histogram"], counts["cut_examples"] = cut["histogram"], examples
-        counts["parts_rejected"] = cut["parts_rejected"]
     return ~dup
 
 
@@ -290,11 +294,11 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
         start = time.time()
         columns = _read_clean_sign(entries, options, bands, rows, num_workers, store, counts,
                                    verbose)
-        source_ids, exact_keys, split_keys, weight_keys, hashes, has_shingles = columns
+        source_ids, exact_keys, split_keys, weight_keys, *signed = columns
         seconds["read_clean"] = time.time() - start
 
         start = time.time()
-        keep = _deduplicate(exact_keys, hashes, has_shingles, store, options, counts, verbose)
+        keep = _deduplicate(exact_keys, *signed, store, options, counts, verbose)
         val = _split_docs(keep, split_keys, options["val_fraction"])
         seconds["dedup"] = time.time() - start
 
@@ -320,7 +324,8 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
               "cleaning": {rule: counts[rule] for rule in CLEANING_RULES},
               **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
                                         "near_duplicate_clusters", "candidate_pairs",
-                                        "candidate_pairs_checked", "similarity_histogram",
+                                        "candidate_pairs_checked", "candidate_pairs_unlikely",
+                                        "similarity_histogram",
                                         "parts_rejected", "cut_examples")},
               "documents_kept": int(keep.sum()),
               "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s>: 0 bytes
@@ -662,7 +667,8 @@ def format_report(meta):
     lines.append(f"exact duplicates    {r['exact_duplicates']:>12,}   dropped")
     lines.append(f"near duplicates     {r['near_duplicates']:>12,}   dropped, in "
                  f"{r['near_duplicate_clusters']:,} clusters ({r['candidate_pairs_checked']:,} "
-                 f"of {r['candidate_pairs']:,} candidate pairs checked; LSH "
+                 f"of {r['candidate_pairs']:,} candidate pairs checked, "
+                 f"{r.get('candidate_pairs_unlikely', 0):,} set aside by their signatures; LSH "
                  f"{r['lsh']['bands']} bands x {r['lsh']['rows']} rows)")
     if any(r.get("similarity_histogram", ())):  # a directory of format 2 has none
         lines += cut_report(r, meta["options"]["dedup_threshold"])

@@ -38,8 +38,9 @@ Near (Broder 1997; Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch.
   the minimum over the document. Two documents agree on one function's minimum with
   probability equal to their Jaccard similarity, so a signature of 128 minima estimates it.
 - Banding (LSH): cut the signature into `bands` bands of `rows` values. Documents that agree
-  on a whole band land in one bucket and become candidates (lsh_bands); candidates are then
-  confirmed by the rule, and clustered (union-find): a cluster keeps its first document.
+  on a whole band land in one bucket and become candidates (lsh_bands); candidates whose
+  signatures agree on too few values are set aside (likely_pairs), the others confirmed by
+  the rule, and clustered (union-find): a cluster keeps its first document.
   near_duplicates also reports how the cut fell: a histogram of the checked pairs'
   similarity and the pairs closest to the threshold, which dataset.py prints.
 
@@ -59,6 +60,7 @@ SHINGLE_OTHER = 5  # in one that starts elsewhere (a Latin letter carries ~4 bit
 PART_SHINGLES, PART_FOUND = 25, 0.5  # see parts_found_plain
 DEDUP_THRESHOLD = 0.5  # Jaccard similarity from which two documents are near copies
 LSH_MARGIN = 0.15  # see lsh_bands
+SKETCH_MARGIN = 0.15  # see likely_pairs
 SHINGLE_MULT = 0x9E3779B97F4A7C15  # odd, so the polynomial hashes mix all 64 bits
 MASK64 = 2**64 - 1
 # Documents that land in one bucket are compared with up to this many members before them
@@ -302,6 +304,20 @@ def candidate_pairs(hashes, eligible, window=BUCKET_WINDOW):
     return np.stack([codes // n, codes % n], axis=1)
 
 
+def likely_pairs(pairs, sketches, threshold):
+    """The candidate pairs whose MinHash signatures (sketches: their low 16 bits, which
+    dataset.py keeps per document) agree on at least threshold - SKETCH_MARGIN of their
+    values: the signature's estimate of the pair's similarity, whose standard deviation is
+    under 0.045 with 128 values, so a pair at the threshold is set aside here with P < 0.1%.
+    Most candidates from crowded buckets are far below it, and need no exact check."""
+    keep = np.zeros(len(pairs), bool)
+    for lo in range(0, len(pairs), 65536):  # a bounded block of (pairs, num_perm) at a time
+        i, j = pairs[lo:lo + 65536].T
+        agree = (sketches[i] == sketches[j]).mean(axis=1)
+        keep[lo:lo + 65536] = agree >= threshold - SKETCH_MARGIN
+    return pairs[keep]
+
+
 def jaccard(a, b):
     """Exact Jaccard similarity |a & b| / |a | b| of two sets given as np.unique arrays."""
     common = len(np.intersect1d(a, b, assume_unique=True))
@@ -380,6 +396,8 @@ def find_near_duplicates(texts, threshold=DEDUP_THRESHOLD, num_perm=128):
     on a corpus (shingles, MinHash, LSH bands, candidates, the rule): (ids to drop, report)."""
     doc_shingles = [shingles(t) for t in texts]
     bands, rows = lsh_bands(num_perm, threshold)
-    hashes = band_hashes(minhash(doc_shingles, num_perm), bands, rows)
-    pairs = candidate_pairs(hashes, np.array([len(s) > 0 for s in doc_shingles], bool))
+    signatures = minhash(doc_shingles, num_perm)
+    pairs = candidate_pairs(band_hashes(signatures, bands, rows),
+                            np.array([len(s) > 0 for s in doc_shingles], bool))
+    pairs = likely_pairs(pairs, signatures.astype(np.uint16), threshold)
     return near_duplicates(pairs, doc_shingles.__getitem__, threshold)

@@ -453,6 +453,21 @@ def test_the_histogram_holds_the_plain_similarity_of_every_checked_pair():
     assert report["histogram"] == plain and report["checked"] == len(pairs)
 
 
+def test_signatures_set_aside_only_pairs_below_the_threshold():
+    rng = random.Random(10)
+    bases = [chinese_doc(rng, 150) for _ in range(60)] + [english_doc(rng, 30) for _ in range(60)]
+    docs = bases + [letters_edited(b, 0.03, rng) for b in bases]
+    sketches = dedup.minhash([dedup.shingles(d) for d in docs]).astype(np.uint16)
+    pairs = np.array([(i, j) for i in range(len(docs)) for j in range(i + 1, len(docs))])
+    kept = {tuple(p) for p in dedup.likely_pairs(pairs, sketches, 0.5).tolist()}
+    assert {(k, k + len(bases)) for k in range(len(bases))} <= kept  # every planted copy
+    plain = [set(dedup.shingles_plain(d)) for d in docs]
+    for i, j in pairs.tolist():
+        if (i, j) not in kept:
+            assert dedup.jaccard_plain(plain[i], plain[j]) < 0.5
+    assert len(kept) < 0.05 * len(pairs)
+
+
 def test_the_cut_report_counts_every_checked_pair_in_its_histogram(tmp_path, tok_path, tok):
     rng = random.Random(8)
     bases = [english_doc(rng, 60) for _ in range(40)]
