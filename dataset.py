@@ -200,28 +200,35 @@ def _dropped_summary(counts):
 
 
 def _deduplicate(exact_keys, hashes, sketches, has_shingles, store, options, counts, verbose):
-    """Exact, then near duplicates; returns the mask of documents to keep. The first
-    document of each group of duplicates is kept."""
+    """Exact, then near duplicates; returns the mask of documents to keep (the first
+    document of each group of duplicates is kept) and how the near-dedup threshold cut."""
     dup = exact_duplicates(exact_keys, lambda i: store.read(i, i + 1)[0])
     counts["exact_duplicates"] = int(dup.sum())
+    cut = {"similarity_histogram": [], "cut_examples": {}}
     if options["near_dedup"]:
         candidates = candidate_pairs(hashes, has_shingles & ~dup)
         pairs = likely_pairs(candidates, sketches, options["dedup_threshold"])
         bar = tqdm(desc="near dedup", total=len(pairs), unit=" pairs", disable=not verbose)
-        drop, cut = near_duplicates(pairs, lambda i: shingles(store.read(i, i + 1)[0]),
-                                    options["dedup_threshold"], bar)
+        drop, found = near_duplicates(pairs, lambda i: shingles(store.read(i, i + 1)[0]),
+                                      options["dedup_threshold"], bar)
         bar.close()
         dup[drop] = True
         # the examples with their texts, cut short, so that the report shows the cut
         examples = {kind: None if pair is None else [round(pair[0], 3)] + [
-                        store.read(k, k + 1)[0][:EXAMPLE_CHARS] for k in pair[1:]]
-                    for kind, pair in cut["examples"].items()}
-        counts.update(near_duplicates=len(drop), near_duplicate_clusters=cut["clusters"],
-                      candidate_pairs=len(candidates), candidate_pairs_checked=cut["checked"],
+                        head_and_tail(store.read(k, k + 1)[0]) for k in pair[1:]]
+                    for kind, pair in found["examples"].items()}
+        counts.update(near_duplicates=len(drop), near_duplicate_clusters=found["clusters"],
+                      candidate_pairs=len(candidates), candidate_pairs_checked=found["checked"],
                       candidate_pairs_unlikely=len(candidates) - len(pairs),
-                      parts_rejected=cut["parts_rejected"])  # numbers: a Counter adds them
-        counts["similarity_histogram"], counts["cut_examples"] = cut["histogram"], examples
-    return ~dup
+                      parts_rejected=found["parts_rejected"])
+        cut = {"similarity_histogram": found["histogram"], "cut_examples": examples}
+    return ~dup, cut
+
+
+def head_and_tail(text, n=EXAMPLE_CHARS):
+    """text, or its first and last n // 2 characters: where two pages share a header, they
+    differ further on."""
+    return text if len(text) <= n else f"{text[:n // 2]} … {text[-(n // 2):]}"
 
 
 def _split_docs(keep, split_keys, val_fraction):
@@ -285,7 +292,7 @@ def _apply_weights(path, starts, copies, dtype):
 
 def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
     """The work of prepare(): write the splits into tmp_dir and return the meta dict."""
-    counts = Counter(similarity_histogram=[], parts_rejected=0, cut_examples={})
+    counts = Counter()  # of documents and pairs; near dedup adds its cut to `cut`
     seconds = {}
     bands, rows = lsh_bands(options["num_perm"], options["dedup_threshold"])
     num_workers = min(os.cpu_count() or 1, 8) if num_workers is None else num_workers
@@ -294,11 +301,12 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
         start = time.time()
         columns = _read_clean_sign(entries, options, bands, rows, num_workers, store, counts,
                                    verbose)
-        source_ids, exact_keys, split_keys, weight_keys, *signed = columns
+        source_ids, exact_keys, split_keys, weight_keys, hashes, sketches, has_shingles = columns
         seconds["read_clean"] = time.time() - start
 
         start = time.time()
-        keep = _deduplicate(exact_keys, *signed, store, options, counts, verbose)
+        keep, cut = _deduplicate(exact_keys, hashes, sketches, has_shingles, store, options,
+                                 counts, verbose)
         val = _split_docs(keep, split_keys, options["val_fraction"])
         seconds["dedup"] = time.time() - start
 
@@ -325,8 +333,7 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
               **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
                                         "near_duplicate_clusters", "candidate_pairs",
                                         "candidate_pairs_checked", "candidate_pairs_unlikely",
-                                        "similarity_histogram",
-                                        "parts_rejected", "cut_examples")},
+                                        "parts_rejected")}, **cut,
               "documents_kept": int(keep.sum()),
               "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s>: 0 bytes
               "lsh": {"bands": bands, "rows": rows},
@@ -690,7 +697,8 @@ def cut_report(r, threshold):
              f"(Jaccard of their shingles; near copies from {threshold:.2f} up):"]
     widest = max(r["similarity_histogram"])
     for b, n in enumerate(r["similarity_histogram"]):
-        cut = "   <- the cut" if b / 10 < threshold <= (b + 1) / 10 else ""
+        cut = "   <- the cut: near copies from here up" if b / 10 <= threshold < (b + 1) / 10 \
+            else ""
         lines.append(f"    {b / 10:.1f}-{(b + 1) / 10:.1f} {'#' * round(30 * n / widest):<30} "
                      f"{n:>9,}{cut}")
     titles = {"above": "just above the cut, dropped", "below": "just below the cut, kept",

@@ -10,7 +10,8 @@ Near (Broder 1997; Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch.
   shingle that starts at a CJK character holds k = SHINGLE_CJK = 4, any other k =
   SHINGLE_OTHER = 5: chosen at each position, not for the whole document, so that a copy
   of a text half Chinese, half English cannot switch sizes and share no shingle with its
-  original (it did, when the majority script chose). Characters, not words: one edited
+  original (it did, when the majority script chose). One more shingle holds the last 5
+  units, so that the end of a text counts too. Characters, not words: one edited
   letter changes k shingles, while in English it would change every word shingle that
   holds the word. An edit changes about k shingles of the copy and k of the original, so
   3% of the characters edited leaves a Jaccard similarity near (1 - 0.03k) / (1 + 0.03k):
@@ -31,9 +32,10 @@ Near (Broder 1997; Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch.
 - Measured by scripts/bench_dedup.py on text that no one tuned on (Tang poems,
   fortunes-zh, Python's documentation, Debian's fortunes; the README has the table):
   recall 0.97 to 1.00 for 50 to 20,000 characters in both languages and every kind of edit
-  (1% and 3% of the letters, a sentence moved, spacing and punctuation), and none of the
-  distinct documents removed that share a form (poems of one form, question-answer lines
-  of one template, pages whose licence is a quarter or half of their text).
+  (1% and 3% of the characters, a sentence moved, spacing and punctuation), and at most
+  0.11% of the distinct documents removed that share a form (poems of one form,
+  question-answer lines of one template, pages whose licence is a quarter or half of
+  their letters).
 - MinHash: hash every shingle with num_perm random hash functions and keep, per function,
   the minimum over the document. Two documents agree on one function's minimum with
   probability equal to their Jaccard similarity, so a signature of 128 minima estimates it.
@@ -57,10 +59,11 @@ from corpus import char_class, code_points, IS_ALNUM_BMP, normalize
 
 SHINGLE_CJK = 4  # characters in a shingle that starts at a CJK one (each carries ~10 bits)
 SHINGLE_OTHER = 5  # in one that starts elsewhere (a Latin letter carries ~4 bits)
+SHINGLE_TAIL = 5  # the last shingle: the text's last units (see shingles_plain)
 PART_SHINGLES, PART_FOUND = 25, 0.5  # see parts_found_plain
 DEDUP_THRESHOLD = 0.5  # Jaccard similarity from which two documents are near copies
-LSH_MARGIN = 0.15  # see lsh_bands
-SKETCH_MARGIN = 0.15  # see likely_pairs
+LSH_MARGIN = 0.3  # see lsh_bands
+SKETCH_SDS = 3.5  # see likely_pairs
 SHINGLE_MULT = 0x9E3779B97F4A7C15  # odd, so the polynomial hashes mix all 64 bits
 MASK64 = 2**64 - 1
 # Documents that land in one bucket are compared with up to this many members before them
@@ -111,18 +114,17 @@ def shingle_size(unit):
 
 
 def shingles_plain(text):
-    """The text's shingles in order: for every unit, a 64-bit polynomial hash of the code
-    points of the shingle_size(unit) units that start there, where the text has that many
-    left. A text too short for any is a single shingle of all its units."""
+    """The text's shingles in order, each a 64-bit polynomial hash of a run of units' code
+    points: the run of shingle_size(unit) units from every unit that has that many after
+    it, then the run of the last SHINGLE_TAIL units (the whole text, if shorter), so that
+    every unit is in some shingle."""
     units = units_plain(text)
-    starts = [(i, shingle_size(u)) for i, u in enumerate(units)
-              if i + shingle_size(u) <= len(units)]
-    if units and not starts:
-        starts = [(0, len(units))]
+    runs = [units[i:i + shingle_size(u)] for i, u in enumerate(units)
+            if i + shingle_size(u) <= len(units)]
     out = []
-    for start, size in starts:
+    for run in runs + ([units[-SHINGLE_TAIL:]] if units else []):
         h = 0
-        for unit in units[start:start + size]:
+        for unit in run:
             h = (h * SHINGLE_MULT + ord(unit)) & MASK64
         out.append(h)
     return out
@@ -136,6 +138,8 @@ def parts_found_plain(a: list, b: set):
     """The least share, over the consecutive parts of shingle list a (parts_of), of a part's
     shingles that b holds. Near 1 for a copy edited anywhere; near 0 for a part that b does
     not have (the distinct body of a page that shares only its licence with b)."""
+    if not a:
+        return 0.0
     n = parts_of(len(a))
     bounds = [k * len(a) // n for k in range(n + 1)]
     return min(sum(x in b for x in a[lo:hi]) / (hi - lo) for lo, hi in zip(bounds, bounds[1:]))
@@ -186,12 +190,13 @@ def lsh_bands(num_perm, threshold):
 
     Two documents with Jaccard similarity s share all `rows` values of one band with
     probability s**rows, so they become candidates with P = 1 - (1 - s**rows)**bands. Take
-    the most rows (fewest false candidates to check) that still finds a pair LSH_MARGIN
-    above the threshold with P >= 0.99: the edited copies the threshold is for sit there
-    (see the opening comment), while a pair at the threshold itself is found less surely.
-    Requiring 0.99 at the threshold would take one row less and check 10x more pairs.
+    the most rows (fewest false candidates to check) that still finds a pair with P >= 0.99
+    at LSH_MARGIN of the way from the threshold to 1 (0.65 for the default 0.5): the edited
+    copies the threshold is for sit there or above (see the opening comment), while a pair
+    at the threshold itself is found less surely. Requiring 0.99 at the threshold would take
+    one row less and check many more pairs.
     """
-    target = min(threshold + LSH_MARGIN, 1.0)
+    target = threshold + LSH_MARGIN * (1 - threshold)
     for rows in range(num_perm, 0, -1):
         bands = num_perm // rows
         if 1 - (1 - target**rows) ** bands >= 0.99:
@@ -222,25 +227,17 @@ def shingles(text):
     n = len(units)
     if n == 0:
         return units
-    sizes = np.where(IS_CJK[np.minimum(units, 0xFFFF).astype(np.int64)], SHINGLE_CJK,
-                     SHINGLE_OTHER)
-    fits = np.arange(n) + sizes <= n
-    if not fits.any():  # too short for any shingle: one of all its units
-        return np.array([shingle_hash(units)], np.uint64)
     longest = max(SHINGLE_CJK, SHINGLE_OTHER)
-    padded = np.r_[units, np.zeros(longest, np.uint64)]  # runs past the end do not fit
+    padded = np.r_[units, np.zeros(longest, np.uint64)]  # runs past the end are not kept
     runs, h = {}, np.zeros(n, np.uint64)
     for k in range(1, longest + 1):
         h = h * np.uint64(SHINGLE_MULT) + padded[k - 1:k - 1 + n]  # wraps mod 2**64
         runs[k] = h  # h[i]: the hash of the run of k units from i
-    return np.where(sizes == SHINGLE_CJK, runs[SHINGLE_CJK], runs[SHINGLE_OTHER])[fits]
-
-
-def shingle_hash(units):
-    h = 0
-    for unit in units.tolist():
-        h = (h * SHINGLE_MULT + unit) & MASK64
-    return h
+    cjk = IS_CJK[np.minimum(units, 0xFFFF).astype(np.int64)]
+    sizes = np.where(cjk, SHINGLE_CJK, SHINGLE_OTHER)
+    full = np.where(cjk, runs[SHINGLE_CJK], runs[SHINGLE_OTHER])[np.arange(n) + sizes <= n]
+    tail = runs[min(SHINGLE_TAIL, n)][n - min(SHINGLE_TAIL, n)]
+    return np.r_[full, tail]
 
 
 def minhash(shingle_arrays, num_perm=128, chunk=1024):
@@ -306,15 +303,16 @@ def candidate_pairs(hashes, eligible, window=BUCKET_WINDOW):
 
 def likely_pairs(pairs, sketches, threshold):
     """The candidate pairs whose MinHash signatures (sketches: their low 16 bits, which
-    dataset.py keeps per document) agree on at least threshold - SKETCH_MARGIN of their
-    values: the signature's estimate of the pair's similarity, whose standard deviation is
-    under 0.045 with 128 values, so a pair at the threshold is set aside here with P < 0.1%.
-    Most candidates from crowded buckets are far below it, and need no exact check."""
+    dataset.py keeps per document) agree on enough of their values. The share that agrees
+    estimates the pair's similarity with a standard deviation of at most 0.5 / sqrt(values)
+    (0.044 for 128); a pair is set aside when its estimate is SKETCH_SDS of those below the
+    threshold, which a pair at the threshold is with P < 0.03%. Most candidates from
+    crowded buckets are far below it, and need no exact check."""
+    cut = threshold - SKETCH_SDS * 0.5 / np.sqrt(sketches.shape[1])
     keep = np.zeros(len(pairs), bool)
     for lo in range(0, len(pairs), 65536):  # a bounded block of (pairs, num_perm) at a time
         i, j = pairs[lo:lo + 65536].T
-        agree = (sketches[i] == sketches[j]).mean(axis=1)
-        keep[lo:lo + 65536] = agree >= threshold - SKETCH_MARGIN
+        keep[lo:lo + 65536] = (sketches[i] == sketches[j]).mean(axis=1) >= cut
     return pairs[keep]
 
 
@@ -327,7 +325,7 @@ def jaccard(a, b):
 
 def parts_found(a, b):
     """parts_found_plain of shingle array a (in order) and np.unique array b."""
-    if len(b) == 0:
+    if len(a) == 0 or len(b) == 0:
         return 0.0
     found = b[np.minimum(np.searchsorted(b, a), len(b) - 1)] == a
     n = parts_of(len(a))

@@ -12,9 +12,9 @@ Text from installed packages, two sources per language (nothing is downloaded he
   English  Python's own documentation (corpus.builtin_corpus, PSF licence);
            fortunes 1.99, Debian, BSD: quotations, poems (`apt-get download fortunes
            fortunes-zh`, `dpkg-deb -x` both, pass --fortunes .../usr/share/games/fortunes)
-Each source is first made distinct: a text whose shingles overlap an earlier one's by 0.3
-(Jaccard) or more is left out, so that the true copies inside a collection (the same poem
-under two authors) do not count as false removals.
+Each source is first made distinct: a text that the rule at threshold 0.3 finds to be a
+copy of an earlier one is left out, so that the true copies inside a collection (the same
+poem under two authors) do not count as false removals.
 """
 
 import argparse
@@ -51,7 +51,8 @@ def fortunes(directory, name):
 
 
 def distinct(texts):
-    """texts without those that overlap an earlier one by 0.3 or more."""
+    """texts without those that the rule itself, at threshold 0.3, finds to be copies of an
+    earlier one."""
     drop, _ = dedup.find_near_duplicates(texts, threshold=0.3)
     dropped = set(drop)
     return [t for i, t in enumerate(texts) if i not in dropped]
@@ -77,10 +78,12 @@ def sources(args):
         qa = [(f"问：{a[:40]}？\n答：{b[:150]}" if lang == "zh" else f"Q: {a[:60]}?\nA: {b[:200]}")
               for a, b in zip(short[::2], short[1::2])]
         lic = LICENCE[lang]
-        # the licence's share counted in letters and digits, what the rule sees
-        pages = {share: [f"{lic}\n\n{body}" for body in concatenated(
-            prose[k::2], (n - 1) * letters(lic), 1500, letters)] for k, (share, n) in enumerate(
-            (("1/4", 4), ("1/2", 2)))}
+        # the licence's share counted in letters and digits, what the rule sees: bodies of
+        # 3 and 1 licence lengths, from alternate texts so that the two sets share none
+        pages = {}
+        for first, (share, body_lengths) in enumerate((("1/4", 3), ("1/2", 1))):
+            bodies = concatenated(prose[first::2], body_lengths * letters(lic), 1500, letters)
+            pages[share] = [f"{lic}\n\n{body}" for body in bodies]
         out[lang] = (prose, {"poems of one form": distinct(form_poems)[:args.n_forms],
                              "question-answer lines": qa[:args.n_forms],
                              **{f"pages sharing a licence ({share} of the text)": docs
@@ -93,16 +96,23 @@ def letters(text):
 
 
 def concatenated(texts, length, n, measure=len):
-    """n documents of about `length` characters (as `measure` counts them), each made of
-    consecutive texts; a document of characters is cut at a sentence end where one is
-    near."""
+    """n documents of `length` characters, or of `length` letters and digits (measure
+    letters), each made of consecutive texts and cut there (at a sentence end, where one is
+    near)."""
     docs, i = [], 0
     while len(docs) < n and i < len(texts):
         doc = ""
         while measure(doc) < length and i < len(texts):
             doc += texts[i] + "\n"
             i += 1
-        if measure is len:
+        if measure is letters:  # cut just after the length-th letter or digit
+            seen = 0
+            for cut, c in enumerate(doc):
+                seen += c.isalnum()
+                if seen == length:
+                    break
+            doc = doc[:cut + 1]
+        else:
             doc = doc[:length]
             end = max(doc.rfind(m) for m in "。！？.!?")
             doc = doc[:end + 1] if end > 0.8 * length else doc
