@@ -5,7 +5,8 @@ asked, a progress bar with the latest figures, and messages printed above it.
 Records: {"kind": "run" | "resume", ...flags and config} when a run starts or continues,
 {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", ...} every
 --log_interval steps, {"kind": "val", "step", "tokens", "val_loss", "val_ppl", "val_bpb"}
-every --eval_interval steps. Only rank 0 writes; the others stay silent. Every line is
+every --eval_interval steps, {"kind": "warning", "step", "check", "message"} when a check of
+health.py fires. Only rank 0 writes; the others stay silent. Every line is
 strict JSON: what was not measured is null, never NaN (the loss of an interval whose every
 step was skipped as non-finite, a non-finite gradient norm).
 
@@ -28,12 +29,14 @@ class RunLog:
 
     def __init__(self, rank, quiet):
         self.rank, self.show = rank, rank == 0 and not quiet
-        self.file = self.wandb = self.bar = None
+        self.file = self.wandb = self.bar = self.health = None
         self.loss_sum, self.good_steps = 0.0, 0  # of the steps since the last train record
         self.last_time, self.last_tokens = time.perf_counter(), 0
 
-    def open(self, path, total_steps, step, tokens_seen):
-        """Append to the log at path (rank 0); a bar from step to total_steps."""
+    def open(self, path, total_steps, step, tokens_seen, health=None):
+        """Append to the log at path (rank 0); a bar from step to total_steps. health: a
+        health.Health that watches the records written, and warns."""
+        self.health = health
         if self.rank == 0:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")
@@ -60,6 +63,12 @@ class RunLog:
         # strict JSON has no NaN or infinity: a value that is not a finite number is null
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                   for k, v in record.items()}
+        self._write(record)
+        for warning in self.health.feed(record) if self.health is not None else ():
+            self.say(f"warning (step {warning['step']}): {warning['message']}")
+            self._write(warning)
+
+    def _write(self, record):
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()

@@ -38,6 +38,7 @@ from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_pre
 from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
                      load_meta, prepare, prepare_options)
 from eval_model import loss_sums, summarize
+from health import Health
 from model import LMConfig, Transformer
 from runlog import RunLog
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
@@ -584,7 +585,8 @@ def open_log(run: Run, state: RunState):
     """Start the JSONL log (appending to the resumed run's) with a "run" or "resume" record."""
     if run.args.use_wandb:  # first: wandb.init takes seconds, which are not training time
         run.log.start_wandb(run.args.wandb_project, vars(run.args))
-    run.log.open(state.log_path, run.plan.total_steps, state.step, state.tokens_seen)
+    run.log.open(state.log_path, run.plan.total_steps, state.step, state.tokens_seen,
+                 Health(run.tok.get_vocab_size(), run.plan.warmup, resumed=state.step > 0))
     run.log.write({"kind": "resume" if state.step else "run", "step": state.step,
                    "config": asdict(run.raw_model.config), "args": vars(run.args),
                    "world_size": run.world_size})
