@@ -435,7 +435,8 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
     args, step = run.args, state.step
     if step == run.first_step + 1 and run.device.type == "cpu":
         check_cpu_time(run, state)
-    if step % args.log_interval == 0 or step == run.plan.total_steps:
+    # the first step too: its loss says whether the initialisation is right (health.py)
+    if step % args.log_interval == 0 or step in (run.first_step + 1, run.plan.total_steps):
         run.log.train_record(step, state.tokens_seen, lr, grad_norm,
                              {"epoch": state.epoch, "bad_steps": state.bad_steps},
                              run.mfu_of if peak_flops_per_second(run.device) else None)
