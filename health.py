@@ -38,17 +38,15 @@ class Health:
         self.plateau_said = False
 
     def feed(self, record):
-        if record.get("kind") == "train":
-            return [self.warning(record["step"], check, message)
-                    for check, message in self.train_checks(record)]
-        if record.get("kind") == "val" and record.get("val_loss") is not None:
-            return [self.warning(record["step"], check, message)
-                    for check, message in self.val_checks(record)]
-        return []
-
-    @staticmethod
-    def warning(step, check, message):
-        return {"kind": "warning", "step": step, "check": check, "message": message}
+        kind = record.get("kind")
+        if kind == "train":
+            fired = self.train_checks(record)
+        elif kind == "val" and record.get("val_loss") is not None:
+            fired = self.val_checks(record)
+        else:
+            return []
+        return [{"kind": "warning", "step": record["step"], "check": check, "message": message}
+                for check, message in fired]
 
     def train_checks(self, r):
         loss, before = r.get("loss"), list(self.train)[-RECENT:]
