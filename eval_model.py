@@ -65,6 +65,16 @@ def looks_chinese(tok):
     return chinese >= tok.get_vocab_size() / 10
 
 
+def sample_prompts(tok):
+    """The sample prompts in the tokenizer's language."""
+    return SAMPLE_PROMPTS_ZH if looks_chinese(tok) else SAMPLE_PROMPTS_EN
+
+
+def default_probes(tok):
+    """The shipped probe set in the tokenizer's language."""
+    return "probes/zh_basic.jsonl" if looks_chinese(tok) else "probes/builtin_en.jsonl"
+
+
 class TextStream:
     """Turns token ids, pushed one at a time, into text that is safe to print at once.
 
@@ -271,22 +281,31 @@ def run_probes(model, tok, probes):
     return results
 
 
+def probe_summary(probes, results):
+    """What run_probes' results say: the share of probes whose answer has the highest total
+    log-prob (accuracy) or log-prob per byte (accuracy_per_byte), and each probe's answer
+    log-prob in nats. Training logs this at every evaluation (kind "probe")."""
+    def right(by):  # by 0: total log-prob, 1: per byte
+        return [max(range(len(scores)), key=lambda i: scores[i][by]) == probe["answer"]
+                for probe, scores in zip(probes, results)]
+    return {"accuracy": sum(right(0)) / len(probes),
+            "accuracy_per_byte": sum(right(1)) / len(probes),
+            "answer_logprob": [scores[probe["answer"]][0]
+                               for probe, scores in zip(probes, results)]}
+
+
 def print_probe_report(probes, results, out):
     """Every choice with its log-probabilities, '*' marking the answer, then the accuracy."""
-    right_total = right_per_byte = 0
     for n, (probe, scores) in enumerate(zip(probes, results), 1):
-        best_total = max(range(len(scores)), key=lambda i: scores[i][0])
-        best_per_byte = max(range(len(scores)), key=lambda i: scores[i][1])
-        right_total += best_total == probe["answer"]
-        right_per_byte += best_per_byte == probe["answer"]
         out.write(f"{n}. {probe['prompt']}\n")
         for i, (choice, (total, per_byte)) in enumerate(zip(probe["choices"], scores)):
             mark = "*" if i == probe["answer"] else " "
             out.write(f"   {mark} log p {total:8.3f}  per byte {per_byte:7.3f}  {choice!r}\n")
-    n = len(probes)
-    out.write(f"accuracy: {right_total}/{n} = {right_total / n:.1%} by total log-prob, "
-              f"{right_per_byte}/{n} = {right_per_byte / n:.1%} by log-prob per byte\n")
-    return right_total / n, right_per_byte / n
+    s, n = probe_summary(probes, results), len(probes)
+    out.write(f"accuracy: {round(s['accuracy'] * n)}/{n} = {s['accuracy']:.1%} by total "
+              f"log-prob, {round(s['accuracy_per_byte'] * n)}/{n} = "
+              f"{s['accuracy_per_byte']:.1%} by log-prob per byte\n")
+    return s["accuracy"], s["accuracy_per_byte"]
 
 
 def parse_args(argv=None):
@@ -385,7 +404,7 @@ def prompts_to_run(args, tok, stdin):
             if line.strip():
                 yield line.rstrip("\r\n")
         return
-    for prompt in SAMPLE_PROMPTS_ZH if looks_chinese(tok) else SAMPLE_PROMPTS_EN:
+    for prompt in sample_prompts(tok):
         print(f"> {prompt}")
         yield prompt
     print("Type a prompt for the model to continue (an empty line or Ctrl-D quits).")

@@ -2,11 +2,15 @@
 OUT_DIR/logs/<run>.jsonl (read by scripts/plot_loss.py), the same records to wandb when
 asked, a progress bar with the latest figures, and messages printed above it.
 
-Records: {"kind": "run" | "resume", ...flags and config} when a run starts or continues,
-{"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", ...} every
---log_interval steps, {"kind": "val", "step", "tokens", "val_loss", "val_ppl", "val_bpb"}
-every --eval_interval steps, {"kind": "warning", "step", "check", "message"} when a check of
-health.py fires. Only rank 0 writes; the others stay silent. Every line is
+Records: {"kind": "run" | "resume", ...flags, config, data report} when a run starts or
+continues, {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec",
+...} every --log_interval steps; every --eval_interval steps {"kind": "val", "step",
+"tokens", "val_loss", "val_ppl", "val_bpb"}, {"kind": "probe", ..., "accuracy",
+"answer_logprob"} and {"kind": "sample", ..., "samples": [{"prompt", "text"}]}; {"kind":
+"warning", "step", "check", "message"} when a check of health.py fires; {"kind": "end",
+"step", "tokens", "stopped_by"} when the run ends, finished or stopped by a signal (a run
+that crashed has none). Each record also has
+"time" (seconds since 1970). Only rank 0 writes; the others stay silent. Every line is
 strict JSON: what was not measured is null, never NaN (the loss of an interval whose every
 step was skipped as non-finite, a non-finite gradient norm).
 
@@ -69,6 +73,7 @@ class RunLog:
             self._write(warning)
 
     def _write(self, record):
+        record["time"] = round(time.time(), 3)  # wall clock: the report's wall time
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()

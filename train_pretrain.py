@@ -15,6 +15,7 @@ the progress bar in runlog.py, the evaluator in eval_model.py.
 import argparse
 import contextlib
 import datetime
+import io
 import itertools
 import math
 import os
@@ -37,15 +38,19 @@ from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_pre
                     peak_flops_per_second, pick_device)
 from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
                      load_meta, prepare, prepare_options)
-from eval_model import loss_sums, summarize
+from eval_model import (complete, default_probes, load_probes, loss_sums, probe_summary,
+                        run_probes, sample_prompts, summarize)
 from health import Health
 from model import LMConfig, Transformer
 from runlog import RunLog
+from scripts.report import write_report
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
                        tokenizer_fingerprint, train_tokenizer)
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
 # a run that fits a 2-core CPU in minutes (the README's first command)
+# at every evaluation: greedy continuations of the first SAMPLES prompts of eval_model.py
+SAMPLES, SAMPLE_TOKENS = 3, 32
 QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 128 --batch_size 32 --accumulation_steps 1 "
                "--epochs 2 --log_interval 20 --eval_interval 100")
 
@@ -95,6 +100,11 @@ def parse_args(argv=None):
     p.add_argument("--max_bad_steps", type=int, default=5,
                    help="stop after this many non-finite steps in a row")
     p.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    p.add_argument("--probe", default="auto",
+                   help="probe file (eval_model.py --probe) scored at every evaluation; auto: "
+                        "the shipped set in the corpus language; none: no probes")
+    p.add_argument("--no_report", action="store_true",
+                   help="no OUT_DIR/reports/<run>/report.md at the end (scripts/report.py)")
     args = p.parse_args(argv)
     check_args(p, args)
     if args.min_lr is None:
@@ -373,6 +383,8 @@ class Run:
     first_step: int  # the step this process started at (0, or where it resumed)
     dtype_name: str  # the precision it trains in (common.mixed_precision)
     byte_counts: list  # UTF-8 bytes of every token id (tokenizer.token_bytes)
+    probes: list  # scored at every evaluation (eval_model.load_probes); [] for none
+    data_meta: dict  # the prepared data's meta.json, with its cleaning report
 
     def mfu_of(self, tokens_per_sec):
         flops = self.raw_model.flops_per_token(self.args.max_seq_len) * tokens_per_sec
@@ -454,14 +466,28 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
 
 
 def validate(run: Run, state: RunState):
+    """Validation loss on every rank; then, on rank 0, the probes and greedy samples."""
     result = val_metrics(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
                          run.world_size, run.device, run.autocast)
+    at = {"step": state.step, "tokens": state.tokens_seen}
     if result is not None:
-        run.log.write({"kind": "val", "step": state.step, "tokens": state.tokens_seen,
-                       "val_loss": result["loss"], "val_ppl": result["perplexity"],
-                       "val_bpb": result["bits_per_byte"]})
+        run.log.write({"kind": "val", **at, "val_loss": result["loss"],
+                       "val_ppl": result["perplexity"], "val_bpb": result["bits_per_byte"]})
         run.log.say(f"step {state.step}: val loss {result['loss']:.4f}, ppl "
                     f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits per byte")
+    if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
+        model = run.raw_model.eval()
+        # a compiled model would compile a new graph for every new length
+        with torch.compiler.set_stance("force_eager") if run.args.compile else \
+                contextlib.nullcontext():
+            if run.probes:  # the numbers eval_model.py --probe gives for these weights
+                summary = probe_summary(run.probes, run_probes(model, run.tok, run.probes))
+                run.log.write({"kind": "probe", **at, **summary})
+            samples = [{"prompt": prompt, "text": complete(
+                model, run.tok, prompt, io.StringIO(), SAMPLE_TOKENS, temperature=0).text}
+                for prompt in sample_prompts(run.tok)[:SAMPLES]]
+        run.log.write({"kind": "sample", **at, "samples": samples})
+        model.train()
 
 
 def train_loop(run: Run, state: RunState):
@@ -534,7 +560,9 @@ def start_run(args, rank, world_size, device, log, data):
               optimizer=optimizer, scaler=scaler, autocast=autocast, loss_fn=loss_fn,
               plan=plan, log=log, stop=StopSignal(), weights_path=weights_path,
               resume_path=resume_path, first_step=state.step, dtype_name=dtype_name,
-              byte_counts=token_byte_counts(tok))
+              byte_counts=token_byte_counts(tok), data_meta=load_meta(train_ds.prepared_dir),
+              probes=[] if args.probe == "none" else load_probes(
+                  default_probes(tok) if args.probe == "auto" else args.probe))
     describe(run, config, dtype_name, found)
     return run, state
 
@@ -590,7 +618,9 @@ def open_log(run: Run, state: RunState):
                  Health(run.tok.get_vocab_size(), run.plan.warmup, resumed=state.step > 0))
     run.log.write({"kind": "resume" if state.step else "run", "step": state.step,
                    "config": asdict(run.raw_model.config), "args": vars(run.args),
-                   "world_size": run.world_size})
+                   "world_size": run.world_size, "device": run.device.type,
+                   "dtype": run.dtype_name, "data": run.data_meta,
+                   "probes": [probe["prompt"] for probe in run.probes]})
 
 
 def pretrain(args):
@@ -615,17 +645,32 @@ def pretrain(args):
                 run.raw_model.train()
                 stopped = train_loop(run, state)
                 save(run, state)
+                run.log.write({"kind": "end", "step": state.step, "tokens": state.tokens_seen,
+                               "stopped_by": stopped})
         finally:
             run.log.close()
         verb = f"stopped by {stopped} at" if stopped else "finished at"
         run.log.say(f"{verb} step {state.step}, {state.tokens_seen:,} tokens; weights: "
                     f"{run.weights_path}; resume file: {run.resume_path}; log: {state.log_path}")
+        if run.rank == 0 and not args.no_report:
+            report_run(run, state)
         return summary(run, state, stopped)
     finally:
         if lock is not None:
             lock.close()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def report_run(run: Run, state: RunState):
+    """OUT_DIR/reports/<log name>/report.md (scripts/report.py). The weights are saved
+    already: a report that fails costs one line, never the run."""
+    out = Path(run.args.out_dir) / "reports" / Path(state.log_path).stem
+    try:
+        run.log.say(f"report: {write_report([state.log_path], out)}")
+    except Exception as e:  # noqa: BLE001 (an extra: whatever goes wrong, the run is done)
+        print(f"warning: no report written ({type(e).__name__}: {e}); rerun "
+              f"`python scripts/report.py {state.log_path}` to see why", file=sys.stderr)
 
 
 def summary(run: Run, state: RunState, stopped_by):
@@ -663,6 +708,11 @@ def check_args(p, args):
     if args.weights and len(args.weights) != len(args.data_path or [None]):
         p.error(f"--weights: {len(args.weights)} weights for "
                 f"{len(args.data_path or [None])} --data_path entries; give one per entry")
+    if args.probe not in ("auto", "none"):
+        try:
+            load_probes(args.probe)
+        except (ValueError, FileNotFoundError) as e:
+            p.error(f"--probe: {e}")
 
 
 def check_enough_data(prepared, train_ds, args, world_size):

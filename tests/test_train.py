@@ -304,6 +304,10 @@ def test_sigterm_mid_run_leaves_a_resume_file_that_continues(corpus, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     state = torch.load(tmp_path / "pretrain_32_resume.pth", weights_only=True)
     assert state["step"] >= 3
+    # a stopped run writes its report too, and says it was stopped
+    (report,) = (tmp_path / "reports").glob("*/report.md")
+    assert f"| {report.parent.name} | {state['step']:,} |" in report.read_text()
+    assert "| stopped by SIGTERM |" in report.read_text()
     resumed = pretrain(parse_args(argv[1:-4] + ["--max_steps", str(state["step"] + 2),
                                                 "--accumulation_steps", "1"]))
     assert resumed["step"] == state["step"] + 2

@@ -1,0 +1,1 @@
+"""Extras beside the scripts: export, import, benchmarks, plots and run reports."""
