@@ -14,7 +14,8 @@ several logs make one report that overlays their runs. The pictures, against tok
                     tokenizers
     grad_norm.png   the gradient norm before clipping (log scale)
     probes.png      probe accuracy, and each probe's log p(answer) (eval_model.py --probe)
-    throughput.png  tokens/s, and MFU where the GPU's peak is known
+    throughput.png  training tokens/s (evaluation and saving excluded)
+    mfu.png         model FLOPs utilisation, where the GPU's peak is known
 Then tables: the validation figures, the health verdicts of health.py with their evidence,
 greedy samples at each evaluation, the data report, the model and the flags.
 
@@ -23,6 +24,7 @@ tables, and a line on how to get the pictures.
 """
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -95,22 +97,41 @@ def read_records(path):
                 yield f"{path}:{line_number}", record
 
 
-def find_reference(log):
-    """The reference curve (reference/*.json) whose shape and data are this run's, or None.
-    A reference is the validation loss of runs with the "match" settings, measured by the
-    command it names."""
+def run_shape(log):
+    """What a reference curve must share with a run: the model's shape, the tokens per
+    step and the data sources."""
     start = log["starts"][0] if log["starts"] else {}
     config, args, data = start.get("config", {}), start.get("args", {}), start.get("data") or {}
-    seen = {"dim": config.get("dim"), "n_layers": config.get("n_layers"),
+    return {"dim": config.get("dim"), "n_layers": config.get("n_layers"),
             "vocab_size": config.get("vocab_size"), "max_seq_len": args.get("max_seq_len"),
             "tokens_per_step": (args.get("batch_size", 0) * args.get("accumulation_steps", 0)
                                 * start.get("world_size", 1) * args.get("max_seq_len", 0)),
-            "data": [s.get("path") for s in data.get("sources", [])]}
+            "data": [source.get("path") for source in data.get("sources", [])]}
+
+
+def find_reference(log):
+    """The reference curve (reference/*.json) for this run's shape and data, or None."""
+    shape = run_shape(log)
     for path in sorted(REFERENCES.glob("*.json")):
         reference = json.loads(path.read_text(encoding="utf-8"))
-        if all(seen[key] == value for key, value in reference["match"].items()):
+        if all(shape[key] == value for key, value in reference["match"].items()):
             return reference
     return None
+
+
+def make_reference(paths, command, out):
+    """Write a reference curve: the validation records of runs of one shape (other seeds),
+    with the command that made them."""
+    logs = [read_log(p) for p in paths]
+    shapes = {json.dumps(run_shape(log)) for log in logs}
+    if len(shapes) > 1:
+        raise SystemExit(f"the logs are of different runs ({' / '.join(shapes)}); a reference "
+                         "is made of runs that differ only by --seed")
+    runs = [{"seed": log["starts"][0]["args"].get("seed"),
+             "val": [{k: r[k] for k in ("step", "tokens", "val_loss", "val_bpb")}
+                     for r in log["val"]]} for log in logs]
+    Path(out).write_text(json.dumps({"command": command, "match": run_shape(logs[0]),
+                                     "runs": runs}, indent=1) + "\n", encoding="utf-8")
 
 
 def reference_band(reference, field):
@@ -210,8 +231,7 @@ def probes_figure(runs):
 
 def colors():
     import matplotlib.pyplot as plt
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return (cycle[i % len(cycle)] for i in range(1000))
+    return itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
 
 
 def finish(ax, ylabel, extra=None):
@@ -419,12 +439,20 @@ def main(argv=None):
     p.add_argument("logs", nargs="+", help="JSONL logs, e.g. out/logs/pretrain_192_*.jsonl")
     p.add_argument("--out", default=None,
                    help="folder for report.md; default OUT_DIR/reports/<log name>")
+    p.add_argument("--make_reference", metavar="JSON", default=None,
+                   help="instead, write a reference curve (reference/*.json) from the logs, "
+                        "runs that differ only by seed, made by --command")
+    p.add_argument("--command", default="", help="with --make_reference: the runs' command")
     args = p.parse_args(argv)
     for path in args.logs:
         if not Path(path).is_file():
             raise SystemExit(f"{path} not found; train_pretrain.py writes its logs to "
                              f"out/logs/*.jsonl")
-    print(f"wrote {write_report(args.logs, args.out or default_out(args.logs))}")
+    if args.make_reference:
+        make_reference(args.logs, args.command, args.make_reference)
+        print(f"wrote {args.make_reference}")
+    else:
+        print(f"wrote {write_report(args.logs, args.out or default_out(args.logs))}")
 
 
 if __name__ == "__main__":
