@@ -75,6 +75,15 @@ def test_setup_then_every_script_example(tmp_path):
         extra = ["--max_new_tokens", "4"] if "eval_model.py" in command else []
         run(command, tmp_path, extra=extra)
     assert (tmp_path / "out" / "imported" / "pretrain_192.pth").exists()
+    # the run wrote its report; the README's commands write it again, and the others
+    (log,) = (tmp_path / "out" / "logs").glob("pretrain_192_*.jsonl")
+    report = tmp_path / "out" / "reports" / log.stem / "report.md"
+    report.unlink()
+    for command in bash_blocks("Is my run healthy? The run report"):
+        if not command.startswith("pip install matplotlib"):
+            run(command, tmp_path)
+    assert "bits per byte" in report.read_text()
+    assert (tmp_path / "out" / "reports" / "all" / "loss.png").stat().st_size > 0
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
