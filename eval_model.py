@@ -282,13 +282,15 @@ def run_probes(model, tok, probes):
 
 
 def probe_summary(probes, results):
-    """What run_probes' results say: the share of probes whose answer has the highest total
-    log-prob (accuracy) or log-prob per byte (accuracy_per_byte), and each probe's answer
-    log-prob in nats. Training logs this at every evaluation (kind "probe")."""
+    """What run_probes' results say: how many probes' answers have the highest total log-prob
+    (right, and its share: accuracy) or log-prob per byte (right_per_byte,
+    accuracy_per_byte), and each probe's answer log-prob in nats. Training logs this at every
+    evaluation (kind "probe")."""
     def right(by):  # by 0: total log-prob, 1: per byte
         return [max(range(len(scores)), key=lambda i: scores[i][by]) == probe["answer"]
                 for probe, scores in zip(probes, results)]
-    return {"accuracy": sum(right(0)) / len(probes),
+    return {"right": sum(right(0)), "right_per_byte": sum(right(1)), "probes": len(probes),
+            "accuracy": sum(right(0)) / len(probes),
             "accuracy_per_byte": sum(right(1)) / len(probes),
             "answer_logprob": [scores[probe["answer"]][0]
                                for probe, scores in zip(probes, results)]}
@@ -301,9 +303,9 @@ def print_probe_report(probes, results, out):
         for i, (choice, (total, per_byte)) in enumerate(zip(probe["choices"], scores)):
             mark = "*" if i == probe["answer"] else " "
             out.write(f"   {mark} log p {total:8.3f}  per byte {per_byte:7.3f}  {choice!r}\n")
-    s, n = probe_summary(probes, results), len(probes)
-    out.write(f"accuracy: {round(s['accuracy'] * n)}/{n} = {s['accuracy']:.1%} by total "
-              f"log-prob, {round(s['accuracy_per_byte'] * n)}/{n} = "
+    s = probe_summary(probes, results)
+    out.write(f"accuracy: {s['right']}/{s['probes']} = {s['accuracy']:.1%} by total "
+              f"log-prob, {s['right_per_byte']}/{s['probes']} = "
               f"{s['accuracy_per_byte']:.1%} by log-prob per byte\n")
     return s["accuracy"], s["accuracy_per_byte"]
 

@@ -9,8 +9,8 @@ continues, {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "token
 "answer_logprob"} and {"kind": "sample", ..., "samples": [{"prompt", "text"}]}; {"kind":
 "warning", "step", "check", "message"} when a check of health.py fires; {"kind": "end",
 "step", "tokens", "stopped_by"} when the run ends, finished or stopped by a signal (a run
-that crashed has none). Each record also has
-"time" (seconds since 1970). Only rank 0 writes; the others stay silent. Every line is
+that crashed has none). Each record also has "time" (seconds since 1970). Only rank 0
+writes; the others stay silent. Every line is
 strict JSON: what was not measured is null, never NaN (the loss of an interval whose every
 step was skipped as non-finite, a non-finite gradient norm).
 
@@ -77,8 +77,9 @@ class RunLog:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-        if self.wandb is not None:
-            self.wandb.log(record, step=record["step"])
+        if self.wandb is not None:  # its charts take numbers; the texts stay in the file
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+            self.wandb.log(numbers, step=record["step"])
 
     def add_step(self, loss, good):
         """One optimizer step done; its loss (a device tensor) joins the interval's mean

@@ -48,9 +48,9 @@ from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_c
                        tokenizer_fingerprint, train_tokenizer)
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
-# a run that fits a 2-core CPU in minutes (the README's first command)
 # at every evaluation: greedy continuations of the first SAMPLES prompts of eval_model.py
 SAMPLES, SAMPLE_TOKENS = 3, 32
+# a run that fits a 2-core CPU in minutes (the README's first command)
 QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 128 --batch_size 32 --accumulation_steps 1 "
                "--epochs 2 --log_interval 20 --eval_interval 100")
 
@@ -475,7 +475,7 @@ def validate(run: Run, state: RunState):
                        "val_ppl": result["perplexity"], "val_bpb": result["bits_per_byte"]})
         run.log.say(f"step {state.step}: val loss {result['loss']:.4f}, ppl "
                     f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits per byte")
-    if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
+    if run.rank == 0:  # the other ranks wait for it at the stop signal's all-reduce
         model = run.raw_model.eval()
         # a compiled model would compile a new graph for every new length
         with torch.compiler.set_stance("force_eager") if run.args.compile else \
@@ -619,7 +619,7 @@ def open_log(run: Run, state: RunState):
     run.log.write({"kind": "resume" if state.step else "run", "step": state.step,
                    "config": asdict(run.raw_model.config), "args": vars(run.args),
                    "world_size": run.world_size, "device": run.device.type,
-                   "dtype": run.dtype_name, "data": run.data_meta,
+                   "dtype": run.dtype_name, "data": run.data_meta, "plan": asdict(run.plan),
                    "probes": [probe["prompt"] for probe in run.probes]})
 
 
@@ -649,11 +649,11 @@ def pretrain(args):
                                "stopped_by": stopped})
         finally:
             run.log.close()
+            if run.rank == 0 and not args.no_report:  # a run that failed needs one most
+                report_run(run, state)
         verb = f"stopped by {stopped} at" if stopped else "finished at"
         run.log.say(f"{verb} step {state.step}, {state.tokens_seen:,} tokens; weights: "
                     f"{run.weights_path}; resume file: {run.resume_path}; log: {state.log_path}")
-        if run.rank == 0 and not args.no_report:
-            report_run(run, state)
         return summary(run, state, stopped)
     finally:
         if lock is not None:
@@ -663,8 +663,8 @@ def pretrain(args):
 
 
 def report_run(run: Run, state: RunState):
-    """OUT_DIR/reports/<log name>/report.md (scripts/report.py). The weights are saved
-    already: a report that fails costs one line, never the run."""
+    """OUT_DIR/reports/<log name>/report.md (scripts/report.py). A report that fails costs
+    one line, never the run."""
     out = Path(run.args.out_dir) / "reports" / Path(state.log_path).stem
     try:
         run.log.say(f"report: {write_report([state.log_path], out)}")

@@ -42,7 +42,10 @@ def main(argv=None):
         if not Path(path).is_file():
             raise SystemExit(f"{path} not found; train_pretrain.py writes its logs to "
                              f"out/logs/*.jsonl")
-        runs.append((Path(path).name, read_log(path)))
+        try:
+            runs.append((Path(path).name, read_log(path)))
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     fig = draw(runs, args.logx)
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out} ({len(runs)} run{'s' * (len(runs) > 1)})")

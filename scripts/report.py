@@ -27,6 +27,7 @@ import argparse
 import itertools
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,78 +35,106 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # health.py and dataset.py live in the repository root
 
+from common import write_atomic  # noqa: E402
 from dataset import format_report  # noqa: E402
-from health import CHECKS  # noqa: E402
+from health import CHECKS, RECENT, VAL_RISES  # noqa: E402
 
 REFERENCES = ROOT / "reference"
 # the fields a record must have to be drawn; "warning" and "sample" records are shown as text
 REQUIRED = {"train": ("step", "tokens", "loss"), "val": ("step", "tokens", "val_loss"),
             "probe": ("step", "tokens", "accuracy"), "sample": ("step", "samples")}
+# flags that change a run's loss curve: a reference is drawn only for runs that share them
+CURVE_FLAGS = ("max_seq_len", "learning_rate", "min_lr", "warmup_iters", "epochs", "max_steps",
+               "max_tokens", "weight_decay", "grad_clip")
 SHOWN_EVALUATIONS = 6  # samples: the first, the last, and evenly spaced ones between
 
 
-def read_log(path):
+def read_log(path, strict=True):
     """One log as {"name", "starts": [its "run"/"resume" records], "end": the last start's
     "end" record or None, "train", "val", "probe", "sample": [records sorted by step],
-    "warning": [records], "wall_s"}.
+    "warning": [records], "wall_s", "gpu_hours" (None where not known), "skipped"}.
 
     A resumed run logs again the steps after its last checkpoint; the later record of a step
     is the one that the run continued from, so it replaces the earlier one. Wall time is the
     sum over the log's segments (one per start): the time between runs does not count.
+    strict=False (the report): a line that is not a whole record, as a crash in the middle
+    of a write leaves, is listed in "skipped" instead of being an error.
     """
     by_step = {kind: {} for kind in REQUIRED}
-    log = {"name": Path(path).stem, "starts": [], "end": None, "warning": {}, "wall_s": 0.0}
-    first = last = None  # the times of the current segment
-    for where, record in read_records(path):
+    log = {"name": Path(path).stem, "starts": [], "end": None, "warning": {}, "skipped": []}
+    segments = []  # [first time, last time, GPUs] of each start
+    for where, record in read_records(path, None if strict else log["skipped"]):
         kind = record.get("kind")
         if kind in ("run", "resume"):
             log["starts"].append(record)
             log["end"] = None  # not ended (yet) since this start
-            log["wall_s"] += (last - first) if first is not None else 0.0
-            first = last = None
+            gpus = record.get("world_size", 1) if record.get("device") == "cuda" else 0
+            segments.append([None, None, gpus])
         elif kind in REQUIRED:
             missing = [key for key in REQUIRED[kind] if key not in record]
             if missing:
-                raise SystemExit(f"{where}: a {kind} record without {', '.join(missing)}")
+                problem = f"{where}: a {kind} record without {', '.join(missing)}"
+                if strict:
+                    raise ValueError(problem)
+                log["skipped"].append(problem)
+                continue
             by_step[kind][record["step"]] = record
         elif kind == "end":
             log["end"] = record
         elif kind == "warning":
             log["warning"][record.get("step"), record.get("check")] = record
-        if isinstance(record.get("time"), (int, float)):
-            first, last = first if first is not None else record["time"], record["time"]
-    log["wall_s"] += (last - first) if first is not None else 0.0
+        time = record.get("time")
+        if segments and isinstance(time, (int, float)):
+            segment = segments[-1]
+            segment[0] = time if segment[0] is None else segment[0]
+            segment[1] = time
     if not by_step["train"] and not by_step["val"]:
-        raise SystemExit(f"{path} has no train or val records; pass a log that "
+        raise ValueError(f"{path} has no train or val records; pass a log that "
                          f"train_pretrain.py has written to for at least one log interval")
+    timed = [(last - first, gpus) for first, last, gpus in segments if first is not None]
+    log["wall_s"] = sum(s for s, _ in timed) if timed else None
+    log["gpu_hours"] = (sum(s * gpus for s, gpus in timed) / 3600
+                        if any(gpus for _, gpus in timed) else None)
     log["warning"] = list(log["warning"].values())
     return {**log, **{kind: [rs[s] for s in sorted(rs)] for kind, rs in by_step.items()}}
 
 
-def read_records(path):
-    """(path:line, record) for every JSON object of a log file."""
-    with open(path, encoding="utf-8") as f:
+def read_records(path, skipped=None):
+    """(path:line, record) for every JSON object of a log file; a line that is not JSON is
+    an error, or, with a list `skipped`, noted there."""
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{line_number}: not valid JSON ({e.msg}); "
-                                 f"is it a log written by train_pretrain.py?") from None
+                problem = (f"{path}:{line_number}: not valid JSON ({e.msg}); is it a log "
+                           "written by train_pretrain.py?")
+                if skipped is None:
+                    raise ValueError(problem) from None
+                skipped.append(problem)
+                continue
             if isinstance(record, dict):
                 yield f"{path}:{line_number}", record
 
 
+def first_start(log):
+    """The record of a log's first start: the run's flags, config, data and device."""
+    return log["starts"][0] if log["starts"] else {}
+
+
 def run_shape(log):
-    """What a reference curve must share with a run: the model's shape, the tokens per
-    step and the data sources."""
-    start = log["starts"][0] if log["starts"] else {}
+    """What a reference curve must share with a run: the model's shape, the data, and the
+    flags that shape the curve (the schedule's length and peak, the batch)."""
+    start = first_start(log)
     config, args, data = start.get("config", {}), start.get("args", {}), start.get("data") or {}
-    return {"dim": config.get("dim"), "n_layers": config.get("n_layers"),
-            "vocab_size": config.get("vocab_size"), "max_seq_len": args.get("max_seq_len"),
-            "tokens_per_step": (args.get("batch_size", 0) * args.get("accumulation_steps", 0)
-                                * start.get("world_size", 1) * args.get("max_seq_len", 0)),
+    return {**{key: config.get(key) for key in ("dim", "n_layers", "vocab_size")},
+            **{key: args.get(key) for key in CURVE_FLAGS},
+            # logs before the "plan" field: the same product of the flags
+            "tokens_per_step": start.get("plan", {}).get("tokens_per_step") or (
+                args.get("batch_size", 0) * args.get("accumulation_steps", 0)
+                * start.get("world_size", 1) * args.get("max_seq_len", 0)),
             "data": [source.get("path") for source in data.get("sources", [])]}
 
 
@@ -125,9 +154,9 @@ def make_reference(paths, command, out):
     logs = [read_log(p) for p in paths]
     shapes = {json.dumps(run_shape(log)) for log in logs}
     if len(shapes) > 1:
-        raise SystemExit(f"the logs are of different runs ({' / '.join(shapes)}); a reference "
+        raise ValueError(f"the logs are of different runs ({' / '.join(shapes)}); a reference "
                          "is made of runs that differ only by --seed")
-    runs = [{"seed": log["starts"][0]["args"].get("seed"),
+    runs = [{"seed": first_start(log)["args"].get("seed"),
              "val": [{k: r[k] for k in ("step", "tokens", "val_loss", "val_bpb")}
                      for r in log["val"]]} for log in logs]
     Path(out).write_text(json.dumps({"command": command, "match": run_shape(logs[0]),
@@ -282,6 +311,8 @@ def fmt(value, spec=".4f"):
 
 
 def duration(seconds):
+    if seconds is None:
+        return "—"  # a log without times
     minutes, s = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {s:02d} s"
@@ -293,25 +324,22 @@ def middle(values):
 
 
 def summary_rows(runs):
-    """The summary table: one row per run, its last figures."""
+    """The summary table: one row per run, where it ended (or its last record)."""
     rows = ["| run | steps | tokens | wall time | GPU-hours | val loss | val ppl | bits per byte "
             "| train loss | probe accuracy | tokens/s (median) | MFU (median) | ended |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, log in runs:
-        start = log["starts"][0] if log["starts"] else {}
         val = log["val"][-1] if log["val"] else {}
         last = log["train"][-1] if log["train"] else {}
+        end = log["end"] or last or val
         probe = log["probe"][-1] if log["probe"] else {}
-        gpus = start.get("world_size", 1) if start.get("device") == "cuda" else None
-        mfu = middle(r.get("mfu") for r in log["train"])
         rows.append(
-            f"| {name} | {last.get('step', val.get('step', 0)):,} | "
-            f"{last.get('tokens', val.get('tokens', 0)):,} | {duration(log['wall_s'])} | "
-            f"{fmt(gpus and log['wall_s'] * gpus / 3600, '.2f')} | {fmt(val.get('val_loss'))} | "
+            f"| {name} | {end['step']:,} | {end['tokens']:,} | {duration(log['wall_s'])} | "
+            f"{fmt(log['gpu_hours'], '.2f')} | {fmt(val.get('val_loss'))} | "
             f"{fmt(val.get('val_ppl'), '.2f')} | {fmt(val.get('val_bpb'))} | "
             f"{fmt(last.get('loss'))} | {fmt(probe.get('accuracy'), '.1%')} | "
             f"{fmt(middle(r.get('tokens_per_sec') for r in log['train']), ',.0f')} | "
-            f"{fmt(mfu, '.1%')} | {ended(log)} |")
+            f"{fmt(middle(r.get('mfu') for r in log['train']), '.1%')} | {ended(log)} |")
     return rows
 
 
@@ -336,22 +364,17 @@ def validation_rows(runs):
 
 
 def health_lines(log, reference):
-    """Each check of health.py: ok, or the warnings it gave (their messages hold the
-    evidence); then the last validation loss beside the reference's at the same tokens."""
+    """Each check of health.py: ok with its evidence, not checked (too short a log), or the
+    warnings it gave (their messages hold the evidence); then the last validation loss
+    beside the reference's at the same tokens."""
     fired = {}
     for w in log["warning"]:
         fired.setdefault(w["check"], []).append(w)
-    evidence = {check: f"no warning over {len(log['train'])} train and {len(log['val'])} "
-                       "val records" for check in CHECKS}
-    first = log["train"][0] if log["train"] else {}
-    vocab = (log["starts"] or [{}])[0].get("config", {}).get("vocab_size")
-    if first.get("step") == 1 and first.get("loss") is not None and vocab:
-        evidence["first_loss"] = (f"the first loss {first['loss']:.3f}; ln({vocab}) = "
-                                  f"{math.log(vocab):.3f} is the loss of a uniform guess")
     lines = []
-    for check, what in CHECKS.items():
+    for check in list(CHECKS) + sorted(set(fired) - set(CHECKS)):
+        what = CHECKS.get(check, check)
         lines += [f"- **{what}: warning** at step {w['step']}: {w['message']}"
-                  for w in fired.get(check, [])] or [f"- {what}: ok ({evidence[check]})"]
+                  for w in fired.get(check, [])] or [f"- {what}: {verdict(log, check)}"]
     if reference and log["val"]:
         last = log["val"][-1]
         tokens, mean, low, high = reference_band(reference, "val_loss")
@@ -360,6 +383,33 @@ def health_lines(log, reference):
                      f"the reference at {tokens[i]:,} tokens: {mean[i]:.4f} (seeds "
                      f"{low[i]:.4f} to {high[i]:.4f}), measured by `{reference['command']}`")
     return lines
+
+
+def verdict(log, check):
+    """"ok (evidence)" for a check that did not fire, or "not checked (why)" where the log is
+    too short for it (health.py needs RECENT records before it judges)."""
+    train, vals = log["train"], log["val"]
+    warmup = first_start(log).get("plan", {}).get("warmup", 0)  # 0 in logs before "plan"
+    if check == "first_loss":
+        vocab = first_start(log).get("config", {}).get("vocab_size")
+        first = train[0] if train else {}
+        if first.get("step") != 1 or first.get("loss") is None or not vocab:
+            return "not checked (no step-1 record: a resumed or an older log)"
+        return (f"ok (the first loss {first['loss']:.3f}; ln({vocab}) = {math.log(vocab):.3f} "
+                "is the loss of a uniform guess)")
+    if check == "plateau":
+        after = sum(r["step"] >= warmup for r in train)
+        if after < 2 * RECENT:
+            return (f"not checked ({after} train records after warmup; the check compares "
+                    f"the last {RECENT} with the {RECENT} before)")
+        return f"ok ({after} train records after warmup)"
+    if check == "overfitting":
+        if len(vals) < VAL_RISES + 1:
+            return f"not checked ({len(vals)} evaluations; it needs {VAL_RISES + 1})"
+        return f"ok (over {len(vals)} evaluations)"
+    if len(train) < 2:
+        return "not checked (fewer than 2 train records)"
+    return f"ok (over {len(train)} train records)"
 
 
 def sample_lines(log):
@@ -375,32 +425,50 @@ def sample_lines(log):
         for i in shown:
             record = samples[i]
             if k < len(record["samples"]):
-                text = record["samples"][k]["text"].replace("\n", " ⏎ ").replace("```", "'''")
+                text = printable(record["samples"][k]["text"])
                 lines.append(f"step {record['step']:>7,} | {text}")
         lines += ["```", ""]
     return lines
 
 
+def printable(text):
+    """text on one line of a code block: control characters (newlines, form feeds) shown as
+    their escapes, and no ``` that would end the block."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text).replace(
+        "```", "`\\``")
+
+
+def command_line(args):
+    """The flags of a run as a command that repeats it (store_true flags bare, lists spaced)."""
+    words = []
+    for key, value in args.items():
+        if value is None or value is False:
+            continue
+        words.append(f"--{key}")
+        if value is not True:
+            words += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return "python train_pretrain.py " + " ".join(shlex.quote(w) for w in words)
+
+
 def setup_lines(log):
     """The data report, the model's configuration and the flags of the run's first start."""
-    start = log["starts"][0] if log["starts"] else {}
+    start = first_start(log)
     lines = ["Data:", ""]
     data = start.get("data")
     lines += ["```", format_report(data), "```"] if data and "report" in data else \
         ["This log does not hold the data report (written by an older train_pretrain.py)."]
     config = ", ".join(f"{k}={v}" for k, v in start.get("config", {}).items())
-    flags = " ".join(f"--{k} {v}" for k, v in start.get("args", {}).items()
-                     if v not in (None, False))
     lines += ["", f"Model: {config or 'not in this log'}", "",
               f"Device: {start.get('device', '?')} {start.get('dtype', '')}, world size "
               f"{start.get('world_size', 1)}; started {len(log['starts'])} time(s)", "",
-              "Flags (`python train_pretrain.py ...`):", "", "```", flags, "```"]
+              "Flags (every flag, defaults included):", "", "```",
+              command_line(start.get("args", {})), "```"]
     return lines
 
 
 def write_report(paths, out_dir):
     """Write out_dir/report.md (and its PNGs) for the logs at paths; returns its path."""
-    runs = [(Path(p).stem, read_log(p)) for p in paths]
+    runs = [(Path(p).stem, read_log(p, strict=False)) for p in paths]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     references = [find_reference(log) for _, log in runs]
@@ -412,16 +480,19 @@ def write_report(paths, out_dir):
     lines += summary_rows(runs) + [""]
     if drawn is None:
         lines += ["No pictures: matplotlib is not installed. `pip install matplotlib`, then "
-                  f"`python scripts/report.py {' '.join(str(p) for p in paths)}`.", ""]
+                  f"`python scripts/report.py {' '.join(str(p) for p in paths)} --out "
+                  f"{out_dir}`.", ""]
     else:
         lines += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in drawn]
+    lines += [f"Skipped, not whole records: {problem}" for _, log in runs
+              for problem in log["skipped"]]
     lines += ["## Validation", ""] + validation_rows(runs) + [""]
     for (name, log), ref in zip(runs, references):
         lines += [f"## {name}", "", "### Health", ""] + health_lines(log, ref) + [""]
         lines += ["### Samples (greedy, at evaluations)", ""] + sample_lines(log) + [""]
         lines += ["### Set-up", ""] + setup_lines(log) + [""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_atomic(path, lambda f: f.write("\n".join(lines).encode("utf-8")))
     return path
 
 
@@ -448,11 +519,14 @@ def main(argv=None):
         if not Path(path).is_file():
             raise SystemExit(f"{path} not found; train_pretrain.py writes its logs to "
                              f"out/logs/*.jsonl")
-    if args.make_reference:
-        make_reference(args.logs, args.command, args.make_reference)
-        print(f"wrote {args.make_reference}")
-    else:
-        print(f"wrote {write_report(args.logs, args.out or default_out(args.logs))}")
+    try:
+        if args.make_reference:
+            make_reference(args.logs, args.command, args.make_reference)
+            print(f"wrote {args.make_reference}")
+        else:
+            print(f"wrote {write_report(args.logs, args.out or default_out(args.logs))}")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def test_malformed_line_is_an_error_naming_file_and_line(tmp_path):
 
 def test_record_without_its_fields_is_an_error_naming_file_and_line(tmp_path):
     log = write_log(tmp_path / "short.jsonl", [{"kind": "val", "step": 1, "tokens": 8}])
-    with pytest.raises(SystemExit, match=r"short.jsonl:1: a val record without val_loss"):
+    with pytest.raises(ValueError, match=r"short.jsonl:1: a val record without val_loss"):
         plot_loss.read_log(log)
 
 

@@ -131,3 +131,13 @@ def test_performance_commands(tmp_path):
         assert "train tokens/s" in out
         if "bench_hf.py" in command:
             assert "transformers" in out
+
+
+def test_every_relative_link_of_both_readmes_points_to_a_file():
+    for name in ("README.md", "README_zh.md"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        links = [link for link in re.findall(r"\]\(([^)#\s]+)\)", text)
+                 if not re.match(r"[a-z]+://", link)]
+        assert links, f"{name} links to nothing"  # the run report's example, at least
+        missing = [link for link in links if not (ROOT / link).is_file()]
+        assert not missing, f"{name} links to files that are not there: {missing}"

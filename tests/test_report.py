@@ -83,8 +83,14 @@ def test_the_report_shows_the_data_report_and_every_health_check(tiny_run):
     for split in ("train", "val"):
         assert f"{meta['splits'][split]['tokens']:,} tokens" in text
     from health import CHECKS
-    for what in CHECKS.values():  # each check has a verdict: ok (with evidence) or warning
-        assert re.search(rf"- (\*\*)?{re.escape(what)}(: warning\*\*|: ok \()", text)
+    # the checks tests/test_health.py makes fire, each with a verdict in the report
+    assert set(CHECKS) == {"first_loss", "plateau", "loss_spike", "grad_spike", "overfitting",
+                           "slow"}
+    for what in CHECKS.values():
+        verdicts = r"(: warning\*\*|: ok \(|: not checked \()"
+        assert re.search(rf"- (\*\*)?{re.escape(what)}{verdicts}", text)
+    # train records at steps 1, 2, 4, ..., 12 (warmup 0): too few for the plateau check (2 x 10)
+    assert "loss falling after warmup: not checked (7 train records after warmup" in text
 
 
 def test_probes_logged_in_training_equal_eval_model_probe_on_the_saved_weights(tiny_run,
@@ -113,8 +119,8 @@ def test_samples_are_logged_at_every_evaluation_and_shown_in_the_report(tiny_run
     assert prompts == eval_model.SAMPLE_PROMPTS_EN[:3]
     text = (out / "reports" / result["log_path"].stem / "report.md").read_text()
     for record in samples:
-        for s in record["samples"]:
-            assert f"step {record['step']:>7,} | {s['text']}" in text.replace(" ⏎ ", "\n")
+        for s in record["samples"]:  # English continuations: newlines are the only escapes
+            assert f"step {record['step']:>7,} | {s['text']}" in text.replace("\\n", "\n")
 
 
 def test_without_matplotlib_the_report_has_its_tables_and_says_how_to_get_pictures(
@@ -170,3 +176,55 @@ def test_several_logs_make_one_report_that_lists_each_run(tmp_path):
     loss = report.loss_figure([("a", report.read_log(a)), ("b", report.read_log(b))])
     labels = {line.get_label() for ax in loss.axes for line in ax.get_lines()}
     assert {"a train", "a val", "b train", "b val"} <= labels
+
+
+def test_sample_text_stays_on_its_line_with_control_characters_escaped(tmp_path):
+    path = constructed_log(tmp_path / "s.jsonl", [0.0])
+    with open(path, "a") as f:
+        f.write(json.dumps({"kind": "sample", "step": 3, "tokens": 384, "samples": [
+            {"prompt": "p", "text": "a\nb\rc\x0cd 中文 ```e"}]}) + "\n")
+    text = report.write_report([path], tmp_path / "out").read_text()
+    assert "step       3 | a\\nb\\rc\\x0cd 中文 `\\``e\n" in text
+
+
+def test_a_torn_line_is_skipped_and_noted_and_the_end_record_gives_the_last_step(tmp_path):
+    path = constructed_log(tmp_path / "t.jsonl", [0.0, 100.0])
+    lines = path.read_text().splitlines()
+    lines.insert(4, lines[4][:25])  # a crash in the middle of a write, then the resume
+    lines.append(json.dumps({"kind": "end", "step": 7, "tokens": 896, "stopped_by": None}))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"t.jsonl:5: not valid JSON"):
+        report.read_log(path)  # strict, as plot_loss.py reads
+    text = report.write_report([path], tmp_path / "out").read_text()
+    assert "Skipped, not whole records: " in text and "t.jsonl:5: not valid JSON" in text
+    # the last train record is step 6; the run ended at step 7
+    assert "| t | 7 | 896 | 1 min 00 s |" in text and "| finished |" in text
+
+
+def test_the_report_puts_the_run_beside_its_reference(tmp_path, monkeypatch):
+    path = constructed_log(tmp_path / "r.jsonl", [0.0])
+    log = report.read_log(path)
+    reference = {"command": "python train_pretrain.py --seed S", "match": report.run_shape(log),
+                 "runs": [{"seed": seed, "val": [
+                     {"step": 3, "tokens": 384, "val_loss": loss, "val_bpb": 3.0}]}
+                     for seed, loss in ((1, 7.5), (2, 7.9))]}
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "x.json").write_text(json.dumps(reference))
+    monkeypatch.setattr(report, "REFERENCES", tmp_path / "ref")
+    text = report.write_report([path], tmp_path / "out").read_text()
+    # the run's last validation loss is 8.0 - 3/10; the reference's mean of 7.5 and 7.9
+    assert ("validation loss 7.7000 at 384 tokens; the reference at 384 tokens: 7.7000 "
+            "(seeds 7.5000 to 7.9000)") in text
+    labels = [line.get_label() for ax in report.loss_figure([("r", log)], reference=reference)
+              .axes for line in ax.get_lines()]
+    assert "reference val (2 seeds)" in labels
+    monkeypatch.setattr(report, "REFERENCES", tmp_path / "none")
+    assert report.find_reference(log) is None
+
+
+def test_a_run_without_matplotlib_trains_and_reports_in_tables(corpus, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--accumulation_steps", "1"))
+    text = (tmp_path / "reports" / result["log_path"].stem / "report.md").read_text()
+    assert "pip install matplotlib" in text and "bits per byte" in text
+    assert not list((tmp_path / "reports").glob("*/*.png"))

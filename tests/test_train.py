@@ -173,6 +173,9 @@ def test_repeated_nan_stops_with_a_message_and_keeps_the_last_checkpoint(corpus,
                           "--max_bad_steps", "3"))
     after = torch.load(weights, weights_only=True)
     assert all(torch.equal(saved[k], after[k]) for k in saved)
+    # the run that failed still wrote its report, which says it did not end
+    (report,) = (tmp_path / "reports").glob("*/report.md")
+    assert "| no end record: still running, or crashed |" in report.read_text()
 
 
 def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch):
