@@ -279,29 +279,34 @@ def moe_layer_and_input(top_k, n_shared, starve_last_expert, seed=0):
     return ffn, x
 
 
+def assert_moe_matches_the_sorted_loop(ffn, x, tol=1e-5):
+    """The layer's output, aux loss and gradients (of x and of every parameter, an unused
+    expert's too: DDP waits for a gradient of each) equal moe_by_sorting's."""
+    reference = copy.deepcopy(ffn)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(x.device)
+    results = []
+    for layer, run in ((ffn, lambda m, x: (m(x), m.aux_loss)), (reference, moe_by_sorting)):
+        x_in = x.clone().requires_grad_()
+        out, aux_loss = run(layer, x_in)
+        ((out * upstream).sum() + aux_loss).backward()
+        results.append((out, aux_loss, x_in.grad, dict(layer.named_parameters())))
+    (out, aux, x_grad, params), (ref_out, ref_aux, ref_x_grad, ref_params) = results
+    torch.testing.assert_close(out, ref_out, atol=tol, rtol=tol)
+    assert aux.item() == ref_aux.item() and aux.item() > 0
+    torch.testing.assert_close(x_grad, ref_x_grad, atol=tol, rtol=tol)
+    for name, p in params.items():
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, ref_params[name].grad, atol=tol, rtol=tol, msg=name)
+
+
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("n_shared", [0, 1])
 @pytest.mark.parametrize("starve_last_expert", [False, True], ids=["all_used", "one_unused"])
 def test_moe_dispatch_equals_the_sorted_loop_in_outputs_and_gradients(top_k, n_shared,
                                                                        starve_last_expert):
     ffn, x = moe_layer_and_input(top_k, n_shared, starve_last_expert)
-    reference = copy.deepcopy(ffn)
-    upstream = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(2))
-    grads = []
-    for layer, run in ((ffn, lambda m, x: (m(x), m.aux_loss)), (reference, moe_by_sorting)):
-        x_in = x.clone().requires_grad_()
-        out, aux_loss = run(layer, x_in)
-        ((out * upstream).sum() + aux_loss).backward()
-        grads.append((out, aux_loss, x_in.grad, {n: p.grad for n, p in layer.named_parameters()}))
-    (out, aux, x_grad, p_grads), (ref_out, ref_aux, ref_x_grad, ref_p_grads) = grads
-    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
-    assert aux.item() == ref_aux.item() and aux.item() > 0
-    torch.testing.assert_close(x_grad, ref_x_grad, atol=1e-5, rtol=1e-5)
-    for name, grad in p_grads.items():  # every expert's too, the unused one's zero: DDP
-        assert grad is not None, name  # waits for a gradient of every parameter
-        torch.testing.assert_close(grad, ref_p_grads[name], atol=1e-5, rtol=1e-5, msg=name)
-    experts, _, _ = ffn.gate(x)
-    assert (3 in experts.unique().tolist()) != starve_last_expert
+    assert (3 in ffn.gate(x)[0].unique().tolist()) != starve_last_expert
+    assert_moe_matches_the_sorted_loop(ffn, x)
 
 
 def test_moe_forward_and_backward_wait_for_no_host_sync(monkeypatch):

@@ -186,15 +186,16 @@ def refuse_host_sync(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, sync)
 
 
-def tiny_step_setup(use_moe=False, seed=0):
+def tiny_step_setup(use_moe=False, seed=0, device=torch.device("cpu")):
     """A tiny model, its optimizer (make_optimizer) and one random batch (X, Y, loss_mask)."""
     torch.manual_seed(seed)
-    model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320, use_moe=use_moe)).train()
+    model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320, use_moe=use_moe))
     ids = torch.randint(0, 320, (4, 17))
     mask = torch.ones(4, 16)
     mask[0, :5] = 0
-    return model, make_optimizer(model, 1e-2, 0.1, torch.device("cpu")), (ids[:, :-1],
-                                                                           ids[:, 1:], mask)
+    batch = tuple(t.to(device) for t in (ids[:, :-1], ids[:, 1:], mask))
+    model = model.to(device).train()
+    return model, make_optimizer(model, 1e-2, 0.1, device), batch
 
 
 def adamw_by_hand(model, batch, steps, lr, weight_decay, grad_clip, betas=(0.9, 0.95),
@@ -221,10 +222,14 @@ def adamw_by_hand(model, batch, steps, lr, weight_decay, grad_clip, betas=(0.9, 
     return {name: p.detach() for name, p in params.items()}
 
 
-def one_step(model, optimizer, batch, dtype_name="float32", loss_fn=masked_lm_loss):
-    _, autocast, scaler = mixed_precision(torch.device("cpu"), dtype_name)
-    return train_pretrain.train_step(model, optimizer, scaler, itertools.repeat(batch), 1,
-                                     loss_fn, autocast, torch.device("cpu"), 1.0)
+def one_step(model, optimizer, batch, dtype_name="float32", loss_fn=masked_lm_loss,
+             scaler=None):
+    """train_step on one micro-batch, with a fresh loss scaler for float16 unless given one;
+    returns (loss, grad_norm, samples, good)."""
+    device = batch[0].device
+    _, autocast, fresh_scaler = mixed_precision(device, dtype_name)
+    return train_pretrain.train_step(model, optimizer, scaler if scaler else fresh_scaler,
+                                     itertools.repeat(batch), 1, loss_fn, autocast, device, 1.0)
 
 
 def test_train_step_waits_for_no_host_sync_and_equals_adamw_by_hand(monkeypatch):
