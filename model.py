@@ -247,7 +247,7 @@ class MoEFeedForward(nn.Module):
     each expert on its own tokens only, but no shape depends on the routing: no host sync
     waits for it, torch.compile makes the layer one graph, and every expert takes part in
     every backward pass, as DDP requires. (One grouped matmul per weight, each expert on its
-    own tokens, would save the extra work; torch's grouped_mm takes only bf16, on GPUs.)
+    own tokens, would save the extra work; torch's grouped_mm is made for bf16 on GPUs.)
     """
 
     def __init__(self, config: LMConfig):
