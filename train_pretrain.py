@@ -324,7 +324,8 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
     Returns (loss, grad_norm, samples, good): the loss averaged over the micro-steps (and
     over the ranks), the gradient norm before clipping, the samples this rank read, and
     whether the step was good; a bad step (non-finite loss or gradient) is not applied.
-    Loss, norm and `good` are device tensors, and nothing here waits for the device."""
+    Loss, norm and `good` are device tensors; with make_optimizer's fused AdamW nothing
+    here waits for the device."""
     ddp = isinstance(model, DistributedDataParallel)
     step_loss = torch.zeros((), device=device)
     samples = 0
