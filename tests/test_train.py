@@ -247,7 +247,8 @@ def test_train_step_waits_for_no_host_sync_and_equals_adamw_by_hand(monkeypatch)
 
 
 @pytest.mark.parametrize("use_moe, dtype_name", [(False, "float32"), (True, "float32"),
-                                                 (False, "float16")])
+                                                 (False, "float16")],
+                         ids=["dense", "moe", "dense_float16"])
 def test_a_skipped_step_leaves_weights_and_adamw_state_bit_identical(monkeypatch, use_moe,
                                                                      dtype_name):
     model, optimizer, batch = tiny_step_setup(use_moe)
