@@ -225,14 +225,15 @@ class MoEGate(nn.Module):
 
         aux_loss = scores.new_zeros(())
         if self.training and self.alpha > 0:
+            # slots routed to each expert per sequence (B, E); unlike bincount, scatter_add_
+            # knows its output's size without reading the expert ids (a host sync on a GPU)
             ones = torch.ones_like(experts.flatten(1), dtype=scores.dtype)
+            load = scores.new_zeros(B, self.n_experts).scatter_add_(1, experts.flatten(1), ones)
             if self.seq_aux:  # per sequence, then averaged over the batch
-                load = scores.new_zeros(B, self.n_experts).scatter_add_(1, experts.flatten(1), ones)
                 load = load / (T * self.top_k / self.n_experts)  # (B, E), uniform -> 1
                 aux_loss = (load * scores.mean(dim=1)).sum(dim=1).mean()
             else:  # over all tokens of the batch
-                load = torch.bincount(experts.flatten(), minlength=self.n_experts).to(scores.dtype)
-                load = load / (B * T * self.top_k / self.n_experts)  # (E,), uniform -> 1
+                load = load.sum(0) / (B * T * self.top_k / self.n_experts)  # (E,), uniform -> 1
                 aux_loss = (load * scores.mean(dim=(0, 1))).sum()
             aux_loss = aux_loss * self.alpha
         return experts, weights.type_as(x), aux_loss
@@ -241,8 +242,12 @@ class MoEGate(nn.Module):
 class MoEFeedForward(nn.Module):
     """Routed experts (k of E per token) plus always-on shared experts.
 
-    Tokens are dispatched by sorting their (token, expert) slots by expert, so each expert
-    runs once on one contiguous batch of its tokens: a loop over experts, never tokens.
+    Every routed expert runs on every token, and each token keeps its k experts' outputs,
+    weighted by the gate (the others get weight 0). That is E / k times the work of running
+    each expert on its own tokens only, but no shape depends on the routing: no host sync
+    waits for it, torch.compile makes the layer one graph, and every expert takes part in
+    every backward pass, as DDP requires. (One grouped matmul per weight, each expert on its
+    own tokens, would save the extra work; torch's grouped_mm is made for bf16 on GPUs.)
     """
 
     def __init__(self, config: LMConfig):
@@ -254,27 +259,12 @@ class MoEFeedForward(nn.Module):
                                if config.n_shared_experts > 0 else None)
 
     def forward(self, x):  # x: (B, T, D)
-        B, T, D = x.shape
         experts, weights, aux_loss = self.gate(x)  # (B, T, k) each
-        tokens = x.reshape(-1, D)  # (N, D), N = B * T
-        slot_expert = experts.flatten()  # (N * k,): slot s belongs to token s // k
-        order = torch.argsort(slot_expert, stable=True)
-        slot_token = order // experts.shape[-1]
-        slot_weight = weights.flatten()[order, None]
-        # the one host sync of the layer: slicing needs the counts as Python ints
-        counts = torch.bincount(slot_expert, minlength=len(self.experts)).tolist()
-
-        routed = torch.zeros_like(tokens)
-        start = 0
-        for expert, count in zip(self.experts, counts):
-            # an expert with no tokens still runs, on an empty batch (next to free): under
-            # DDP every parameter must take part in every backward pass, or the sync hangs
-            idx = slot_token[start:start + count]
-            routed.index_add_(0, idx, expert(tokens[idx]) * slot_weight[start:start + count])
-            start += count
-        out = routed.view(B, T, D)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
+        # the gate's weight of every (token, expert) pair, 0 where the token was not routed
+        combine = weights.new_zeros(*x.shape[:2], len(self.experts)).scatter(2, experts, weights)
+        out = torch.zeros_like(x) if self.shared_experts is None else self.shared_experts(x)
+        for e, expert in enumerate(self.experts):
+            out = out + expert(x) * combine[..., e, None]  # (B, T, D)
         self.aux_loss = aux_loss
         return out
 

@@ -82,12 +82,11 @@ class RunLog:
             self.wandb.log(numbers, step=record["step"])
 
     def add_step(self, loss, good):
-        """One optimizer step done; its loss (a device tensor) joins the interval's mean
-        without waiting for the device. Skipped (bad) steps do not count."""
+        """One optimizer step done; its loss and `good` (device tensors) join the interval's
+        mean without waiting for the device. Skipped (bad) steps do not count."""
         self.bar.update(1)
-        if good:
-            self.loss_sum = self.loss_sum + loss
-            self.good_steps += 1
+        self.loss_sum = self.loss_sum + torch.where(good, loss, 0.0)  # a NaN loss adds 0
+        self.good_steps = self.good_steps + good
 
     def train_record(self, step, tokens_seen, lr, grad_norm, extra, mfu_of=None):
         """Write the "train" record of the steps since the last one and show it on the bar;
@@ -95,7 +94,8 @@ class RunLog:
         now = time.perf_counter()
         tokens_per_sec = (tokens_seen - self.last_tokens) / max(now - self.last_time, 1e-9)
         # the one wait for the device; no loss when every step of the interval was skipped
-        loss = float(self.loss_sum) / self.good_steps if self.good_steps else None
+        good_steps = int(self.good_steps)
+        loss = float(self.loss_sum) / good_steps if good_steps else None
         record = {"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss, "lr": lr,
                   "grad_norm": float(grad_norm), "tokens_per_sec": tokens_per_sec, **extra}
         postfix = {"loss": "skipped" if loss is None else f"{loss:.3f}", "lr": f"{lr:.2e}",

@@ -186,16 +186,30 @@ class RunState:
     tokens_seen: int = 0
     bad_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
     bad_in_a_row: int = 0
+    longest_bad_run: int = 0  # the most bad steps in a row since the last `settle`
     rng: list = field(default_factory=list)  # per rank {"cpu", "cuda"}, as of the last save
     log_path: str = ""
 
-    def advance(self, samples: int, seq_len: int, good: bool):
-        """One optimizer step that read `samples` sequences (all ranks together)."""
+    def advance(self, samples: int, seq_len: int, good: torch.Tensor):
+        """One optimizer step that read `samples` sequences (all ranks together). `good` is
+        a bool on the device, so the bad-step counts become device tensors too: the host
+        queues the next step without waiting for this one (`settle` reads them)."""
         self.step += 1
         self.samples_in_epoch += samples
         self.tokens_seen += samples * seq_len
-        self.bad_in_a_row = 0 if good else self.bad_in_a_row + 1
-        self.bad_steps += not good
+        bad = ~good
+        self.bad_steps = self.bad_steps + bad
+        self.bad_in_a_row = (self.bad_in_a_row + 1) * bad  # back to 0 on a good step
+        self.longest_bad_run = self.bad_in_a_row.clamp(min=self.longest_bad_run)
+
+    def settle(self) -> int:
+        """The counts as Python ints, for the log and the resume file (a wait for the
+        device). Returns the longest run of bad steps since the last settle: one that has
+        ended since still counts."""
+        longest = int(self.longest_bad_run)
+        self.bad_steps, self.bad_in_a_row = int(self.bad_steps), int(self.bad_in_a_row)
+        self.longest_bad_run = self.bad_in_a_row
+        return longest
 
     def next_epoch(self):
         self.epoch, self.samples_in_epoch = self.epoch + 1, 0
@@ -319,7 +333,9 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
 
     Returns (loss, grad_norm, samples, good): the loss averaged over the micro-steps (and
     over the ranks), the gradient norm before clipping, the samples this rank read, and
-    whether the step was good; a bad step (non-finite loss or gradient) is not applied."""
+    whether the step was good; a bad step (non-finite loss or gradient) is not applied.
+    Loss, norm and `good` are device tensors; with make_optimizer's fused AdamW nothing
+    here waits for the device."""
     ddp = isinstance(model, DistributedDataParallel)
     step_loss = torch.zeros((), device=device)
     samples = 0
@@ -345,18 +361,34 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
 
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    # One host sync per optimizer step: a bad step must not be applied. With float16 the
-    # scaler skips a step whose gradients overflowed and lowers the scale; that is routine,
-    # so there only a non-finite loss makes a step bad.
-    finite = torch.isfinite(step_loss)
-    if not scaler.is_enabled():
-        finite &= torch.isfinite(grad_norm)
-    good = bool(finite)
-    if good:
-        scaler.step(optimizer)
-    scaler.update()
+    # A step with a non-finite loss or gradient is not applied, decided on the device: the
+    # host never waits for the step to finish. With float16, gradients that overflow are
+    # routine (the scaler lowers its scale, below), so there only a non-finite loss makes
+    # a step bad.
+    loss_finite = torch.isfinite(step_loss)
+    apply = loss_finite & torch.isfinite(grad_norm)
+    step_where(optimizer, apply)
+    scaler.update()  # reads the overflow flags that unscale_ left on the device
     optimizer.zero_grad(set_to_none=True)
+    good = loss_finite if scaler.is_enabled() else apply
     return step_loss, grad_norm, samples, good
+
+
+def step_where(optimizer, apply):
+    """optimizer.step() where the device bool `apply` is True, a no-op where it is False.
+
+    The fused AdamW kernel takes a `found_inf` flag on the device, the way GradScaler
+    passes it: set to 1, the kernel leaves weights and moments untouched and the step
+    count is put back. Without the fused kernel (devices other than CUDA and CPU) the host
+    reads the flag.
+    """
+    if not optimizer.defaults.get("fused"):
+        if apply:
+            optimizer.step()
+        return
+    optimizer.found_inf = (~apply).float()  # float32, as the kernel reads it
+    optimizer.step()
+    del optimizer.found_inf
 
 
 @dataclass
@@ -425,6 +457,7 @@ class StopSignal:
 def save(run: Run, state: RunState):
     """Weights for eval and MiniMind, plus everything needed to continue exactly. Only global
     rank 0 writes: on several nodes --out_dir must be shared."""
+    state.settle()
     rng = {"cpu": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
     state.rng = [rng]
@@ -448,12 +481,15 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
     if step == run.first_step + 1 and run.device.type == "cpu":
         check_cpu_time(run, state)
     # the first step too: its loss says whether the initialisation is right (health.py)
-    if step % args.log_interval == 0 or step in (run.first_step + 1, run.plan.total_steps):
+    logging = step % args.log_interval == 0 or step in (run.first_step + 1, run.plan.total_steps)
+    evaluating = step % args.eval_interval == 0 or step == run.plan.total_steps
+    saving = step % args.save_interval == 0 and step < run.plan.total_steps
+    if logging or saving:  # the only steps where the host waits to read the bad-step counts
+        check_bad_steps(state.settle(), state, args, run.resume_path)
+    if logging:
         run.log.train_record(step, state.tokens_seen, lr, grad_norm,
                              {"epoch": state.epoch, "bad_steps": state.bad_steps},
                              run.mfu_of if peak_flops_per_second(run.device) else None)
-    evaluating = step % args.eval_interval == 0 or step == run.plan.total_steps
-    saving = step % args.save_interval == 0 and step < run.plan.total_steps
     if evaluating:
         with run.log.paused(run.device, sync=True):  # not training time
             validate(run, state)
@@ -513,7 +549,6 @@ def train_loop(run: Run, state: RunState):
                 run.autocast, run.device, args.grad_clip)
             micro_left -= n_micro
             state.advance(samples * run.world_size, args.max_seq_len, good)
-            check_bad_steps(state, args, run.resume_path)
             run.log.add_step(loss, good)
             stopped = after_step(run, state, lr, grad_norm)
             if stopped:
@@ -733,10 +768,10 @@ def check_same_data(train_ds, world_size):
                          "put --out_dir on a filesystem they share")
 
 
-def check_bad_steps(state: RunState, args, resume_path):
-    if state.bad_in_a_row >= args.max_bad_steps:
+def check_bad_steps(longest_bad_run: int, state: RunState, args, resume_path):
+    if longest_bad_run >= args.max_bad_steps:
         raise FloatingPointError(
-            f"{state.bad_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+            f"{longest_bad_run} optimizer steps in a row had a non-finite loss or gradient "
             f"(step {state.step}); likely causes: a learning rate too high (lower "
             "--learning_rate, lengthen --warmup_iters), float16 overflow (use --dtype "
             f"bfloat16), or corrupt data. The last good checkpoint is kept: {resume_path}")

@@ -1,5 +1,6 @@
 """model.py against independent truths: transformers' Llama, invariants, hand-computed values."""
 
+import copy
 import math
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from model import KVCache, LMConfig, Transformer, apply_rope, repeat_kv, rope_fr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from export_hf import to_hf_state_dict  # noqa: E402  the one place the Llama mapping lives
+from test_train import refuse_host_sync  # noqa: E402
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=128)
 TINY_MOE = dict(TINY, use_moe=True, n_routed_experts=4, num_experts_per_tok=2)
@@ -240,6 +242,96 @@ def test_moe_dispatch_equals_dense_definition_in_train_and_eval():
         expected = naive_moe(ffn, x)
         torch.testing.assert_close(ffn.eval()(x), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ffn.train()(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def moe_by_sorting(ffn, x):
+    """The dispatch model.py had before: slots sorted by expert, each expert run once on
+    its own tokens (slicing by counts read on the host). The plain reference."""
+    B, T, D = x.shape
+    experts, weights, aux_loss = ffn.gate(x)  # (B, T, k) each
+    tokens = x.reshape(-1, D)
+    slot_expert = experts.flatten()  # slot s belongs to token s // k
+    order = torch.argsort(slot_expert, stable=True)
+    slot_token = order // experts.shape[-1]
+    slot_weight = weights.flatten()[order, None]
+    counts = torch.bincount(slot_expert, minlength=len(ffn.experts)).tolist()
+    routed, start = torch.zeros_like(tokens), 0
+    for expert, count in zip(ffn.experts, counts):
+        idx = slot_token[start:start + count]
+        routed.index_add_(0, idx, expert(tokens[idx]) * slot_weight[start:start + count])
+        start += count
+    out = routed.view(B, T, D)
+    if ffn.shared_experts is not None:
+        out = out + ffn.shared_experts(x)
+    return out, aux_loss
+
+
+def moe_layer_and_input(top_k, n_shared, starve_last_expert, seed=0):
+    """A MoE layer in training mode and x (3, 7, 64); starve_last_expert: the gate never
+    picks expert 3 (every token leans along e0, which expert 3's gate row opposes)."""
+    model = tiny(seed, **{**TINY_MOE, "num_experts_per_tok": top_k, "n_shared_experts": n_shared})
+    ffn = model.layers[0].feed_forward.train()
+    x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(seed + 1))
+    if starve_last_expert:
+        x[..., 0] += 5.0
+        with torch.no_grad():
+            ffn.gate.weight[3, 0] = -10.0
+    return ffn, x
+
+
+def assert_moe_matches_the_sorted_loop(ffn, x, tol=1e-5):
+    """The layer's output, aux loss and gradients (of x and of every parameter, an unused
+    expert's too: DDP waits for a gradient of each) equal moe_by_sorting's."""
+    reference = copy.deepcopy(ffn)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(x.device)
+    results = []
+    for layer, run in ((ffn, lambda m, x: (m(x), m.aux_loss)), (reference, moe_by_sorting)):
+        x_in = x.clone().requires_grad_()
+        out, aux_loss = run(layer, x_in)
+        ((out * upstream).sum() + aux_loss).backward()
+        results.append((out, aux_loss, x_in.grad, dict(layer.named_parameters())))
+    (out, aux, x_grad, params), (ref_out, ref_aux, ref_x_grad, ref_params) = results
+    torch.testing.assert_close(out, ref_out, atol=tol, rtol=tol)
+    assert aux.item() == ref_aux.item() and aux.item() > 0
+    torch.testing.assert_close(x_grad, ref_x_grad, atol=tol, rtol=tol)
+    for name, p in params.items():
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, ref_params[name].grad, atol=tol, rtol=tol, msg=name)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("n_shared", [0, 1])
+@pytest.mark.parametrize("starve_last_expert", [False, True], ids=["all_used", "one_unused"])
+def test_moe_dispatch_equals_the_sorted_loop_in_outputs_and_gradients(top_k, n_shared,
+                                                                       starve_last_expert):
+    ffn, x = moe_layer_and_input(top_k, n_shared, starve_last_expert)
+    assert (3 in ffn.gate(x)[0].unique().tolist()) != starve_last_expert
+    assert_moe_matches_the_sorted_loop(ffn, x)
+
+
+def test_moe_forward_and_backward_wait_for_no_host_sync(monkeypatch):
+    ffn, x = moe_layer_and_input(2, 1, starve_last_expert=False)
+    with monkeypatch.context() as m:
+        refuse_host_sync(m)
+        out = ffn(x)
+        (out.square().mean() + ffn.aux_loss).backward()
+    assert all(p.grad is not None for p in ffn.parameters())
+
+
+def test_moe_layer_compiles_into_one_graph_that_matches_the_sorted_loop():
+    ffn, x = moe_layer_and_input(2, 1, starve_last_expert=True)
+    compiled = torch.compile(ffn, fullgraph=True)  # fullgraph: a graph break is an error
+    results = []
+    for run in (lambda x: compiled(x), lambda x: moe_by_sorting(ffn, x)[0]):
+        ffn.zero_grad()
+        x_in = x.clone().requires_grad_()
+        out = run(x_in)
+        out.square().sum().backward()
+        results.append((out, x_in.grad, [p.grad.clone() for p in ffn.parameters()]))
+    (out, x_grad, p_grads), (ref_out, ref_x_grad, ref_p_grads) = results
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_grad, ref_x_grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(p_grads, ref_p_grads, atol=1e-5, rtol=1e-5)
 
 
 def test_moe_routes_each_token_to_exactly_k_distinct_experts():

@@ -75,6 +75,16 @@ def test_nan_in_one_micro_step_skips_the_whole_step_and_only_it(corpus, tmp_path
     assert all(torch.isfinite(p).all() for p in three["model"].parameters())
 
 
+def test_a_run_of_bad_steps_that_ended_before_a_log_step_still_stops_the_run(corpus, tmp_path,
+                                                                            monkeypatch):
+    # The host reads the bad-step counts only when it logs (every 4 steps here): steps 2
+    # and 3 are bad, step 4 is good again, and the check at step 4 still sees 2 in a row.
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", nan_on_calls({2, 3}))
+    with pytest.raises(FloatingPointError, match=r"2 optimizer steps in a row .*\(step 4\)"):
+        pretrain(run_args(corpus, tmp_path, "--max_steps", "8", "--accumulation_steps", "1",
+                          "--log_interval", "4", "--max_bad_steps", "2"))
+
+
 @pytest.mark.parametrize("first, second", [("bfloat16", "float16"), ("float16", "float32")])
 def test_resume_under_another_precision_continues_with_a_note(corpus, tmp_path, capsys,
                                                               first, second):

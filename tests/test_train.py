@@ -2,6 +2,8 @@
 precision, compile, validation loss, flags and the errors a user can meet."""
 
 import contextlib
+import copy
+import itertools
 import json
 import math
 import os
@@ -22,7 +24,7 @@ from dataset import PretrainDataset, ShardedSampler, prepare
 from model import LMConfig, Transformer
 from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from checkpoint import save_torch
-from common import allow_tf32
+from common import allow_tf32, mixed_precision
 from tokenizer import token_bytes
 from train_pretrain import (get_lr, main, make_optimizer, masked_lm_loss, parse_args,
                             pretrain, val_metrics)
@@ -176,6 +178,98 @@ def test_repeated_nan_stops_with_a_message_and_keeps_the_last_checkpoint(corpus,
     # the run that failed still wrote its report, which says it did not end
     (report,) = (tmp_path / "reports").glob("*/report.md")
     assert "| no end record: still running, or crashed |" in report.read_text()
+
+
+def refuse_host_sync(monkeypatch):
+    """Make every way of reading a tensor's value on the host raise: code that still runs
+    never waits for the device (on a GPU, each of these is a sync)."""
+    def sync(*args):
+        raise AssertionError("a host sync")
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+
+
+def tiny_step_setup(use_moe=False, seed=0, device=torch.device("cpu")):
+    """A tiny model, its optimizer (make_optimizer) and one random batch (X, Y, loss_mask)."""
+    torch.manual_seed(seed)
+    model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320, use_moe=use_moe))
+    ids = torch.randint(0, 320, (4, 17))
+    mask = torch.ones(4, 16)
+    mask[0, :5] = 0
+    batch = tuple(t.to(device) for t in (ids[:, :-1], ids[:, 1:], mask))
+    model = model.to(device).train()
+    return model, make_optimizer(model, 1e-2, 0.1, device), batch
+
+
+def adamw_by_hand(model, batch, steps, lr, weight_decay, grad_clip, betas=(0.9, 0.95),
+                  eps=1e-8):
+    """`steps` AdamW steps (Loshchilov and Hutter 2019) on the same batch, written out:
+    gradients clipped to a total norm of grad_clip, weight decay on matrices only."""
+    params = dict(model.named_parameters())
+    m = {name: torch.zeros_like(p) for name, p in params.items()}
+    v = {name: torch.zeros_like(p) for name, p in params.items()}
+    for t in range(1, steps + 1):
+        model.zero_grad()
+        out = model(batch[0])
+        (masked_lm_loss(out.logits, batch[1], batch[2]) + out.aux_loss).backward()
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params.values()]))
+        clip = min(1.0, grad_clip / (norm.item() + 1e-6))
+        with torch.no_grad():
+            for name, p in params.items():
+                g = p.grad * clip
+                m[name] = betas[0] * m[name] + (1 - betas[0]) * g
+                v[name] = betas[1] * v[name] + (1 - betas[1]) * g * g
+                m_hat, v_hat = m[name] / (1 - betas[0] ** t), v[name] / (1 - betas[1] ** t)
+                decay = weight_decay if p.dim() >= 2 else 0.0
+                p.mul_(1 - lr * decay).sub_(lr * m_hat / (v_hat.sqrt() + eps))
+    return {name: p.detach() for name, p in params.items()}
+
+
+def one_step(model, optimizer, batch, dtype_name="float32", loss_fn=masked_lm_loss,
+             scaler=None):
+    """train_step on one micro-batch, with a fresh loss scaler for float16 unless given one;
+    returns (loss, grad_norm, samples, good)."""
+    device = batch[0].device
+    _, autocast, fresh_scaler = mixed_precision(device, dtype_name)
+    return train_pretrain.train_step(model, optimizer, scaler if scaler else fresh_scaler,
+                                     itertools.repeat(batch), 1, loss_fn, autocast, device, 1.0)
+
+
+def test_train_step_waits_for_no_host_sync_and_equals_adamw_by_hand(monkeypatch):
+    model, optimizer, batch = tiny_step_setup()
+    expected = adamw_by_hand(copy.deepcopy(model), batch, 2, 1e-2, 0.1, 1.0)
+    goods = []
+    with monkeypatch.context() as m:
+        refuse_host_sync(m)
+        for _ in range(2):
+            goods.append(one_step(model, optimizer, batch)[3])
+    assert [bool(good) for good in goods] == [True, True]
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-6,
+                                   msg=name)
+
+
+@pytest.mark.parametrize("use_moe, dtype_name", [(False, "float32"), (True, "float32"),
+                                                 (False, "float16")],
+                         ids=["dense", "moe", "dense_float16"])
+def test_a_skipped_step_leaves_weights_and_adamw_state_bit_identical(monkeypatch, use_moe,
+                                                                     dtype_name):
+    model, optimizer, batch = tiny_step_setup(use_moe)
+    one_step(model, optimizer, batch, dtype_name)  # moments and step count exist
+    before = copy.deepcopy((model.state_dict(), optimizer.state_dict()["state"]))
+    with monkeypatch.context() as m:
+        refuse_host_sync(m)
+        for _ in range(2):  # the step count too: not moved by either
+            _, grad_norm, _, good = one_step(model, optimizer, batch, dtype_name,
+                                             lambda *a: masked_lm_loss(*a) * float("nan"))
+    assert not bool(good) and not math.isfinite(grad_norm)
+    weights, state = model.state_dict(), optimizer.state_dict()["state"]
+    for name, p in before[0].items():
+        assert torch.equal(weights[name], p), name
+    for i, saved in before[1].items():
+        assert saved.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(state[i][key], saved[key]) for key in saved), i
+    assert optimizer.state_dict()["state"][0]["step"] == 1
 
 
 def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch):
