@@ -18,7 +18,8 @@ import pytest
 
 import eval_model
 from test_train import ROOT, corpus, read_log, run_args  # noqa: F401 (corpus: a fixture)
-from train_pretrain import pretrain
+import train_pretrain
+from train_pretrain import parse_args, pretrain
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import report  # noqa: E402
@@ -228,3 +229,19 @@ def test_a_run_without_matplotlib_trains_and_reports_in_tables(corpus, tmp_path,
     text = (tmp_path / "reports" / result["log_path"].stem / "report.md").read_text()
     assert "pip install matplotlib" in text and "bits per byte" in text
     assert not list((tmp_path / "reports").glob("*/*.png"))
+def test_the_shipped_reference_is_found_for_the_quick_start_only():
+    reference = json.loads((ROOT / "reference" / "quickstart_builtin.json").read_text())
+    # the quick start's run record, as train_pretrain.py writes it: README's first command
+    args = vars(parse_args(train_pretrain.QUICK_FLAGS.split()))
+    start = {"kind": "run", "step": 0, "world_size": 1, "args": args,
+             "config": {"dim": 192, "n_layers": 4, "vocab_size": 6400},
+             "plan": {"tokens_per_step": 32 * 128}, "data": {"sources": [{"path": "builtin"}]}}
+    log = {"starts": [start]}
+    assert report.find_reference(log) == reference
+    for key, other in (("learning_rate", 1e-3), ("epochs", 1), ("dim", 256)):
+        changed = {**start, "args": {**args, key: other},
+                   "config": {**start["config"], key: other} if key == "dim" else start["config"]}
+        assert report.find_reference({"starts": [changed]}) is None, key
+    tokens, mean, low, high = report.reference_band(reference, "val_loss")
+    assert all(lo <= m <= hi for m, lo, hi in zip(mean, low, high))
+    assert tokens == sorted(tokens) and len(reference["runs"]) >= 2
