@@ -85,6 +85,11 @@ def parse_args(argv=None):
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--max_tokens", type=float, default=None, help="stop after this many tokens")
     p.add_argument("--min_lr", type=float, default=None, help="default learning_rate / 10")
+    p.add_argument("--lr_schedule", default="cosine", choices=["cosine", "wsd"],
+                   help="after the warmup: a cosine to min_lr, or warmup-stable-decay (constant, "
+                        "then linear to min_lr over the last --decay_frac of the steps)")
+    p.add_argument("--decay_frac", type=float, default=0.2,
+                   help="wsd: the share of all steps spent decaying")
     p.add_argument("--weight_decay", type=float, default=0.1)
     p.add_argument("--eval_interval", type=int, default=500, help="optimizer steps")
     p.add_argument("--eval_iters", type=int, default=20, help="validation batches per rank")
@@ -111,16 +116,32 @@ def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
                     max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe)
 
 
-def get_lr(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
+def get_lr(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int,
+           schedule: str = "cosine", decay_frac: float = 0.2) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warmup to lr over the first
-    warmup_steps, then a cosine from lr down to min_lr, reached at the last step."""
+    warmup_steps, then down to min_lr, reached at the last step: along a cosine, or (wsd:
+    warmup-stable-decay) held at lr and decayed linearly over the last decay_frac of the
+    steps. WSD's long constant phase lets a run be extended, or branched into a decay at any
+    point, without restarting the schedule."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
+    if schedule == "wsd":
+        return wsd_after_warmup(step, total_steps, lr, min_lr, warmup_steps, decay_frac)
     decay_steps = total_steps - 1 - warmup_steps
     if decay_steps <= 0:
         return lr
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def wsd_after_warmup(step, total_steps, lr, min_lr, warmup_steps, decay_frac):
+    """WSD past the warmup: lr until decay_start, then a line to min_lr at the last step."""
+    decay_start = max(warmup_steps, total_steps - round(decay_frac * total_steps))
+    decay_steps = total_steps - 1 - decay_start
+    if step < decay_start or decay_steps <= 0:
+        return lr
+    progress = min(1.0, (step - decay_start) / decay_steps)
+    return lr + (min_lr - lr) * progress
 
 
 def masked_lm_loss(logits, targets, loss_mask):
@@ -478,7 +499,7 @@ def train_loop(run: Run, state: RunState):
         micro_left = math.ceil(len(sampler) / args.batch_size)
         while micro_left > 0 and state.step < plan.total_steps:
             lr = get_lr(state.step, plan.total_steps, args.learning_rate, args.min_lr,
-                        plan.warmup)
+                        plan.warmup, args.lr_schedule, args.decay_frac)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
             n_micro = min(args.accumulation_steps, micro_left)
@@ -648,6 +669,8 @@ def check_args(p, args):
                  "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if not 0 <= args.decay_frac <= 1:
+        p.error("--decay_frac must be between 0 and 1 (the share of steps spent decaying)")
     try:
         model_config(args)
     except ValueError as e:

@@ -82,6 +82,18 @@ def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert get_lr(110, total, lr, min_lr, warmup) == pytest.approx(min_lr)  # the last step
 
 
+def test_wsd_schedule_warms_up_holds_then_decays_linearly_over_the_last_fifth():
+    lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 100  # decay over steps 80..99 (20% of 100)
+    def wsd(step):
+        return get_lr(step, total, lr, min_lr, warmup, "wsd", decay_frac=0.2)
+    assert wsd(0) == pytest.approx(1e-4)  # 1/10 of the way up
+    assert wsd(9) == pytest.approx(lr)  # warmup ends at lr
+    assert wsd(10) == pytest.approx(lr) and wsd(79) == pytest.approx(lr)  # the stable part
+    assert wsd(80) == pytest.approx(lr)  # the decay starts at lr...
+    assert wsd(81) == pytest.approx(lr - (lr - min_lr) / 19)  # ...falls 1/19 of the gap a step
+    assert wsd(99) == pytest.approx(min_lr)  # the last step
+
+
 def test_masked_loss_ignores_padding_positions():
     logits = torch.zeros(1, 3, 4)
     logits[0, 0, 1] = 10.0
