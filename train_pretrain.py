@@ -40,6 +40,7 @@ from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepar
 from eval_model import loss_sums, summarize
 from health import Health
 from model import LMConfig, Transformer
+from muon import Muon, muon_param_groups
 from runlog import RunLog
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
                        tokenizer_fingerprint, train_tokenizer)
@@ -91,6 +92,12 @@ def parse_args(argv=None):
     p.add_argument("--decay_frac", type=float, default=0.2,
                    help="wsd: the share of all steps spent decaying")
     p.add_argument("--weight_decay", type=float, default=0.1)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
+                   help="muon: Muon for the hidden weight matrices, AdamW for embedding, "
+                        "norms and MoE router (muon.py)")
+    p.add_argument("--muon_lr", type=float, default=0.02,
+                   help="Muon's peak learning rate; it follows the same schedule, scaled by "
+                        "muon_lr / learning_rate")
     p.add_argument("--eval_interval", type=int, default=500, help="optimizer steps")
     p.add_argument("--eval_iters", type=int, default=20, help="validation batches per rank")
     p.add_argument("--compile", action="store_true", help="torch.compile the model and the loss")
@@ -151,10 +158,13 @@ def masked_lm_loss(logits, targets, loss_mask):
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-def make_optimizer(model, learning_rate, weight_decay, device):
+def make_optimizer(model, learning_rate, weight_decay, device, name="adamw", muon_lr=0.02):
     """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains). The
     fused kernel updates all parameters in one launch (CUDA and CPU); elsewhere the foreach
-    kernels do the same a tensor list at a time."""
+    kernels do the same a tensor list at a time. name "muon": Muon at muon_lr for the
+    hidden matrices, this AdamW for the rest, in one optimizer (muon.py)."""
+    if name == "muon":
+        return Muon(muon_param_groups(model, learning_rate, muon_lr, weight_decay))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     fused = device.type in ("cuda", "cpu")
@@ -162,6 +172,14 @@ def make_optimizer(model, learning_rate, weight_decay, device):
         [{"params": decay, "weight_decay": weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
         lr=learning_rate, betas=(0.9, 0.95), fused=fused, foreach=not fused)
+
+
+def set_lr(optimizer, lr, learning_rate, muon_lr):
+    """The schedule's lr for this step, in every group; Muon's groups follow the same curve
+    scaled to peak at muon_lr (an orthogonalised step has a fixed size, about 1/sqrt(width)
+    per weight, so its good learning rates are some 40x AdamW's)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * muon_lr / learning_rate if group.get("use_muon") else lr
 
 
 @dataclass
@@ -500,8 +518,7 @@ def train_loop(run: Run, state: RunState):
         while micro_left > 0 and state.step < plan.total_steps:
             lr = get_lr(state.step, plan.total_steps, args.learning_rate, args.min_lr,
                         plan.warmup, args.lr_schedule, args.decay_frac)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(run.optimizer, lr, args.learning_rate, args.muon_lr)
             n_micro = min(args.accumulation_steps, micro_left)
             loss, grad_norm, samples, good = train_step(
                 run.model, run.optimizer, run.scaler, batches, n_micro, run.loss_fn,
@@ -527,7 +544,8 @@ def start_run(args, rank, world_size, device, log, data):
     config = model_config(args, tok.get_vocab_size())
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     raw_model = Transformer(config).to(device)
-    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device)
+    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device,
+                               args.optimizer, args.muon_lr)
     dtype_name, autocast, scaler = mixed_precision(device, args.dtype)
     weights_path, resume_path = checkpoint_paths(args.out_dir, args.dim, args.use_moe)
     state = RunState(log_path=str(Path(args.out_dir) / "logs" / (

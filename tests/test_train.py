@@ -187,8 +187,24 @@ def test_repeated_nan_stops_with_a_message_and_keeps_the_last_checkpoint(corpus,
     assert all(torch.equal(saved[k], after[k]) for k in saved)
 
 
-def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch):
-    flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100")
+def test_tiny_run_with_muon_lowers_the_loss(corpus, tmp_path):
+    result = pretrain(run_args(corpus, tmp_path, "--optimizer", "muon", "--max_steps", "30",
+                               "--accumulation_steps", "1"))
+    curve = losses(read_log(result["log_path"]))
+    assert curve[1] > 5.0  # about ln(320) = 5.77 at the start
+    assert sum(curve[s] for s in range(26, 31)) / 5 < curve[1] - 0.2
+
+
+def test_resume_with_another_optimizer_is_a_clear_error(corpus, tmp_path):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
+    with pytest.raises(SystemExit, match="--optimizer adamw"):
+        main(argv_of(corpus, tmp_path, "--max_steps", "2", "--optimizer", "muon"))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch, optimizer):
+    flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100",
+             "--optimizer", optimizer)
     straight = pretrain(run_args(corpus, tmp_path / "a", *flags))
 
     calls = {"n": 0}
@@ -247,10 +263,14 @@ def run_script(*argv, **kwargs):
                           text=True, timeout=300, **kwargs)
 
 
-def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, tmp_path):
+# Muon too: DDP averages the gradients before step(), so each rank's own Muon update is the
+# one-process update, with no communication of its own
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, tmp_path,
+                                                                        optimizer):
     data, tok = corpus
     common = TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok),
-                           "--max_steps", "3", "--device", "cpu"]
+                           "--max_steps", "3", "--device", "cpu", "--optimizer", optimizer]
     # Each micro-batch's loss is a mean over its tokens, so the two groupings of the same
     # samples agree only when every micro-batch has as many targets: pick a seed whose first
     # 3 steps (48 samples) do not draw the one packed window with padding, the last.
