@@ -95,7 +95,7 @@ def add_model_flags(parser, dim=512, n_layers=8, use_moe=False, note=""):
 def add_device_flags(parser, dtype=True):
     """--device and --dtype, read by pick_device and mixed_precision."""
     parser.add_argument("--device", default=None,
-                        help="cuda, cuda:1, cpu or mps; default: cuda if available")
+                        help="cuda, cuda:1, cpu or mps; default: cuda, else mps, else cpu")
     if dtype:
         parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                             help="autocast dtype; default bfloat16 on CUDA, float32 on CPU")
@@ -154,8 +154,14 @@ def device_error(name):
 
 
 def pick_device(name=None):
-    """--device, or CUDA when there is a GPU, else the CPU."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """--device, or else the fastest one here: a CUDA GPU, Apple's GPU (MPS), the CPU."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def allow_tf32():
@@ -202,9 +208,11 @@ def machine_name(device):
 
 
 def sync(device):
-    """Wait for queued GPU work: CUDA kernels run asynchronously, a clock must not."""
+    """Wait for queued GPU work: GPU kernels run asynchronously, a clock must not."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def peak_memory_mib(device, reset=False):
