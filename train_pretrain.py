@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 from checkpoint import (DiskFull, checkpoint_paths, find_resume_file, load_resume,
                         lock_out_dir, save_checkpoint)
 from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
-                    add_source_flags, allow_tf32, device_error, mixed_precision,
-                    peak_flops_per_second, pick_device)
+                    add_source_flags, allow_tf32, default_dtype, device_error,
+                    mixed_precision, peak_flops_per_second, pick_device)
 from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
                      load_meta, prepare, prepare_options)
 from eval_model import loss_sums, summarize
@@ -613,7 +613,8 @@ def describe(run: Run, config, dtype_name, resumed_from):
     say(f"train: {len(run.train_ds)} sequences of {run.args.max_seq_len} tokens, "
         f"{plan.tokens_per_step} tokens per optimizer step, {plan.total_steps} steps "
         f"({plan.steps_per_epoch} per epoch), warmup {plan.warmup}, world size "
-        f"{run.world_size}, {run.device.type} {dtype_name}")
+        f"{run.world_size}, {run.device.type} {dtype_name} ("
+        + ("--dtype" if run.args.dtype else default_dtype(run.device)[1]) + ")")
     if len(run.val_ds) < run.world_size:
         say(f"note: the validation split has {len(run.val_ds)} sequences of "
             f"{run.args.max_seq_len} tokens, too few for every rank: no validation loss")
