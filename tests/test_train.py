@@ -452,6 +452,18 @@ def test_optimizer_decays_matrices_only_with_llama_betas():
     assert optimizer.defaults["fused"]  # the fused CPU kernel: torch >= 2.4 (requirements.txt)
 
 
+def test_first_lines_say_the_precision_and_why(corpus, tmp_path, capsys):
+    def shown(out_dir, *extra):
+        return [a for a in argv_of(corpus, out_dir, "--max_steps", "1", *extra)
+                if a != "--quiet"]
+    pretrain(parse_args(shown(tmp_path / "a")))
+    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text().split()  # Linux: the kernel's flags
+    assert ("cpu float32 (this CPU has AMX bf16 units" if amx
+            else "cpu float32 (no bf16 matrix units)") in capsys.readouterr().out
+    pretrain(parse_args(shown(tmp_path / "b", "--dtype", "bfloat16")))
+    assert "cpu bfloat16 (--dtype)" in capsys.readouterr().out
+
+
 def test_allow_tf32_lets_float32_matmuls_use_tensor_cores():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
