@@ -162,7 +162,7 @@ def make_optimizer(model, learning_rate, weight_decay, device, name="adamw", muo
     """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains). The
     fused kernel updates all parameters in one launch (CUDA and CPU); elsewhere the foreach
     kernels do the same a tensor list at a time. name "muon": Muon at muon_lr for the
-    hidden matrices, this AdamW for the rest, in one optimizer (muon.py)."""
+    hidden matrices and a plain AdamW of these betas for the rest, one optimizer (muon.py)."""
     if name == "muon":
         return Muon(muon_param_groups(model, learning_rate, muon_lr, weight_decay))
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -176,8 +176,9 @@ def make_optimizer(model, learning_rate, weight_decay, device, name="adamw", muo
 
 def set_lr(optimizer, lr, learning_rate, muon_lr):
     """The schedule's lr for this step, in every group; Muon's groups follow the same curve
-    scaled to peak at muon_lr (an orthogonalised step has a fixed size, about 1/sqrt(width)
-    per weight, so its good learning rates are some 40x AdamW's)."""
+    scaled to peak at muon_lr. Muon's step has a fixed size (an orthogonal matrix: about
+    1/sqrt(width) per weight) whatever the gradient's, so its lr is on another scale: the
+    reference's 0.02 is 40x the AdamW default here."""
     for group in optimizer.param_groups:
         group["lr"] = lr * muon_lr / learning_rate if group.get("use_muon") else lr
 

@@ -430,6 +430,7 @@ def test_use_moe_takes_minimind_style_values():
     (["--dim", "100"], "divisible by n_heads"),  # 100 / 8 heads
     (["--dim", "24"], "must be even for RoPE"),  # 3 channels per head
     (["--eval_iters", "0"], "--eval_iters must be at least 1"),
+    (["--decay_frac", "1.5"], "--decay_frac must be between 0 and 1"),
     (["--data_path", "a.jsonl", "b.jsonl", "--weights", "1"], "1 weights for 2"),
 ])
 def test_flags_that_cannot_work_are_one_line_usage_errors(argv, message, capsys):
