@@ -104,7 +104,10 @@ def run_one(args, name, flags, seed, tok_path, prepared):
     done = out_dir / "speedrun.json"
     if done.exists() and json.loads(done.read_text())["argv"] == argv:
         return json.loads(done.read_text())  # this very run, finished by an earlier call
-    log = Path(train_pretrain.main(argv)["log_path"])
+    summary = train_pretrain.main(argv)
+    if summary["stopped_by"]:  # cut short: not a result to keep
+        raise SystemExit(f"{name} seed {seed} stopped by {summary['stopped_by']}")
+    log = Path(summary["log_path"])
     records = [json.loads(line) for line in log.read_text().splitlines()]
     clock = train_seconds(records)
     curve = [[r["step"], clock[r["step"]], r["val_bpb"]] for r in records if r["kind"] == "val"]

@@ -69,3 +69,13 @@ def test_tiny_comparison_prints_a_row_per_variant(tmp_path, capsys):
     again = speedrun.main(argv + ["--variant", "base="])  # the same run: reused, not rerun
     assert again["base"] == results["base"]
     assert sorted((tmp_path / "work" / "zh" / "base-seed0" / "logs").iterdir()) == log_files
+
+
+def test_a_run_stopped_by_a_signal_is_not_kept_as_a_result(tmp_path, monkeypatch):
+    monkeypatch.setattr(speedrun, "PretrainDataset", lambda *args: [])
+    monkeypatch.setattr(speedrun.train_pretrain, "main",
+                        lambda argv: {"stopped_by": "SIGTERM", "log_path": None})
+    args = speedrun.parse_args(["--work_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="stopped by SIGTERM"):
+        speedrun.run_one(args, "base", "", 0, tmp_path / "tok.json", tmp_path / "data")
+    assert not (tmp_path / "en" / "base-seed0" / "speedrun.json").exists()
