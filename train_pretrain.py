@@ -86,9 +86,11 @@ def parse_args(argv=None):
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--max_tokens", type=float, default=None, help="stop after this many tokens")
     p.add_argument("--min_lr", type=float, default=None, help="default learning_rate / 10")
-    p.add_argument("--lr_schedule", default="cosine", choices=["cosine", "wsd"],
-                   help="after the warmup: a cosine to min_lr, or warmup-stable-decay (constant, "
-                        "then linear to min_lr over the last --decay_frac of the steps)")
+    # wsd by default: ahead of the cosine beyond seed noise at equal steps (scripts/speedrun.py,
+    # README "Better models for the same compute"); cosine is MiniMind's schedule
+    p.add_argument("--lr_schedule", default="wsd", choices=["wsd", "cosine"],
+                   help="after the warmup: warmup-stable-decay (constant, then linear to min_lr "
+                        "over the last --decay_frac of the steps), or a cosine to min_lr")
     p.add_argument("--decay_frac", type=float, default=0.2,
                    help="wsd: the share of all steps spent decaying")
     p.add_argument("--weight_decay", type=float, default=0.1)
@@ -124,7 +126,7 @@ def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
 
 
 def get_lr(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int,
-           schedule: str = "cosine", decay_frac: float = 0.2) -> float:
+           schedule: str = "wsd", decay_frac: float = 0.2) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warmup to lr over the first
     warmup_steps, then down to min_lr, reached at the last step: along a cosine, or (wsd:
     warmup-stable-decay) held at lr and decayed linearly over the last decay_frac of the

@@ -4,7 +4,7 @@ held-out bits per byte that the run logs every --eval_interval. Prints a markdow
 the final bpb, and the steps and training seconds to reach --target_bpb (interpolated
 linearly between two evaluations), each as the mean ± half the range over the seeds.
 
-    python scripts/speedrun.py --variant base="" muon="--optimizer muon" wsd="--lr_schedule wsd"
+    python scripts/speedrun.py --variant base="" muon="--optimizer muon" lr="--learning_rate 1e-3"
     python scripts/speedrun.py --corpus zh --zh_poetry package/dist  # see below
 
 Corpora: en, the built-in corpus (Python's own documentation, train_pretrain.py's default);

@@ -38,8 +38,9 @@ def cpuinfo_says_amx_bf16():
 def test_cpu_precision_follows_the_bf16_matrix_units_in_proc_cpuinfo():
     assert cpu_has_bf16_matrix_units() == cpuinfo_says_amx_bf16()
     name, why = default_dtype(torch.device("cpu"))
-    assert name == "float32"  # bf16 is a choice (--dtype bfloat16), see the README
-    assert ("AMX bf16 units" in why) == cpuinfo_says_amx_bf16()
+    assert name == ("bfloat16" if cpuinfo_says_amx_bf16() else "float32")
+    assert why == ("autocast: AMX bf16 units" if cpuinfo_says_amx_bf16()
+                   else "no bf16 matrix units")
     assert mixed_precision(torch.device("cpu"), None)[0] == name
 
 

@@ -30,7 +30,8 @@ from train_pretrain import (get_lr, main, make_optimizer, masked_lm_loss, parse_
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
               "--num_workers", "0", "--warmup_iters", "0", "--log_interval", "1",
-              "--eval_interval", "1000", "--eval_iters", "2", "--quiet"]
+              "--eval_interval", "1000", "--eval_iters", "2", "--quiet",
+              "--dtype", "float32"]  # exact comparisons, also where a CPU defaults to bf16 (AMX)
 
 
 def write_corpus(path: Path, n_docs: int = 60, seed: int = 0):
@@ -75,11 +76,13 @@ def losses(log):
 
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 111  # cosine over steps 10..110
-    assert get_lr(0, total, lr, min_lr, warmup) == pytest.approx(1e-4)  # 1/10 of the way
-    assert get_lr(9, total, lr, min_lr, warmup) == pytest.approx(lr)  # warmup ends at lr
-    assert get_lr(10, total, lr, min_lr, warmup) == pytest.approx(lr)  # cosine starts at lr
-    assert get_lr(60, total, lr, min_lr, warmup) == pytest.approx((lr + min_lr) / 2)
-    assert get_lr(110, total, lr, min_lr, warmup) == pytest.approx(min_lr)  # the last step
+    def cosine(step):
+        return get_lr(step, total, lr, min_lr, warmup, "cosine")
+    assert cosine(0) == pytest.approx(1e-4)  # 1/10 of the way
+    assert cosine(9) == pytest.approx(lr)  # warmup ends at lr
+    assert cosine(10) == pytest.approx(lr)  # cosine starts at lr
+    assert cosine(60) == pytest.approx((lr + min_lr) / 2)
+    assert cosine(110) == pytest.approx(min_lr)  # the last step
 
 
 def test_wsd_schedule_warms_up_holds_then_decays_linearly_over_the_last_fifth():
@@ -454,12 +457,13 @@ def test_optimizer_decays_matrices_only_with_llama_betas():
 
 
 def test_first_lines_say_the_precision_and_why(corpus, tmp_path, capsys):
-    def shown(out_dir, *extra):
-        return [a for a in argv_of(corpus, out_dir, "--max_steps", "1", *extra)
-                if a != "--quiet"]
+    def shown(out_dir, *extra):  # the default precision, and the report lines
+        argv = argv_of(corpus, out_dir, "--max_steps", "1", *extra)
+        at = argv.index("--dtype")
+        return [a for a in argv[:at] + argv[at + 2:] if a != "--quiet"]
     pretrain(parse_args(shown(tmp_path / "a")))
     amx = "amx_bf16" in Path("/proc/cpuinfo").read_text().split()  # Linux: the kernel's flags
-    assert ("cpu float32 (this CPU has AMX bf16 units" if amx
+    assert ("cpu bfloat16 (autocast: AMX bf16 units)" if amx
             else "cpu float32 (no bf16 matrix units)") in capsys.readouterr().out
     pretrain(parse_args(shown(tmp_path / "b", "--dtype", "bfloat16")))
     assert "cpu bfloat16 (--dtype)" in capsys.readouterr().out
