@@ -277,6 +277,10 @@ def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, w
         raise ValueError(f"{path} was trained with --max_seq_len {old['max_seq_len']}; pass "
                          f"--max_seq_len {old['max_seq_len']} to continue it, or --resume "
                          "none to start over")
+    if old.get("optimizer", "adamw") != args.optimizer:  # files from before --optimizer
+        raise ValueError(f"{path} was trained with --optimizer {old.get('optimizer', 'adamw')}; "
+                         f"pass --optimizer {old.get('optimizer', 'adamw')} to continue it, or "
+                         "--resume none to start over")
     if (old["batch_size"], old["accumulation_steps"]) != (args.batch_size,
                                                           args.accumulation_steps):
         warn(f"warning: resuming a run of --batch_size {old['batch_size']} "

@@ -24,8 +24,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
+
+from common import sync as sync_device
 
 
 class RunLog:
@@ -112,8 +113,8 @@ class RunLog:
     def paused(self, device, sync):
         """Time inside does not count as training. sync: first wait for the step's queued
         GPU kernels, which are training time (only worth it before a long pause)."""
-        if sync and device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if sync:
+            sync_device(device)
         start = time.perf_counter()
         try:
             yield

@@ -34,14 +34,15 @@ from torch.utils.data import DataLoader
 from checkpoint import (DiskFull, checkpoint_paths, find_resume_file, load_resume,
                         lock_out_dir, save_checkpoint)
 from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
-                    add_source_flags, allow_tf32, device_error, mixed_precision,
-                    peak_flops_per_second, pick_device)
+                    add_source_flags, allow_tf32, default_dtype, device_error,
+                    mixed_precision, peak_flops_per_second, pick_device)
 from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
                      load_meta, prepare, prepare_options)
 from eval_model import (complete, default_probes, load_probes, loss_sums, probe_summary,
                         run_probes, sample_prompts, summarize)
 from health import Health
 from model import LMConfig, Transformer
+from muon import Muon, muon_param_groups
 from runlog import RunLog
 from scripts.report import write_report
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
@@ -90,7 +91,20 @@ def parse_args(argv=None):
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--max_tokens", type=float, default=None, help="stop after this many tokens")
     p.add_argument("--min_lr", type=float, default=None, help="default learning_rate / 10")
+    # wsd by default: ahead of the cosine beyond seed noise at equal steps (scripts/speedrun.py,
+    # README "Better models for the same compute"); cosine is MiniMind's schedule
+    p.add_argument("--lr_schedule", default="wsd", choices=["wsd", "cosine"],
+                   help="after the warmup: warmup-stable-decay (constant, then linear to min_lr "
+                        "over the last --decay_frac of the steps), or a cosine to min_lr")
+    p.add_argument("--decay_frac", type=float, default=0.2,
+                   help="wsd: the share of all steps spent decaying")
     p.add_argument("--weight_decay", type=float, default=0.1)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"],
+                   help="muon: Muon for the hidden weight matrices, AdamW for embedding, "
+                        "norms and MoE router (muon.py)")
+    p.add_argument("--muon_lr", type=float, default=0.02,
+                   help="Muon's peak learning rate; it follows the same schedule, scaled by "
+                        "muon_lr / learning_rate")
     p.add_argument("--eval_interval", type=int, default=500, help="optimizer steps")
     p.add_argument("--eval_iters", type=int, default=20, help="validation batches per rank")
     p.add_argument("--compile", action="store_true", help="torch.compile the model and the loss")
@@ -121,16 +135,32 @@ def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
                     max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe)
 
 
-def get_lr(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
+def get_lr(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int,
+           schedule: str = "wsd", decay_frac: float = 0.2) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warmup to lr over the first
-    warmup_steps, then a cosine from lr down to min_lr, reached at the last step."""
+    warmup_steps, then down to min_lr, reached at the last step: along a cosine, or (wsd:
+    warmup-stable-decay) held at lr and decayed linearly over the last decay_frac of the
+    steps. WSD's long constant phase lets a run be extended, or branched into a decay at any
+    point, without restarting the schedule."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
+    if schedule == "wsd":
+        return wsd_after_warmup(step, total_steps, lr, min_lr, warmup_steps, decay_frac)
     decay_steps = total_steps - 1 - warmup_steps
     if decay_steps <= 0:
         return lr
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def wsd_after_warmup(step, total_steps, lr, min_lr, warmup_steps, decay_frac):
+    """WSD past the warmup: lr until decay_start, then a line to min_lr at the last step."""
+    decay_start = max(warmup_steps, total_steps - round(decay_frac * total_steps))
+    decay_steps = total_steps - 1 - decay_start
+    if step < decay_start or decay_steps <= 0:
+        return lr
+    progress = min(1.0, (step - decay_start) / decay_steps)
+    return lr + (min_lr - lr) * progress
 
 
 def masked_lm_loss(logits, targets, loss_mask):
@@ -140,10 +170,13 @@ def masked_lm_loss(logits, targets, loss_mask):
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-def make_optimizer(model, learning_rate, weight_decay, device):
+def make_optimizer(model, learning_rate, weight_decay, device, name="adamw", muon_lr=0.02):
     """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains). The
     fused kernel updates all parameters in one launch (CUDA and CPU); elsewhere the foreach
-    kernels do the same a tensor list at a time."""
+    kernels do the same a tensor list at a time. name "muon": Muon at muon_lr for the
+    hidden matrices and a plain AdamW of these betas for the rest, one optimizer (muon.py)."""
+    if name == "muon":
+        return Muon(muon_param_groups(model, learning_rate, muon_lr, weight_decay))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     fused = device.type in ("cuda", "cpu")
@@ -151,6 +184,15 @@ def make_optimizer(model, learning_rate, weight_decay, device):
         [{"params": decay, "weight_decay": weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
         lr=learning_rate, betas=(0.9, 0.95), fused=fused, foreach=not fused)
+
+
+def set_lr(optimizer, lr, learning_rate, muon_lr):
+    """The schedule's lr for this step, in every group; Muon's groups follow the same curve
+    scaled to peak at muon_lr. Muon's step has a fixed size (an orthogonal matrix: about
+    1/sqrt(width) per weight) whatever the gradient's, so its lr is on another scale: the
+    reference's 0.02 is 40x the AdamW default here."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * muon_lr / learning_rate if group.get("use_muon") else lr
 
 
 @dataclass
@@ -540,9 +582,8 @@ def train_loop(run: Run, state: RunState):
         micro_left = math.ceil(len(sampler) / args.batch_size)
         while micro_left > 0 and state.step < plan.total_steps:
             lr = get_lr(state.step, plan.total_steps, args.learning_rate, args.min_lr,
-                        plan.warmup)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
+                        plan.warmup, args.lr_schedule, args.decay_frac)
+            set_lr(run.optimizer, lr, args.learning_rate, args.muon_lr)
             n_micro = min(args.accumulation_steps, micro_left)
             loss, grad_norm, samples, good = train_step(
                 run.model, run.optimizer, run.scaler, batches, n_micro, run.loss_fn,
@@ -567,7 +608,8 @@ def start_run(args, rank, world_size, device, log, data):
     config = model_config(args, tok.get_vocab_size())
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     raw_model = Transformer(config).to(device)
-    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device)
+    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device,
+                               args.optimizer, args.muon_lr)
     dtype_name, autocast, scaler = mixed_precision(device, args.dtype)
     weights_path, resume_path = checkpoint_paths(args.out_dir, args.dim, args.use_moe)
     state = RunState(log_path=str(Path(args.out_dir) / "logs" / (
@@ -637,7 +679,8 @@ def describe(run: Run, config, dtype_name, resumed_from):
     say(f"train: {len(run.train_ds)} sequences of {run.args.max_seq_len} tokens, "
         f"{plan.tokens_per_step} tokens per optimizer step, {plan.total_steps} steps "
         f"({plan.steps_per_epoch} per epoch), warmup {plan.warmup}, world size "
-        f"{run.world_size}, {run.device.type} {dtype_name}")
+        f"{run.world_size}, {run.device.type} {dtype_name} ("
+        + ("--dtype" if run.args.dtype else default_dtype(run.device)[1]) + ")")
     if len(run.val_ds) < run.world_size:
         say(f"note: the validation split has {len(run.val_ds)} sequences of "
             f"{run.args.max_seq_len} tokens, too few for every rank: no validation loss")
@@ -728,6 +771,8 @@ def check_args(p, args):
                  "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if not 0 <= args.decay_frac <= 1:
+        p.error("--decay_frac must be between 0 and 1 (the share of steps spent decaying)")
     try:
         model_config(args)
     except ValueError as e:

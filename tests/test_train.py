@@ -32,7 +32,8 @@ from train_pretrain import (get_lr, main, make_optimizer, masked_lm_loss, parse_
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
               "--num_workers", "0", "--warmup_iters", "0", "--log_interval", "1",
-              "--eval_interval", "1000", "--eval_iters", "2", "--quiet"]
+              "--eval_interval", "1000", "--eval_iters", "2", "--quiet",
+              "--dtype", "float32"]  # exact comparisons, also where a CPU defaults to bf16 (AMX)
 
 
 def write_corpus(path: Path, n_docs: int = 60, seed: int = 0):
@@ -77,11 +78,25 @@ def losses(log):
 
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 111  # cosine over steps 10..110
-    assert get_lr(0, total, lr, min_lr, warmup) == pytest.approx(1e-4)  # 1/10 of the way
-    assert get_lr(9, total, lr, min_lr, warmup) == pytest.approx(lr)  # warmup ends at lr
-    assert get_lr(10, total, lr, min_lr, warmup) == pytest.approx(lr)  # cosine starts at lr
-    assert get_lr(60, total, lr, min_lr, warmup) == pytest.approx((lr + min_lr) / 2)
-    assert get_lr(110, total, lr, min_lr, warmup) == pytest.approx(min_lr)  # the last step
+    def cosine(step):
+        return get_lr(step, total, lr, min_lr, warmup, "cosine")
+    assert cosine(0) == pytest.approx(1e-4)  # 1/10 of the way
+    assert cosine(9) == pytest.approx(lr)  # warmup ends at lr
+    assert cosine(10) == pytest.approx(lr)  # cosine starts at lr
+    assert cosine(60) == pytest.approx((lr + min_lr) / 2)
+    assert cosine(110) == pytest.approx(min_lr)  # the last step
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_linearly_over_the_last_fifth():
+    lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 100  # decay over steps 80..99 (20% of 100)
+    def wsd(step):
+        return get_lr(step, total, lr, min_lr, warmup, "wsd", decay_frac=0.2)
+    assert wsd(0) == pytest.approx(1e-4)  # 1/10 of the way up
+    assert wsd(9) == pytest.approx(lr)  # warmup ends at lr
+    assert wsd(10) == pytest.approx(lr) and wsd(79) == pytest.approx(lr)  # the stable part
+    assert wsd(80) == pytest.approx(lr)  # the decay starts at lr...
+    assert wsd(81) == pytest.approx(lr - (lr - min_lr) / 19)  # ...falls 1/19 of the gap a step
+    assert wsd(99) == pytest.approx(min_lr)  # the last step
 
 
 def test_masked_loss_ignores_padding_positions():
@@ -272,8 +287,24 @@ def test_a_skipped_step_leaves_weights_and_adamw_state_bit_identical(monkeypatch
     assert optimizer.state_dict()["state"][0]["step"] == 1
 
 
-def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch):
-    flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100")
+def test_tiny_run_with_muon_lowers_the_loss(corpus, tmp_path):
+    result = pretrain(run_args(corpus, tmp_path, "--optimizer", "muon", "--max_steps", "30",
+                               "--accumulation_steps", "1"))
+    curve = losses(read_log(result["log_path"]))
+    assert curve[1] > 5.0  # about ln(320) = 5.77 at the start
+    assert sum(curve[s] for s in range(26, 31)) / 5 < curve[1] - 0.2
+
+
+def test_resume_with_another_optimizer_is_a_clear_error(corpus, tmp_path):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
+    with pytest.raises(SystemExit, match="--optimizer adamw"):
+        main(argv_of(corpus, tmp_path, "--max_steps", "2", "--optimizer", "muon"))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch, optimizer):
+    flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100",
+             "--optimizer", optimizer)
     straight = pretrain(run_args(corpus, tmp_path / "a", *flags))
 
     calls = {"n": 0}
@@ -332,10 +363,14 @@ def run_script(*argv, **kwargs):
                           text=True, timeout=300, **kwargs)
 
 
-def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, tmp_path):
+# Muon too: DDP averages the gradients before step(), so each rank's own Muon update is the
+# one-process update, with no communication of its own
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, tmp_path,
+                                                                        optimizer):
     data, tok = corpus
     common = TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok),
-                           "--max_steps", "3", "--device", "cpu"]
+                           "--max_steps", "3", "--device", "cpu", "--optimizer", optimizer]
     # Each micro-batch's loss is a mean over its tokens, so the two groupings of the same
     # samples agree only when every micro-batch has as many targets: pick a seed whose first
     # 3 steps (48 samples) do not draw the one packed window with padding, the last.
@@ -499,6 +534,7 @@ def test_use_moe_takes_minimind_style_values():
     (["--dim", "100"], "divisible by n_heads"),  # 100 / 8 heads
     (["--dim", "24"], "must be even for RoPE"),  # 3 channels per head
     (["--eval_iters", "0"], "--eval_iters must be at least 1"),
+    (["--decay_frac", "1.5"], "--decay_frac must be between 0 and 1"),
     (["--data_path", "a.jsonl", "b.jsonl", "--weights", "1"], "1 weights for 2"),
 ])
 def test_flags_that_cannot_work_are_one_line_usage_errors(argv, message, capsys):
@@ -519,6 +555,19 @@ def test_optimizer_decays_matrices_only_with_llama_betas():
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
     assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["lr"] == 1e-3
     assert optimizer.defaults["fused"]  # the fused CPU kernel: torch >= 2.4 (requirements.txt)
+
+
+def test_first_lines_say_the_precision_and_why(corpus, tmp_path, capsys):
+    def shown(out_dir, *extra):  # the default precision, and the report lines
+        argv = argv_of(corpus, out_dir, "--max_steps", "1", *extra)
+        at = argv.index("--dtype")
+        return [a for a in argv[:at] + argv[at + 2:] if a != "--quiet"]
+    pretrain(parse_args(shown(tmp_path / "a")))
+    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text().split()  # Linux: the kernel's flags
+    assert ("cpu bfloat16 (autocast: AMX bf16 units)" if amx
+            else "cpu float32 (no bf16 matrix units)") in capsys.readouterr().out
+    pretrain(parse_args(shown(tmp_path / "b", "--dtype", "bfloat16")))
+    assert "cpu bfloat16 (--dtype)" in capsys.readouterr().out
 
 
 def test_allow_tf32_lets_float32_matmuls_use_tensor_cores():

@@ -1,0 +1,96 @@
+"""Muon for the hidden weight matrices, AdamW for the rest, in one optimizer.
+
+Muon ("MomentUm Orthogonalized by Newton-Schulz", Keller Jordan, 2024: the blog post
+kellerjordan.github.io/posts/muon and the repository github.com/KellerJordan/Muon) takes
+the Nesterov momentum of a weight matrix's gradient and replaces it by the nearest
+orthogonal matrix: the same singular vectors, every singular value near 1. A raw gradient
+is dominated by a few directions; the orthogonalised step moves every direction of the
+matrix by the same amount, and then a larger learning rate works.
+
+Only hidden matrices are for Muon. The embedding (which is also the output head here: they
+are tied), the RMSNorm gains and the MoE router get AdamW; they sit in groups of the same
+optimizer (use_muon False), so the loss scaler, the LR loop and the resume file (its
+state_dict) see a single object. Under DDP every rank holds the same averaged gradient
+before step(), so each rank computes the same update on its own: correct as it is (the
+reference spreads the matrices over the ranks only to save time).
+"""
+
+import torch
+
+
+def newton_schulz(G, steps: int = 5, eps: float = 1e-7):
+    """An approximately orthogonal matrix with G's singular vectors: U S' V^T for G = U S V^T,
+    each S' about 1. Each iteration maps every singular value x to a*x + b*x^3 + c*x^5; the
+    reference's quintic coefficients make small values grow fast (slope 3.4 at 0), at the
+    price of settling around 1 (roughly 0.7 to 1.2) rather than exactly on it."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.float()  # the reference runs this in bfloat16 on GPUs, for speed
+    tall = X.shape[0] > X.shape[1]
+    if tall:
+        X = X.T  # (r, c) with r <= c: X @ X.T is the smaller square
+    X = X / (X.norm() + eps)  # spectral norm <= Frobenius norm = 1: inside the iteration's range
+    for _ in range(steps):
+        A = X @ X.T  # (r, r)
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """param_groups with use_muon True: Muon (lr, momentum, weight_decay); with use_muon
+    False: AdamW (lr, betas, eps, weight_decay). Parameters without a gradient are skipped."""
+
+    def __init__(self, param_groups, momentum=0.95, betas=(0.9, 0.95), eps=1e-8):
+        super().__init__(param_groups, dict(momentum=momentum, betas=betas, eps=eps,
+                                            weight_decay=0.0))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            update = self.muon_update if group["use_muon"] else self.adamw_update
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+                p.add_(update(p, group), alpha=-group["lr"])
+
+    def muon_update(self, p, group):
+        state, beta = self.state[p], group["momentum"]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buf = state["momentum_buffer"]
+        buf.lerp_(p.grad, 1 - beta)  # buf = beta * buf + (1 - beta) * grad
+        nesterov = p.grad.lerp(buf, beta)  # look one momentum step ahead
+        # weights are (out, in); an orthogonal (r, c) matrix has RMS 1/sqrt(max(r, c)), and
+        # the reference scales tall ones up by sqrt(r / c), as the lr of 0.02 assumes
+        rows, cols = p.shape
+        return newton_schulz(nesterov).to(p.dtype) * max(1.0, rows / cols) ** 0.5
+
+    def adamw_update(self, p, group):
+        state, (beta1, beta2) = self.state[p], group["betas"]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        state["step"] += 1
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)
+        state["exp_avg_sq"].lerp_(p.grad.square(), 1 - beta2)
+        # bias correction: both averages start at zero
+        mean = state["exp_avg"] / (1 - beta1 ** state["step"])
+        mean_square = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+        return mean / (mean_square.sqrt() + group["eps"])
+
+
+def muon_param_groups(model, learning_rate, muon_lr, weight_decay):
+    """Muon for the 2-D weights inside the blocks (attention wq wk wv wo, feed-forward and
+    expert w1 w2 w3), AdamW for the rest: embedding/head and MoE router with weight decay,
+    norm gains without. Muon's weight decay is 0, the reference's default."""
+    hidden, other_matrices, gains = [], [], []
+    for name, p in model.named_parameters():  # the tied head is listed once, as the embedding
+        if p.dim() < 2:
+            gains.append(p)
+        elif name.startswith("layers.") and ".gate." not in name:
+            hidden.append(p)
+        else:
+            other_matrices.append(p)
+    return [{"params": hidden, "lr": muon_lr, "weight_decay": 0.0, "use_muon": True},
+            {"params": other_matrices, "lr": learning_rate, "weight_decay": weight_decay,
+             "use_muon": False},
+            {"params": gains, "lr": learning_rate, "weight_decay": 0.0, "use_muon": False}]

@@ -1,0 +1,53 @@
+"""common.py: which device a script picks, and which precision the CPU trains in."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+from common import cpu_has_bf16_matrix_units, default_dtype, mixed_precision, pick_device
+
+
+def test_without_a_gpu_the_device_is_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")
+
+
+def test_apple_gpu_is_picked_when_there_is_no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device() == torch.device("mps")
+
+
+def test_cuda_comes_first_and_a_named_device_is_taken_as_given(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda")
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+def cpuinfo_says_amx_bf16():
+    """An independent reading: the flag as a whole word anywhere in /proc/cpuinfo."""
+    return re.search(r"\bamx_bf16\b", Path("/proc/cpuinfo").read_text()) is not None
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="Linux only")
+def test_cpu_precision_follows_the_bf16_matrix_units_in_proc_cpuinfo():
+    assert cpu_has_bf16_matrix_units() == cpuinfo_says_amx_bf16()
+    name, why = default_dtype(torch.device("cpu"))
+    assert name == ("bfloat16" if cpuinfo_says_amx_bf16() else "float32")
+    assert why == ("autocast: AMX bf16 units" if cpuinfo_says_amx_bf16()
+                   else "no bf16 matrix units")
+    assert mixed_precision(torch.device("cpu"), None)[0] == name
+
+
+def test_a_fake_cpuinfo_with_amx_is_read_as_bf16_matrix_units(tmp_path, monkeypatch):
+    flags = "flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    monkeypatch.setattr(common, "Path", lambda path: tmp_path / "cpuinfo")
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\n" + flags)
+    assert cpu_has_bf16_matrix_units()
+    (tmp_path / "cpuinfo").write_text(flags.replace(" amx_bf16", ""))
+    assert not cpu_has_bf16_matrix_units()  # AVX512-BF16 alone is no matrix unit
