@@ -704,7 +704,7 @@ def open_log(run: Run, state: RunState):
 def pretrain(args):
     """Run (or continue) one pretraining run; returns a summary dict (and the model)."""
     rank, local_rank, world_size = ranks()
-    lock = None
+    lock = reported = None
     try:
         lock = lock_out_dir(args.out_dir) if rank == 0 else None  # one writer per --out_dir
         log = RunLog(rank, args.quiet)
@@ -718,6 +718,9 @@ def pretrain(args):
             run.log.close()
             return summary(run, state, stopped)
         open_log(run, state)
+        # a run that failed needs its report most: it is written on the way out, whatever
+        # happens (after the process group is gone, so that no rank waits for rank 0)
+        reported = (run, state) if rank == 0 and not args.no_report else None
         try:
             with run.stop:
                 run.raw_model.train()
@@ -727,8 +730,6 @@ def pretrain(args):
                                "stopped_by": stopped})
         finally:
             run.log.close()
-            if run.rank == 0 and not args.no_report:  # a run that failed needs one most
-                report_run(run, state)
         verb = f"stopped by {stopped} at" if stopped else "finished at"
         run.log.say(f"{verb} step {state.step}, {state.tokens_seen:,} tokens; weights: "
                     f"{run.weights_path}; resume file: {run.resume_path}; log: {state.log_path}")
@@ -738,6 +739,8 @@ def pretrain(args):
             lock.close()
         if dist.is_initialized():
             dist.destroy_process_group()
+        if reported and reported[1].step > 0:  # before the first step: nothing to report
+            report_run(*reported)
 
 
 def report_run(run: Run, state: RunState):

@@ -44,8 +44,9 @@ REFERENCES = ROOT / "reference"
 REQUIRED = {"train": ("step", "tokens", "loss"), "val": ("step", "tokens", "val_loss"),
             "probe": ("step", "tokens", "accuracy"), "sample": ("step", "samples")}
 # flags that change a run's loss curve: a reference is drawn only for runs that share them
-CURVE_FLAGS = ("max_seq_len", "learning_rate", "min_lr", "warmup_iters", "epochs", "max_steps",
-               "max_tokens", "weight_decay", "grad_clip")
+CURVE_FLAGS = ("max_seq_len", "learning_rate", "min_lr", "warmup_iters", "lr_schedule",
+               "decay_frac", "optimizer", "muon_lr", "epochs", "max_steps", "max_tokens",
+               "weight_decay", "grad_clip")
 SHOWN_EVALUATIONS = 6  # samples: the first, the last, and evenly spaced ones between
 
 
