@@ -281,6 +281,13 @@ def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, w
         raise ValueError(f"{path} was trained with --optimizer {old.get('optimizer', 'adamw')}; "
                          f"pass --optimizer {old.get('optimizer', 'adamw')} to continue it, or "
                          "--resume none to start over")
+    # files from before --lr_schedule were trained on the cosine; continuing one under another
+    # schedule would jump its learning rate mid-run
+    if old.get("lr_schedule", "cosine") != args.lr_schedule:
+        raise ValueError(f"{path} was trained with --lr_schedule "
+                         f"{old.get('lr_schedule', 'cosine')}; pass --lr_schedule "
+                         f"{old.get('lr_schedule', 'cosine')} to continue it, or --resume none "
+                         "to start over")
     if (old["batch_size"], old["accumulation_steps"]) != (args.batch_size,
                                                           args.accumulation_steps):
         warn(f"warning: resuming a run of --batch_size {old['batch_size']} "

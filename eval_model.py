@@ -201,17 +201,18 @@ def loss_sums(model, batches, byte_counts, autocast=None, progress=None):
     bytes token id stands for (tokenizer.token_bytes; special tokens 0). progress: a bar
     on stderr, {"total": batches or None}."""
     device = model.tok_embeddings.weight.device
-    byte_counts = torch.as_tensor(byte_counts, dtype=torch.float64, device=device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    sum_device = torch.device("cpu") if device.type == "mps" else device  # mps has no float64
+    byte_counts = torch.as_tensor(byte_counts, dtype=torch.float64, device=sum_device)
+    sums = torch.zeros(3, dtype=torch.float64, device=sum_device)
     for X, Y, loss_mask in tqdm(batches, desc="evaluating", unit="batch", file=sys.stderr,
                                 disable=progress is None, **(progress or {})):
-        X, Y, loss_mask = X.to(device), Y.to(device), loss_mask.to(device)
+        X, Y = X.to(device), Y.to(device)
         with autocast or contextlib.nullcontext():
             logits = model(X).logits  # (B, T, vocab)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), Y.flatten(), reduction="none")
-        mask = loss_mask.flatten().double()
-        sums += torch.stack([(nll.double() * mask).sum(), mask.sum(),
-                             (byte_counts[Y.flatten()] * mask).sum()])
+        nll, targets = nll.to(sum_device).double(), Y.flatten().to(sum_device)
+        mask = loss_mask.flatten().to(sum_device).double()
+        sums += torch.stack([(nll * mask).sum(), mask.sum(), (byte_counts[targets] * mask).sum()])
     return sums
 
 

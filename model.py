@@ -247,7 +247,9 @@ class MoEFeedForward(nn.Module):
     each expert on its own tokens only, but no shape depends on the routing: no host sync
     waits for it, torch.compile makes the layer one graph, and every expert takes part in
     every backward pass, as DDP requires. (One grouped matmul per weight, each expert on its
-    own tokens, would save the extra work; torch's grouped_mm is made for bf16 on GPUs.)
+    own tokens, would save the extra work; torch's grouped_mm is made for bf16 on GPUs.) In
+    float16 an overflow on a token not routed to the expert still gives 0 * inf = NaN there:
+    the loss scaler then skips the step, as for any overflow.
     """
 
     def __init__(self, config: LMConfig):

@@ -63,7 +63,10 @@ class Muon(torch.optim.Optimizer):
         # weights are (out, in); an orthogonal (r, c) matrix has RMS 1/sqrt(max(r, c)), and
         # the reference scales tall ones up by sqrt(r / c), as the lr of 0.02 assumes
         rows, cols = p.shape
-        return newton_schulz(nesterov).to(p.dtype) * max(1.0, rows / cols) ** 0.5
+        # an MoE expert that got no token has a zero gradient; orthogonalising its decaying
+        # momentum would still move it a full step, so it does not move (decided on the device)
+        moved = p.grad.ne(0).any()
+        return newton_schulz(nesterov).to(p.dtype) * max(1.0, rows / cols) ** 0.5 * moved
 
     def adamw_update(self, p, group):
         state, (beta1, beta2) = self.state[p], group["betas"]

@@ -327,8 +327,9 @@ def middle(values):
 def summary_rows(runs):
     """The summary table: one row per run, where it ended (or its last record)."""
     rows = ["| run | steps | tokens | wall time | GPU-hours | val loss | val ppl | bits per byte "
-            "| train loss | probe accuracy | tokens/s (median) | MFU (median) | ended |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| train loss | probe accuracy | tokens/s (median) | MFU (median) | steps skipped "
+            "(non-finite) | ended |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, log in runs:
         val = log["val"][-1] if log["val"] else {}
         last = log["train"][-1] if log["train"] else {}
@@ -340,7 +341,8 @@ def summary_rows(runs):
             f"{fmt(val.get('val_ppl'), '.2f')} | {fmt(val.get('val_bpb'))} | "
             f"{fmt(last.get('loss'))} | {fmt(probe.get('accuracy'), '.1%')} | "
             f"{fmt(middle(r.get('tokens_per_sec') for r in log['train']), ',.0f')} | "
-            f"{fmt(middle(r.get('mfu') for r in log['train']), '.1%')} | {ended(log)} |")
+            f"{fmt(middle(r.get('mfu') for r in log['train']), '.1%')} | "
+            f"{fmt(last.get('bad_steps'), ',')} | {ended(log)} |")
     return rows
 
 

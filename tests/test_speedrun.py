@@ -61,10 +61,10 @@ def test_tiny_comparison_prints_a_row_per_variant(tmp_path, capsys):
             "--max_seq_len", "32", "--batch_size", "4", "--max_steps", "4", "--eval_interval",
             "2", "--vocab_size", "300", "--val_fraction", "0.1", "--seeds", "0",
             "--work_dir", str(tmp_path / "work")]
-    results = speedrun.main(argv + ["--variant", "base=", "wsd=--lr_schedule wsd"])
-    assert [step for step, _, _ in results["wsd"][0]["curve"]] == [2, 4]
+    results = speedrun.main(argv + ["--variant", "base=", "cosine=--lr_schedule cosine"])
+    assert [step for step, _, _ in results["cosine"][0]["curve"]] == [2, 4]
     out = capsys.readouterr().out
-    assert "| base | `(defaults)` |" in out and "| wsd | `--lr_schedule wsd` |" in out
+    assert "| base | `(defaults)` |" in out and "| cosine | `--lr_schedule cosine` |" in out
     log_files = sorted((tmp_path / "work" / "zh" / "base-seed0" / "logs").iterdir())
     again = speedrun.main(argv + ["--variant", "base="])  # the same run: reused, not rerun
     assert again["base"] == results["base"]

@@ -301,6 +301,20 @@ def test_resume_with_another_optimizer_is_a_clear_error(corpus, tmp_path):
         main(argv_of(corpus, tmp_path, "--max_steps", "2", "--optimizer", "muon"))
 
 
+def test_resume_under_another_schedule_is_a_clear_error_also_for_files_from_before_it(
+        corpus, tmp_path):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1", "--lr_schedule", "cosine"))
+    with pytest.raises(SystemExit, match="pass --lr_schedule cosine to continue it"):
+        main(argv_of(corpus, tmp_path, "--max_steps", "2", "--lr_schedule", "wsd"))
+    # a resume file written before --lr_schedule existed was trained on the cosine
+    path = tmp_path / "pretrain_32_resume.pth"
+    state = torch.load(path, weights_only=True)
+    del state["args"]["lr_schedule"]
+    torch.save(state, path)
+    with pytest.raises(SystemExit, match="trained with --lr_schedule cosine"):
+        main(argv_of(corpus, tmp_path, "--max_steps", "2"))  # the default is wsd
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch, optimizer):
     flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100",
