@@ -15,6 +15,7 @@ the progress bar in runlog.py, the evaluator in eval_model.py.
 import argparse
 import contextlib
 import datetime
+import gc
 import io
 import itertools
 import math
@@ -704,7 +705,7 @@ def open_log(run: Run, state: RunState):
 def pretrain(args):
     """Run (or continue) one pretraining run; returns a summary dict (and the model)."""
     rank, local_rank, world_size = ranks()
-    lock = reported = None
+    lock = reported = run = None
     try:
         lock = lock_out_dir(args.out_dir) if rank == 0 else None  # one writer per --out_dir
         log = RunLog(rank, args.quiet)
@@ -738,6 +739,11 @@ def pretrain(args):
         if lock is not None:
             lock.close()
         if dist.is_initialized():
+            if run is not None:
+                # DDP's reducer keeps the work of its last all-reduce: free it while the group
+                # and the interpreter are alive (left to the exit, that can abort the process)
+                run.model = None
+                gc.collect()
             dist.destroy_process_group()
         if reported and reported[1].step > 0:  # before the first step: nothing to report
             report_run(*reported)
