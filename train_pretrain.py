@@ -459,6 +459,7 @@ class Run:
     dtype_name: str  # the precision it trains in (common.mixed_precision)
     byte_counts: list  # UTF-8 bytes of every token id (tokenizer.token_bytes)
     probes: list  # scored at every evaluation (eval_model.load_probes); [] for none
+    prompts: list  # continued greedily at every evaluation, in the corpus language
     data_meta: dict  # the prepared data's meta.json, with its cleaning report
 
     def mfu_of(self, tokens_per_sec):
@@ -564,7 +565,7 @@ def validate(run: Run, state: RunState):
                 run.log.write({"kind": "probe", **at, **summary})
             samples = [{"prompt": prompt, "text": complete(
                 model, run.tok, prompt, io.StringIO(), SAMPLE_TOKENS, temperature=0).text}
-                for prompt in sample_prompts(run.tok)[:SAMPLES]]
+                for prompt in run.prompts]
         run.log.write({"kind": "sample", **at, "samples": samples})
         model.train()
 
@@ -639,6 +640,7 @@ def start_run(args, rank, world_size, device, log, data):
               plan=plan, log=log, stop=StopSignal(), weights_path=weights_path,
               resume_path=resume_path, first_step=state.step, dtype_name=dtype_name,
               byte_counts=token_byte_counts(tok), data_meta=load_meta(train_ds.prepared_dir),
+              prompts=sample_prompts(tok)[:SAMPLES],
               probes=[] if args.probe == "none" else load_probes(
                   default_probes(tok) if args.probe == "auto" else args.probe))
     describe(run, config, dtype_name, found)
