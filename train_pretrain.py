@@ -707,7 +707,8 @@ def open_log(run: Run, state: RunState):
 def pretrain(args):
     """Run (or continue) one pretraining run; returns a summary dict (and the model)."""
     rank, local_rank, world_size = ranks()
-    lock = reported = run = None
+    lock = run = None
+    report_due = False
     try:
         lock = lock_out_dir(args.out_dir) if rank == 0 else None  # one writer per --out_dir
         log = RunLog(rank, args.quiet)
@@ -723,7 +724,7 @@ def pretrain(args):
         open_log(run, state)
         # a run that failed needs its report most: it is written on the way out, whatever
         # happens (after the process group is gone, so that no rank waits for rank 0)
-        reported = (run, state) if rank == 0 and not args.no_report else None
+        report_due = rank == 0 and not args.no_report
         try:
             with run.stop:
                 run.raw_model.train()
@@ -747,8 +748,8 @@ def pretrain(args):
                 run.model = None
                 gc.collect()
             dist.destroy_process_group()
-        if reported and reported[1].step > 0:  # before the first step: nothing to report
-            report_run(*reported)
+        if report_due and state.step > 0:  # before the first step: nothing to report
+            report_run(run, state)
 
 
 def report_run(run: Run, state: RunState):

@@ -132,10 +132,7 @@ def run_shape(log):
     config, args, data = start.get("config", {}), start.get("args", {}), start.get("data") or {}
     return {**{key: config.get(key) for key in ("dim", "n_layers", "vocab_size")},
             **{key: args.get(key) for key in CURVE_FLAGS},
-            # logs before the "plan" field: the same product of the flags
-            "tokens_per_step": start.get("plan", {}).get("tokens_per_step") or (
-                args.get("batch_size", 0) * args.get("accumulation_steps", 0)
-                * start.get("world_size", 1) * args.get("max_seq_len", 0)),
+            "tokens_per_step": start.get("plan", {}).get("tokens_per_step"),
             "data": [source.get("path") for source in data.get("sources", [])]}
 
 
