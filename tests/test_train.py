@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
               "--num_workers", "0", "--warmup_iters", "0", "--log_interval", "1",
               "--eval_interval", "1000", "--eval_iters", "2", "--quiet",
-              "--dtype", "float32"]  # exact comparisons, also where a CPU defaults to bf16 (AMX)
+              "--dtype", "float32"]  # exact comparisons, also where a CPU defaults to bf16
 
 
 def write_corpus(path: Path, n_docs: int = 60, seed: int = 0):
@@ -577,9 +577,10 @@ def test_first_lines_say_the_precision_and_why(corpus, tmp_path, capsys):
         at = argv.index("--dtype")
         return [a for a in argv[:at] + argv[at + 2:] if a != "--quiet"]
     pretrain(parse_args(shown(tmp_path / "a")))
-    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text().split()  # Linux: the kernel's flags
-    assert ("cpu bfloat16 (autocast: AMX bf16 units)" if amx
-            else "cpu float32 (no bf16 matrix units)") in capsys.readouterr().out
+    flags = Path("/proc/cpuinfo").read_text().split()  # Linux: the kernel's flags
+    units = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
+    assert (f"cpu bfloat16 (autocast: {units} bf16 units)" if units
+            else "cpu float32 (no AMX or AVX512-BF16 units)") in capsys.readouterr().out
     pretrain(parse_args(shown(tmp_path / "b", "--dtype", "bfloat16")))
     assert "cpu bfloat16 (--dtype)" in capsys.readouterr().out
 
