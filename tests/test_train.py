@@ -87,6 +87,14 @@ def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert cosine(110) == pytest.approx(min_lr)  # the last step
 
 
+def test_default_learning_rate_is_minimind_s_at_512_and_wider_and_rises_as_1_over_width():
+    expected = {512: 5e-4, 768: 5e-4, 256: 1e-3, 192: 5e-4 * 8 / 3, 128: 2e-3, 32: 2e-3}
+    for dim, lr in expected.items():  # 5e-4 * 512 / dim, clamped to [5e-4, 2e-3] by hand
+        args = parse_args(["--dim", str(dim)])
+        assert args.learning_rate == pytest.approx(lr) and args.min_lr == pytest.approx(lr / 10)
+    assert parse_args(["--dim", "64", "--learning_rate", "3e-4"]).learning_rate == 3e-4
+
+
 def test_wsd_schedule_warms_up_holds_then_decays_linearly_over_the_last_fifth():
     lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 100  # decay over steps 80..99 (20% of 100)
     def wsd(step):
