@@ -95,6 +95,12 @@ def test_default_learning_rate_is_minimind_s_at_512_and_wider_and_rises_as_1_ove
     assert parse_args(["--dim", "64", "--learning_rate", "3e-4"]).learning_rate == 3e-4
 
 
+def test_default_optimizer_is_muon_below_dim_512_and_adamw_from_it():
+    for dim, name in ((32, "muon"), (256, "muon"), (511, "muon"), (512, "adamw"), (768, "adamw")):
+        assert parse_args(["--dim", str(dim)]).optimizer == name
+    assert parse_args(["--dim", "64", "--optimizer", "adamw"]).optimizer == "adamw"
+
+
 def test_wsd_schedule_warms_up_holds_then_decays_linearly_over_the_last_fifth():
     lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 100  # decay over steps 80..99 (20% of 100)
     def wsd(step):
