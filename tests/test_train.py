@@ -96,7 +96,7 @@ def test_default_learning_rate_is_minimind_s_at_512_and_wider_and_rises_as_1_ove
 
 
 def test_default_optimizer_is_muon_below_dim_512_and_adamw_from_it():
-    for dim, name in ((32, "muon"), (256, "muon"), (511, "muon"), (512, "adamw"), (768, "adamw")):
+    for dim, name in ((32, "muon"), (256, "muon"), (496, "muon"), (512, "adamw"), (768, "adamw")):
         assert parse_args(["--dim", str(dim)]).optimizer == name
     assert parse_args(["--dim", "64", "--optimizer", "adamw"]).optimizer == "adamw"
 
@@ -138,7 +138,8 @@ def test_tiny_model_overfits_a_small_dataset(corpus, tmp_path):
 def test_partial_last_accumulation_is_divided_by_its_own_length(corpus, tmp_path):
     # A train split of 3 micro-batches with accumulation 2: step 1 takes two micro-batches,
     # step 2 the one left, which must count fully (divided by 1, not by 2).
-    constant_lr = ("--accumulation_steps", "2", "--min_lr", "5e-4")  # same LR for any length
+    constant_lr = ("--accumulation_steps", "2", "--learning_rate", "5e-4", "--min_lr", "5e-4")
+    # (the same LR for any run length)
     args = run_args(corpus, tmp_path / "full", *constant_lr)
     full = pretrain(args)
     ds = PretrainDataset(next((tmp_path / "full" / "data").iterdir()), "train", 32)
@@ -310,9 +311,9 @@ def test_tiny_run_with_muon_lowers_the_loss(corpus, tmp_path):
 
 
 def test_resume_with_another_optimizer_is_a_clear_error(corpus, tmp_path):
-    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))
-    with pytest.raises(SystemExit, match="--optimizer adamw"):
-        main(argv_of(corpus, tmp_path, "--max_steps", "2", "--optimizer", "muon"))
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))  # Muon: the default at dim 32
+    with pytest.raises(SystemExit, match="pass --optimizer muon to continue it"):
+        main(argv_of(corpus, tmp_path, "--max_steps", "2", "--optimizer", "adamw"))
 
 
 def test_resume_under_another_schedule_is_a_clear_error_also_for_files_from_before_it(
