@@ -24,7 +24,7 @@ from common import (add_device_flags, add_model_flags, allow_tf32, format_rows, 
                     mixed_precision, peak_flops_per_second, pick_device, timed_rounds)
 from decode import StaticDecoder, decoder_error, fast_decoding
 from model import LMConfig, Transformer
-from train_pretrain import make_optimizer, masked_lm_loss, train_step
+from train_pretrain import default_optimizer, make_optimizer, masked_lm_loss, train_step
 
 
 def parse_args(argv=None):
@@ -70,7 +70,7 @@ def make_step(model, device, dtype_name, compile_model=False, compile_mode="defa
     rather than in place, so that decoding after it stays eager)."""
     step_model = torch.compile(model, mode=compile_mode) if compile_model else model
     loss_fn = torch.compile(masked_lm_loss) if compile_model else masked_lm_loss
-    optimizer = make_optimizer(model, 1e-4, 0.1, device)
+    optimizer = make_optimizer(model, 1e-4, 0.1, device, default_optimizer(model.config.dim))
     _, autocast, scaler = mixed_precision(device, dtype_name)  # a scaler for float16 only
     model.train()
     return lambda batches: train_step(step_model, optimizer, scaler, batches, 1, loss_fn,

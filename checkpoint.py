@@ -278,9 +278,11 @@ def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, w
                          f"--max_seq_len {old['max_seq_len']} to continue it, or --resume "
                          "none to start over")
     if old.get("optimizer", "adamw") != args.optimizer:  # files from before --optimizer
+        # (and its learning rate: both defaults follow the width now, so name both)
         raise ValueError(f"{path} was trained with --optimizer {old.get('optimizer', 'adamw')}; "
-                         f"pass --optimizer {old.get('optimizer', 'adamw')} to continue it, or "
-                         "--resume none to start over")
+                         f"pass --optimizer {old.get('optimizer', 'adamw')} --learning_rate "
+                         f"{old['learning_rate']:g} to continue it, or --resume none to start "
+                         "over")
     # files from before --lr_schedule were trained on the cosine; continuing one under another
     # schedule would jump its learning rate mid-run
     if old.get("lr_schedule", "cosine") != args.lr_schedule:

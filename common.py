@@ -180,8 +180,9 @@ def cpu_bf16_units():
 
     Intel's AMX tiles multiply bf16 matrices; AVX512-BF16 (Intel from Cooper Lake, AMD from
     Zen 4) has bf16 dot-product instructions. With either, a bf16-autocast training step
-    runs faster than fp32: 1.9x with AMX (a 2-core Xeon), 1.7-2.3x with AVX512-BF16 (a
-    2-core AMD EPYC; README, "Better models for the same compute"). Without them bf16 is
+    runs faster than fp32: 1.9x with AMX (1,313 against 680 tokens/s at 512 x 8 on a 2-core
+    Xeon), 1.7-2.3x with AVX512-BF16 (a 2-core AMD EPYC; README, "Better models for the same
+    compute"). Without them bf16 is
     emulated and slower. Linux: the kernel's flags in /proc/cpuinfo; elsewhere torch's
     probes (private, hence getattr)."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -190,7 +191,11 @@ def cpu_bf16_units():
                  for flag in line.split()}
     else:
         probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
-        flags = {flag for flag, probe in probes.items() if getattr(torch.cpu, probe, bool)()}
+        flags = set()
+        for flag, name in probes.items():
+            probe = getattr(torch.cpu, name, None)  # None where this torch lacks the probe
+            if probe is not None and probe():
+                flags.add(flag)
     return next((name for flag, name in CPU_BF16_UNITS.items() if flag in flags), None)
 
 

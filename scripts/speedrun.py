@@ -20,8 +20,9 @@ whatever else the machine is doing: compare steps first.
 --minimind DIR adds a row for MiniMind 2025's own trainer/train_pretrain.py (a checkout of
 github.com/jingyaogong/minimind at commit c65335b; it needs transformers) on the same training
 split and shape, one epoch; its weights are scored by the same evaluator, its final bpb is
-the target and its steps the budget. The variants' names must change when a default
-changes: a finished run is reused when its flags are the same.
+the target and its steps the budget. It runs on the CPU (its --device cpu) in fp32, as
+MiniMind does on any CPU, and saves fp16 weights, which are scored as saved. A finished run
+is reused by a later call whose resolved flags (defaults included) are the same.
 """
 
 import argparse
@@ -139,7 +140,8 @@ def run_one(args, name, flags, seed, tok_path, prepared):
         "--tokenizer", str(tok_path), "--out_dir", str(out_dir), "--resume", "none",
         "--quiet"] + shlex.split(flags))
     done = out_dir / "speedrun.json"
-    if done.exists() and json.loads(done.read_text())["argv"] == argv:
+    resolved = vars(train_pretrain.parse_args(argv))  # defaults included: they change
+    if done.exists() and json.loads(done.read_text()).get("resolved") == resolved:
         return json.loads(done.read_text())  # this very run, finished by an earlier call
     summary = train_pretrain.main(argv)
     if summary["stopped_by"]:  # cut short: not a result to keep
@@ -150,7 +152,8 @@ def run_one(args, name, flags, seed, tok_path, prepared):
     curve = [[r["step"], clock[r["step"]], r["val_bpb"]] for r in records if r["kind"] == "val"]
     shape = train_pretrain.parse_args(argv)
     weights = checkpoint_paths(out_dir, shape.dim, bool(shape.use_moe))[0]
-    result = {"name": name, "flags": flags, "seed": seed, "argv": argv, "curve": curve,
+    result = {"name": name, "flags": flags, "seed": seed, "argv": argv, "resolved": resolved,
+              "curve": curve,
               "final_bpb": heldout_bpb(weights, tok_path, prepared, args.max_seq_len,
                                        args.batch_size)}
     done.write_text(json.dumps(result))
@@ -208,9 +211,6 @@ def run_minimind(args, seed, tok_path, prepared):
     """One epoch of MiniMind's own trainer on the training split, in a copy of its model/,
     dataset/ and trainer/ with our tokenizer in model/; its log lines time the steps."""
     out_dir = corpus_dir(args) / f"minimind-seed{seed}"
-    done = out_dir / "speedrun.json"
-    if done.exists():
-        return json.loads(done.read_text())
     shape = train_pretrain.parse_args(shlex.split(args.shape))
     for sub in ("model", "dataset", "trainer"):
         shutil.copytree(Path(args.minimind) / sub, out_dir / sub, dirs_exist_ok=True)
@@ -220,15 +220,19 @@ def run_minimind(args, seed, tok_path, prepared):
             (out_dir / f"{name}.py").write_text(text)
     n_docs = minimind_jsonl(tok_path, prepared, out_dir / "train.jsonl", seed)
     steps = math.ceil(n_docs / args.batch_size)
-    argv = [sys.executable, "train_pretrain.py", *shlex.split(MINIMIND_FLAGS),
+    argv = ["train_pretrain.py", *shlex.split(MINIMIND_FLAGS),
             "--hidden_size", str(shape.dim), "--num_hidden_layers", str(shape.n_layers),
             "--batch_size", str(args.batch_size), "--max_seq_len", str(args.max_seq_len),
             "--data_path", "../train.jsonl", "--save_dir", "../out",
             "--log_interval", str(args.eval_interval), "--save_interval", str(steps)]
-    env = {**os.environ, "PYTHONPATH": str(out_dir)}
+    done = out_dir / "speedrun.json"
+    if done.exists() and json.loads(done.read_text())["argv"] == argv:
+        return json.loads(done.read_text())  # this very run, finished by an earlier call
+    # unbuffered: each log line must reach us when it is printed, or the clock means nothing
+    env = {**os.environ, "PYTHONPATH": str(out_dir), "PYTHONUNBUFFERED": "1"}
     clock = {}  # step: when its log line arrived
-    with subprocess.Popen(argv, cwd=out_dir / "trainer", env=env, stdout=subprocess.PIPE,
-                          text=True) as proc:
+    with subprocess.Popen([sys.executable, *argv], cwd=out_dir / "trainer", env=env,
+                          stdout=subprocess.PIPE, text=True) as proc:
         for line in proc.stdout:
             logged = re.match(r"Epoch:\[\d+/\d+\]\((\d+)/\d+\)", line)
             if logged:
@@ -273,7 +277,9 @@ def table(results, target):
     rows = ["| variant | flags | final bpb | steps to target | seconds to target |",
             "|---|---|---|---|---|"]
     for name, runs in results.items():
-        reached = [time_to_target(r["curve"], target) for r in runs]
+        # MiniMind's row is the target: the mean of its seeds, reached by each at its end
+        reached = [time_to_target(r["curve"], target) or
+                   (tuple(r["curve"][-1][:2]) if name == "minimind" else None) for r in runs]
         steps = [None if x is None else x[0] for x in reached]
         seconds = [None if x is None else x[1] for x in reached]
         finals = [r["final_bpb"] for r in runs]
@@ -293,8 +299,8 @@ def parse_args(argv=None):
     p.add_argument("--zh_poetry", help="chinese-poetry's package/dist folder (--corpus zh)")
     p.add_argument("--zh_max_docs", type=int, default=60000, help="documents to take")
     p.add_argument("--zh_page_chars", type=int, default=0,
-                   help="one document: a page of one poet's poems of this many characters "
-                        "(0: one poem)")
+                   help="one document: a page of one poet's consecutive poems, closed once "
+                        "it reaches this many characters or the poet changes (0: one poem)")
     p.add_argument("--shape", default=SHAPE, help="train_pretrain.py flags of the model")
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
@@ -316,6 +322,12 @@ def parse_args(argv=None):
     elif not (Path(args.minimind) / "trainer" / "train_pretrain.py").is_file():
         p.error(f"--minimind {args.minimind}: no trainer/train_pretrain.py inside; pass a "
                 "checkout of github.com/jingyaogong/minimind at commit c65335b")
+    elif args.vocab_size != 6400:
+        p.error("--minimind: MiniMind's model has 6,400 tokens, whatever the tokenizer; pass "
+                "--vocab_size 6400")
+    elif train_pretrain.parse_args(shlex.split(args.shape)).accumulation_steps != 1:
+        p.error("--minimind: MiniMind's trainer runs with --accumulation_steps 1 here, so the "
+                "positions a step agree only with --accumulation_steps 1 in --shape")
     args.variants = dict(v.split("=", 1) if "=" in v else (v, "") for v in args.variant)
     if args.corpus == "zh" and not args.zh_poetry:
         p.error("--corpus zh needs --zh_poetry: the package/dist folder of chinese-poetry")

@@ -74,7 +74,7 @@ def test_tiny_comparison_prints_a_row_per_variant(tmp_path, capsys):
 
 
 def test_a_run_stopped_by_a_signal_is_not_kept_as_a_result(tmp_path, monkeypatch):
-    monkeypatch.setattr(speedrun, "PretrainDataset", lambda *args: [])
+    monkeypatch.setattr(speedrun, "PretrainDataset", lambda *args: [0])  # one validation sequence
     monkeypatch.setattr(speedrun.train_pretrain, "main",
                         lambda argv: {"stopped_by": "SIGTERM", "log_path": None})
     args = speedrun.parse_args(["--work_dir", str(tmp_path)])
@@ -104,13 +104,13 @@ def test_pages_hold_one_poets_poems_in_order_and_close_at_page_chars(tmp_path):
 
 def fake_minimind(root: Path, weights):
     """A folder laid out as a MiniMind checkout whose trainer only reads its data through
-    the datasets package, logs each step as MiniMind does and saves the given weights in
-    transformers' layout, as MiniMind 2025 does."""
+    the datasets package, takes 0.05 s a step, logs steps as MiniMind does and saves the
+    given weights in transformers' layout, as MiniMind 2025 does."""
     for sub in ("model", "dataset", "trainer"):
         (root / sub).mkdir(parents=True)
     torch.save(weights, root / "model" / "weights.pth")
     (root / "trainer" / "train_pretrain.py").write_text("""
-import argparse, math, os, shutil
+import argparse, math, os, shutil, time
 from datasets import load_dataset
 p = argparse.ArgumentParser()
 for flag in ("--hidden_size", "--batch_size", "--log_interval", "--save_interval"):
@@ -122,6 +122,7 @@ samples = load_dataset("json", data_files=args.data_path, split="train")
 assert all(s["text"].startswith("<s>") and s["text"].endswith("</s>") for s in samples)
 iters = math.ceil(len(samples) / args.batch_size)
 for step in range(1, iters + 1):
+    time.sleep(0.05)  # a step; printed without flush, as MiniMind prints
     if step % args.log_interval == 0 or step == iters - 1:
         print(f"Epoch:[1/1]({step}/{iters}) loss:1.0 lr:0.0005 epoch_Time:0min:")
 assert args.save_interval == iters
@@ -148,8 +149,10 @@ def test_minimind_row_trains_on_the_training_split_and_is_scored_as_eval_model_s
     config = LMConfig(dim=32, n_layers=2, vocab_size=vocab)
     torch.manual_seed(0)
     model = Transformer(config)
+    # MiniMind saves fp16 weights: ours, rounded the same way, are what eval_model sees
+    model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     torch.save(model.state_dict(), tmp_path / "ours.pth")
-    hf = to_hf_state_dict(model.state_dict(), config)
+    hf = {k: v.half() for k, v in to_hf_state_dict(model.state_dict(), config).items()}
     hf["lm_head.weight"] = hf["model.embed_tokens.weight"]  # MiniMind saves the tied head
     args.minimind = str(fake_minimind(tmp_path / "minimind", hf))
     result = speedrun.run_minimind(args, 0, tok_path, prepared)
@@ -160,6 +163,7 @@ def test_minimind_row_trains_on_the_training_split_and_is_scored_as_eval_model_s
     assert len(lines) == train_docs
     steps = -(-train_docs // 4)
     assert result["curve"][0][0] == steps
+    assert result["curve"][0][1] >= 0.04 * steps  # 0.05 s a step: each line timed on arrival
     eval_model.main(["--ckpt", str(tmp_path / "ours.pth"), "--tokenizer", str(tok_path),
                      "--eval_data", str(prepared), "--eval_seq_len", "32", "--device", "cpu"])
     printed = capsys.readouterr().out.split("bits per byte ")[1].split()[0]

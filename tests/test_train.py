@@ -312,7 +312,7 @@ def test_tiny_run_with_muon_lowers_the_loss(corpus, tmp_path):
 
 def test_resume_with_another_optimizer_is_a_clear_error(corpus, tmp_path):
     pretrain(run_args(corpus, tmp_path, "--max_steps", "1"))  # Muon: the default at dim 32
-    with pytest.raises(SystemExit, match="pass --optimizer muon to continue it"):
+    with pytest.raises(SystemExit, match="pass --optimizer muon --learning_rate 0.002 to "):
         main(argv_of(corpus, tmp_path, "--max_steps", "2", "--optimizer", "adamw"))
 
 
