@@ -64,13 +64,14 @@ def build_model(args, device):
     return Transformer(config).to(device)
 
 
-def make_step(model, device, dtype_name, compile_model=False, compile_mode="default"):
+def make_step(model, device, dtype_name, compile_model=False, compile_mode="default",
+              optimizer_name="adamw"):
     """step(batches): one optimizer step of train_pretrain.train_step with one micro-step;
     compile_model: the model and the loss compiled as --compile does (the model wrapped
     rather than in place, so that decoding after it stays eager)."""
     step_model = torch.compile(model, mode=compile_mode) if compile_model else model
     loss_fn = torch.compile(masked_lm_loss) if compile_model else masked_lm_loss
-    optimizer = make_optimizer(model, 1e-4, 0.1, device, default_optimizer(model.config.dim))
+    optimizer = make_optimizer(model, 1e-4, 0.1, device, optimizer_name)
     _, autocast, scaler = mixed_precision(device, dtype_name)  # a scaler for float16 only
     model.train()
     return lambda batches: train_step(step_model, optimizer, scaler, batches, 1, loss_fn,
@@ -84,8 +85,8 @@ def measure_training(models, args, device, dtype_name):
                            generator=g)
     batch = [t.to(device) for t in (tokens[:, :-1], tokens[:, 1:],
                                      torch.ones(args.batch_size, args.max_seq_len))]
-    steps = {name: make_step(m, device, dtype_name, args.compile, args.compile_mode)
-             for name, m in models.items()}
+    steps = {name: make_step(m, device, dtype_name, args.compile, args.compile_mode,
+                             default_optimizer(args.dim)) for name, m in models.items()}
     for step in steps.values():
         for _ in range(args.warmup):  # the first steps allocate state (and compile)
             step(itertools.repeat(batch))
