@@ -182,9 +182,8 @@ def cpu_bf16_units():
     Zen 4) has bf16 dot-product instructions. With either, a bf16-autocast training step
     runs faster than fp32: 1.9x with AMX (1,313 against 680 tokens/s at 512 x 8 on a 2-core
     Xeon), 1.7-2.3x with AVX512-BF16 (a 2-core AMD EPYC; README, "Better models for the same
-    compute"). Without them bf16 is
-    emulated and slower. Linux: the kernel's flags in /proc/cpuinfo; elsewhere torch's
-    probes (private, hence getattr)."""
+    compute"). Without them bf16 is emulated and slower. Linux: the kernel's flags in
+    /proc/cpuinfo; elsewhere torch's probes (private, hence getattr)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
