@@ -13,7 +13,7 @@ package/dist), one poem a document or (--zh_page_chars) a page of one poet's poe
 as MiniMind jsonl ({"text": ...} a line). Both are prepared once per --work_dir; dataset.py
 carves the validation split by document (a seeded hash of each document falls below
 --val_fraction), so no document is in both splits. Every finished run leaves speedrun.json
-in its folder, reused by a later call with the same flags.
+in its folder.
 Seconds are training time only (the log's tokens per second leave evaluation out), on
 whatever else the machine is doing: compare steps first.
 
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_pretrain  # noqa: E402
 from checkpoint import checkpoint_paths, load_model, save_torch  # noqa: E402
-from dataset import PretrainDataset, open_split, prepare  # noqa: E402
+from dataset import PretrainDataset, load_meta, open_split, prepare  # noqa: E402
 from eval_model import evaluate  # noqa: E402
 from model import LMConfig  # noqa: E402
 from scripts.export_hf import from_hf_state_dict  # noqa: E402
@@ -60,8 +60,9 @@ SHAPE = "--dim 192 --n_layers 4 --accumulation_steps 1"  # QUICK_FLAGS' model
 def write_poetry_jsonl(dist_dir, path, max_docs, page_chars=0):
     """Tang shi and Song ci of chinese-poetry as MiniMind jsonl: title, author, then the
     lines of each poem. One poem a document, or with page_chars, a page of one poet's poems
-    in file order, closed once it holds page_chars characters (a longer document, as most
-    pretraining text is). The first max_docs, in file order, so that every call agrees."""
+    in file order, closed once it holds page_chars characters or the poet changes (a longer
+    document, as most pretraining text is). The first max_docs, in file order, so that every
+    call agrees."""
     files = sorted(glob.glob(f"{dist_dir}/quantangshi/poet.tang.*.json")) + sorted(
         glob.glob(f"{dist_dir}/songci/ci.song.*.json"))
     if not files:
@@ -150,8 +151,7 @@ def run_one(args, name, flags, seed, tok_path, prepared):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     clock = train_seconds(records)
     curve = [[r["step"], clock[r["step"]], r["val_bpb"]] for r in records if r["kind"] == "val"]
-    shape = train_pretrain.parse_args(argv)
-    weights = checkpoint_paths(out_dir, shape.dim, bool(shape.use_moe))[0]
+    weights = checkpoint_paths(out_dir, resolved["dim"], bool(resolved["use_moe"]))[0]
     result = {"name": name, "flags": flags, "seed": seed, "argv": argv, "resolved": resolved,
               "curve": curve,
               "final_bpb": heldout_bpb(weights, tok_path, prepared, args.max_seq_len,
@@ -204,7 +204,6 @@ def minimind_jsonl(tok_path, prepared, path, seed):
     random.Random(seed).shuffle(docs)
     path.write_text("".join(json.dumps({"text": f"<s>{d}</s>"}, ensure_ascii=False) + "\n"
                             for d in docs), encoding="utf-8")
-    return len(docs)
 
 
 def run_minimind(args, seed, tok_path, prepared):
@@ -212,14 +211,7 @@ def run_minimind(args, seed, tok_path, prepared):
     dataset/ and trainer/ with our tokenizer in model/; its log lines time the steps."""
     out_dir = corpus_dir(args) / f"minimind-seed{seed}"
     shape = train_pretrain.parse_args(shlex.split(args.shape))
-    for sub in ("model", "dataset", "trainer"):
-        shutil.copytree(Path(args.minimind) / sub, out_dir / sub, dirs_exist_ok=True)
-    save_tokenizer(load_tokenizer(tok_path), out_dir / "model")
-    for name, text in STAND_INS.items():
-        if importlib.util.find_spec(name) is None:
-            (out_dir / f"{name}.py").write_text(text)
-    n_docs = minimind_jsonl(tok_path, prepared, out_dir / "train.jsonl", seed)
-    steps = math.ceil(n_docs / args.batch_size)
+    steps = math.ceil(load_meta(prepared)["splits"]["train"]["documents"] / args.batch_size)
     argv = ["train_pretrain.py", *shlex.split(MINIMIND_FLAGS),
             "--hidden_size", str(shape.dim), "--num_hidden_layers", str(shape.n_layers),
             "--batch_size", str(args.batch_size), "--max_seq_len", str(args.max_seq_len),
@@ -228,6 +220,13 @@ def run_minimind(args, seed, tok_path, prepared):
     done = out_dir / "speedrun.json"
     if done.exists() and json.loads(done.read_text())["argv"] == argv:
         return json.loads(done.read_text())  # this very run, finished by an earlier call
+    for sub in ("model", "dataset", "trainer"):
+        shutil.copytree(Path(args.minimind) / sub, out_dir / sub, dirs_exist_ok=True)
+    save_tokenizer(load_tokenizer(tok_path), out_dir / "model")
+    for name, text in STAND_INS.items():
+        if importlib.util.find_spec(name) is None:
+            (out_dir / f"{name}.py").write_text(text)
+    minimind_jsonl(tok_path, prepared, out_dir / "train.jsonl", seed)
     # unbuffered: each log line must reach us when it is printed, or the clock means nothing
     env = {**os.environ, "PYTHONPATH": str(out_dir), "PYTHONUNBUFFERED": "1"}
     clock = {}  # step: when its log line arrived

@@ -55,3 +55,13 @@ def test_a_fake_cpuinfo_is_read_for_amx_then_avx512_bf16(tmp_path, monkeypatch):
     assert cpu_bf16_units() == "AVX512-BF16"
     (tmp_path / "cpuinfo").write_text(flags.replace(" amx_bf16", "").replace(" avx512_bf16", ""))
     assert cpu_bf16_units() is None  # AVX-512 without its bf16 extension: fp32
+
+
+def test_without_proc_cpuinfo_torch_s_probes_are_asked_and_a_missing_one_means_no(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "Path", lambda path: tmp_path / "no-cpuinfo")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_bf16_units() == "AVX512-BF16"
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert cpu_bf16_units() is None  # a torch build without the probe: fp32
