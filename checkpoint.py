@@ -271,25 +271,18 @@ def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, w
                          f"format changed); pass --data_path {Path(args.out_dir)}/data/"
                          f"*-{saved_data} (the directory of that name) to "
                          "continue on the same data, or --resume none to start over")
-    # ... and sequences of max_seq_len tokens: another length would continue elsewhere too
+    # ... and sequences of max_seq_len tokens: another length would continue elsewhere too.
+    # Files from before --optimizer were trained with AdamW, from before --lr_schedule on the
+    # cosine; another schedule would jump the learning rate mid-run. The optimizer's message
+    # names its learning rate too: both defaults follow the width now.
     old = state["args"]
-    if old["max_seq_len"] != args.max_seq_len:
-        raise ValueError(f"{path} was trained with --max_seq_len {old['max_seq_len']}; pass "
-                         f"--max_seq_len {old['max_seq_len']} to continue it, or --resume "
-                         "none to start over")
-    if old.get("optimizer", "adamw") != args.optimizer:  # files from before --optimizer
-        # (and its learning rate: both defaults follow the width now, so name both)
-        raise ValueError(f"{path} was trained with --optimizer {old.get('optimizer', 'adamw')}; "
-                         f"pass --optimizer {old.get('optimizer', 'adamw')} --learning_rate "
-                         f"{old['learning_rate']:g} to continue it, or --resume none to start "
-                         "over")
-    # files from before --lr_schedule were trained on the cosine; continuing one under another
-    # schedule would jump its learning rate mid-run
-    if old.get("lr_schedule", "cosine") != args.lr_schedule:
-        raise ValueError(f"{path} was trained with --lr_schedule "
-                         f"{old.get('lr_schedule', 'cosine')}; pass --lr_schedule "
-                         f"{old.get('lr_schedule', 'cosine')} to continue it, or --resume none "
-                         "to start over")
+    for flag, before in (("max_seq_len", None), ("optimizer", "adamw"),
+                         ("lr_schedule", "cosine")):
+        was = old.get(flag, before)
+        if was != getattr(args, flag):
+            rate = f" --learning_rate {old['learning_rate']:g}" if flag == "optimizer" else ""
+            raise ValueError(f"{path} was trained with --{flag} {was}; pass --{flag} {was}"
+                             f"{rate} to continue it, or --resume none to start over")
     if (old["batch_size"], old["accumulation_steps"]) != (args.batch_size,
                                                           args.accumulation_steps):
         warn(f"warning: resuming a run of --batch_size {old['batch_size']} "

@@ -200,6 +200,12 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # every control ch
 SPACE_RUN = re.compile(r"(?<=\S)[^\S\n]{8,}")  # inside a line only: indentation is kept
 BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 SYMBOL_RUN = re.compile(r"([^\w\s]|_)\1{5,}")  # 6 or more of one symbol: =====, ------, ....
+REWRITES = (  # the rules that change a text, in order; a rule "fires" when it changes it
+    ("control_chars",
+     lambda text: CONTROL_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))),
+    ("space_runs", lambda text: BLANK_LINES.sub("\n\n", SPACE_RUN.sub(" ", text))),
+    ("symbol_runs", lambda text: SYMBOL_RUN.sub(r"\1\1\1", text)),  # ====== -> ===
+)
 
 
 # Character classes looked up by code point in numpy, several times faster than a regex pass
@@ -231,18 +237,11 @@ def clean_text(text, min_chars=MIN_CHARS, markers=()):
     dropped, and the names of the rules that fired). markers: strings that are not content
     when measuring a document (MiniMind's <s> and </s>; tokenizer.SPECIAL_TOKENS)."""
     fired = []
-    new = CONTROL_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    if new != text:
-        fired.append("control_chars")
-        text = new
-    new = BLANK_LINES.sub("\n\n", SPACE_RUN.sub(" ", text))
-    if new != text:
-        fired.append("space_runs")
-        text = new
-    new = SYMBOL_RUN.sub(r"\1\1\1", text)
-    if new != text:
-        fired.append("symbol_runs")
-        text = new
+    for rule, rewrite in REWRITES:
+        new = rewrite(text)
+        if new != text:
+            fired.append(rule)
+            text = new
     text = text.strip()
     content = re.sub("|".join(map(re.escape, markers)), "", text) if markers else text
     if len(content.strip()) < min_chars:

@@ -36,7 +36,7 @@ import sysconfig
 import time
 from collections import Counter, deque
 from functools import partial
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +105,8 @@ def _clean_and_sign(item, min_chars, seed, num_perm, bands, rows, near_dedup):
 def _batches(entries, text_field, skip_bad_lines, counts, batch_size=1000):
     """(source index, list of raw texts); a batch never mixes two sources."""
     for source_id, paths in enumerate(entries):
-        batch = []
-        for text in iter_texts(paths, text_field, skip_bad_lines, counts):
-            batch.append(text)
-            if len(batch) == batch_size:
-                yield source_id, batch
-                batch = []
-        if batch:
+        texts = iter_texts(paths, text_field, skip_bad_lines, counts)
+        while batch := list(islice(texts, batch_size)):
             yield source_id, batch
 
 
@@ -405,29 +400,6 @@ def damaged(prepared_dir):
             "it again (for OUT_DIR/data, train_pretrain.py then does so by itself)")
 
 
-def prepare_job(sources, tokenizer_path, cache_dir, *, text_field, val_fraction, near_dedup,
-                dedup_threshold, num_perm, min_chars, seed, skip_bad_lines, weights):
-    """What prepare() would build, without building it: the directory it names after a
-    fingerprint of the sources (paths, sizes, content hashes), the tokenizer and every
-    option that changes the result, and what it needs to build it."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    entries, weights = _source_entries(sources, weights)
-    tok = load_tokenizer(tokenizer_path)
-    options = {"format": FORMAT_VERSION, "text_field": text_field, "val_fraction": val_fraction,
-               "near_dedup": near_dedup, "dedup_threshold": dedup_threshold,
-               "num_perm": num_perm, "min_chars": min_chars, "seed": seed,
-               "skip_bad_lines": skip_bad_lines}
-    source_fps = _fingerprint_sources(entries, weights)
-    key = json.dumps({"sources": source_fps, "tokenizer": tokenizer_fingerprint(tok),
-                      "options": options}, sort_keys=True)
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    first = entries[0][0]
-    name = f"{'builtin' if first == 'builtin' else first.name.split('.')[0]}-{fingerprint}"
-    return dict(out_dir=Path(cache_dir) / name, fingerprint=fingerprint, options=options,
-                entries=entries, weights=weights, source_fps=source_fps, tok=tok)
-
-
 def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
             near_dedup=True, dedup_threshold=DEDUP_THRESHOLD, num_perm=128, min_chars=MIN_CHARS,
             seed=0, skip_bad_lines=False, num_workers=None, weights=None, verbose=True,
@@ -441,11 +413,23 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     unchanged; num_workers and verbose do not change the result. wait: another process
     (the first rank on this machine) is building it; wait for it instead of building it too.
     """
-    job = prepare_job(sources, tokenizer_path, cache_dir, text_field=text_field,
-                      val_fraction=val_fraction, near_dedup=near_dedup,
-                      dedup_threshold=dedup_threshold, num_perm=num_perm, min_chars=min_chars,
-                      seed=seed, skip_bad_lines=skip_bad_lines, weights=weights)
-    out_dir, entries, weights, tok = job["out_dir"], job["entries"], job["weights"], job["tok"]
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    entries, weights = _source_entries(sources, weights)
+    tok = load_tokenizer(tokenizer_path)
+    # the directory's name: a fingerprint of the sources (paths, sizes, content hashes), the
+    # tokenizer and every option that changes the result
+    options = {"format": FORMAT_VERSION, "text_field": text_field, "val_fraction": val_fraction,
+               "near_dedup": near_dedup, "dedup_threshold": dedup_threshold,
+               "num_perm": num_perm, "min_chars": min_chars, "seed": seed,
+               "skip_bad_lines": skip_bad_lines}
+    source_fps = _fingerprint_sources(entries, weights)
+    key = json.dumps({"sources": source_fps, "tokenizer": tokenizer_fingerprint(tok),
+                      "options": options}, sort_keys=True)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    first = entries[0][0]
+    name = f"{'builtin' if first == 'builtin' else first.name.split('.')[0]}-{fingerprint}"
+    out_dir = Path(cache_dir) / name
     while wait and not is_prepared_dir(out_dir):
         time.sleep(0.5)  # if that process fails, torchrun ends this one
     if is_prepared_dir(out_dir):
@@ -463,8 +447,8 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     tmp_dir = Path(cache_dir) / f"{mine}{os.getpid()}"
     tmp_dir.mkdir(parents=True)
     try:
-        meta = _build(entries, weights, tok, tmp_dir, job["options"], num_workers, verbose)
-        meta.update(fingerprint=job["fingerprint"], sources=job["source_fps"],
+        meta = _build(entries, weights, tok, tmp_dir, options, num_workers, verbose)
+        meta.update(fingerprint=fingerprint, sources=source_fps,
                     tokenizer_path=str(Path(tokenizer_path).resolve()))
         # meta.json last: a directory without it is never mistaken for a finished one
         write_text_atomic(tmp_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False)

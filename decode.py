@@ -80,38 +80,31 @@ def generate_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_tok
     check_generate_args(model.config, decoder, B, attention_mask, prompt_len + max_new_tokens)
     if decoder is not None:
         decoder.in_use = True  # until this stream ends, or is closed or collected
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
     try:
-        yield from _steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id,
-                          caches, decoder)
+        for i in range(max_new_tokens):
+            with torch.inference_mode():
+                if decoder is not None:
+                    logits = decoder.prefill(ids) if i == 0 else decoder.step(unseen)
+                else:
+                    cached = caches is not None  # else the whole sequence, every step
+                    logits = model(unseen if cached else ids, attention_mask, caches, cached,
+                                   logits_to_keep=1).logits[:, -1]
+            token = sampling.pick(logits.float(), ids, attention_mask)  # (B,)
+            if eos_token_id is not None:  # finished rows repeat eos
+                token = torch.where(done, torch.full_like(token, eos_token_id), token)
+                done = done | (token == eos_token_id)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], 1)
+            unseen = token[:, None]
+            yield token
+            if eos_token_id is not None and bool(done.all()):
+                return
     finally:
         if decoder is not None:
             decoder.in_use = False
-
-
-def _steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id, caches,
-           decoder):
-    B = ids.shape[0]
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
-    for i in range(max_new_tokens):
-        with torch.inference_mode():
-            if decoder is not None:
-                logits = decoder.prefill(ids) if i == 0 else decoder.step(unseen)
-            else:
-                cached = caches is not None  # else the whole sequence, every step
-                logits = model(unseen if cached else ids, attention_mask, caches, cached,
-                               logits_to_keep=1).logits[:, -1]
-        token = sampling.pick(logits.float(), ids, attention_mask)  # (B,)
-        if eos_token_id is not None:  # finished rows repeat eos
-            token = torch.where(done, torch.full_like(token, eos_token_id), token)
-            done = done | (token == eos_token_id)
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-        unseen = token[:, None]
-        yield token
-        if eos_token_id is not None and bool(done.all()):
-            return
 
 
 # The fast path. At batch 1 a decoding step of a small model is a few hundred tiny kernels,
@@ -153,17 +146,15 @@ class StaticDecoder:
     Made by the caller for batch_size rows of up to `capacity` tokens (rounded up to a
     multiple of 256, so that nearby lengths fit one decoder, and capped at the model's
     max_seq_len) and kept for as many generate() calls as fit: recording costs a few
-    steps' time. One stream at a time: generate() refuses a decoder still in use.
-    cuda_graph: None records where fast_decoding says it pays off; False runs the same
-    steps eagerly (tests).
+    steps' time. One stream at a time: generate() refuses a decoder still in use. The
+    graph is recorded where fast_decoding says it pays off; elsewhere the steps run eagerly.
     compile_step: torch.compile fuses a step's ~50 small kernels per layer first (tens of
     seconds, once), so each replay launches a fraction as many.
     Parameters are read in place: training's in-place updates are seen, but after the model
     moves (.to(), another dtype) make a new decoder.
     """
 
-    def __init__(self, model, batch_size: int, capacity: int, cuda_graph=None,
-                 compile_step: bool = False):
+    def __init__(self, model, batch_size: int, capacity: int, compile_step: bool = False):
         device = model.tok_embeddings.weight.device
         self.model, self.batch_size = model, batch_size
         self.capacity = min(256 * math.ceil(capacity / 256), model.config.max_seq_len)
@@ -172,11 +163,11 @@ class StaticDecoder:
         self.slots = torch.arange(self.capacity, device=device)
         self.caches = [StaticKVCache(self.capacity, self.pos) for _ in model.layers]
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.step_fn = torch.compile(self._forward, dynamic=False) if compile_step else None
+        self.step_fn = self._forward  # one decoding step; compiled if asked
+        if compile_step:
+            self.step_fn = torch.compile(self._forward, dynamic=False)
         self.graph, self.in_use = None, False  # in_use: by an unfinished generate() stream
-        if cuda_graph is None:
-            cuda_graph = fast_decoding(model)
-        if cuda_graph:
+        if fast_decoding(model):
             self._record()
 
     def fits(self, batch_size: int, length: int) -> bool:
@@ -193,7 +184,6 @@ class StaticDecoder:
     @torch.inference_mode()
     def _record(self):
         device = self.pos.device
-        step = self.step_fn or self._forward
         # warm up on a side stream (allocates the caches, lets libraries pick their
         # kernels), as CUDA graph capture requires; slot 0 is overwritten by prefill
         stream = torch.cuda.Stream(device)
@@ -201,11 +191,11 @@ class StaticDecoder:
         with torch.cuda.stream(stream):
             self._forward(self.token)  # eagerly first: the caches exist before compiling
             for _ in range(3):
-                step(self.token)
+                self.step_fn(self.token)
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = step(self.token)  # refilled by every replay
+            self.logits = self.step_fn(self.token)  # refilled by every replay
 
     def _place(self, n: int):
         """Point the caches at the next n free slots (checked on the host: no sync)."""
@@ -229,7 +219,7 @@ class StaticDecoder:
         the graph's output buffer, overwritten by the next step: use or copy it first."""
         self._place(1)
         if self.graph is None:
-            logits = (self.step_fn or self._forward)(token)
+            logits = self.step_fn(token)
         else:
             self.token.copy_(token)
             self.graph.replay()

@@ -39,7 +39,7 @@ class RunLog:
         self.loss_sum, self.good_steps = 0.0, 0  # of the steps since the last train record
         self.last_time, self.last_tokens = time.perf_counter(), 0
 
-    def open(self, path, total_steps, step, tokens_seen, health=None):
+    def open(self, path, total_steps, step, tokens_seen, health):
         """Append to the log at path (rank 0); a bar from step to total_steps. health: a
         health.Health that watches the records written, and warns."""
         self.health = health
@@ -70,7 +70,7 @@ class RunLog:
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                   for k, v in record.items()}
         self._write(record)
-        for warning in self.health.feed(record) if self.health is not None else ():
+        for warning in self.health.feed(record):
             self.say(f"warning (step {warning['step']}): {warning['message']}")
             self._write(warning)
 
@@ -111,11 +111,10 @@ class RunLog:
         self.last_time, self.last_tokens = now, tokens_seen
 
     @contextmanager
-    def paused(self, device, sync):
-        """Time inside does not count as training. sync: first wait for the step's queued
-        GPU kernels, which are training time (only worth it before a long pause)."""
-        if sync:
-            sync_device(device)
+    def paused(self, device):
+        """Time inside does not count as training. It first waits for the step's queued GPU
+        kernels, which are training time."""
+        sync_device(device)
         start = time.perf_counter()
         try:
             yield

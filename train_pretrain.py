@@ -171,23 +171,16 @@ def get_lr(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: 
     point, without restarting the schedule."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    if schedule == "wsd":
-        return wsd_after_warmup(step, total_steps, lr, min_lr, warmup_steps, decay_frac)
-    decay_steps = total_steps - 1 - warmup_steps
-    if decay_steps <= 0:
-        return lr
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def wsd_after_warmup(step, total_steps, lr, min_lr, warmup_steps, decay_frac):
-    """WSD past the warmup: lr until decay_start, then a line to min_lr at the last step."""
-    decay_start = max(warmup_steps, total_steps - round(decay_frac * total_steps))
+    decay_start = warmup_steps  # the cosine decays from the end of the warmup on
+    if schedule == "wsd":  # held at lr until the last decay_frac of the steps
+        decay_start = max(warmup_steps, total_steps - round(decay_frac * total_steps))
     decay_steps = total_steps - 1 - decay_start
     if step < decay_start or decay_steps <= 0:
         return lr
     progress = min(1.0, (step - decay_start) / decay_steps)
-    return lr + (min_lr - lr) * progress
+    if schedule == "wsd":
+        return lr + (min_lr - lr) * progress  # a line down to min_lr at the last step
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
 def masked_lm_loss(logits, targets, loss_mask):
@@ -379,7 +372,7 @@ def load_data(args, local_rank, world_size, log):
 
 def make_loader(ds, sampler, batch_size, num_workers, device):
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+                      pin_memory=device.type == "cuda")
 
 
 def val_metrics(model, val_ds, byte_counts, args, rank, world_size, device, autocast):
@@ -561,12 +554,12 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
                              {"epoch": state.epoch, "bad_steps": state.bad_steps},
                              run.mfu_of if peak_flops_per_second(run.device) else None)
     if evaluating:
-        with run.log.paused(run.device, sync=True):  # not training time
+        with run.log.paused(run.device):  # not training time
             validate(run, state)
     # under DDP this waits for the step's kernels (an all-reduce): training time, on the clock
     stopped = run.stop.agreed(run.world_size, run.device)
     if saving and not stopped:
-        with run.log.paused(run.device, sync=True):
+        with run.log.paused(run.device):
             save(run, state)
     return stopped
 
@@ -669,7 +662,7 @@ def start_run(args, rank, world_size, device, log, data):
               prompts=sample_prompts(tok)[:SAMPLES],
               probes=[] if args.probe == "none" else load_probes(
                   default_probes(tok) if args.probe == "auto" else args.probe))
-    describe(run, config, dtype_name, found)
+    describe(run, found)
     return run, state
 
 
@@ -699,16 +692,16 @@ def restore(path, args, config, tok, data_fingerprint, world_size, rank, device,
     return state
 
 
-def describe(run: Run, config, dtype_name, resumed_from):
-    """The run's first lines: the model, the plan, and the log's "run" or "resume" record."""
-    m, plan, say = run.raw_model, run.plan, run.log.say
+def describe(run: Run, resumed_from):
+    """The run's first lines: the model and the plan."""
+    m, config, plan, say = run.raw_model, run.raw_model.config, run.plan, run.log.say
     moe = f" ({m.num_params(active=True) / 1e6:.2f}M active per token)" if config.use_moe else ""
     say(f"model: {m.num_params() / 1e6:.2f}M parameters{moe}, vocab {config.vocab_size}, "
         f"dim {config.dim}, {config.n_layers} layers")
     say(f"train: {len(run.train_ds)} sequences of {run.args.max_seq_len} tokens, "
         f"{plan.tokens_per_step} tokens per optimizer step, {plan.total_steps} steps "
         f"({plan.steps_per_epoch} per epoch), warmup {plan.warmup}, world size "
-        f"{run.world_size}, {run.device.type} {dtype_name} ("
+        f"{run.world_size}, {run.device.type} {run.dtype_name} ("
         + ("--dtype" if run.args.dtype else default_dtype(run.device)[1]) + ")")
     if len(run.val_ds) < run.world_size:
         say(f"note: the validation split has {len(run.val_ds)} sequences of "
