@@ -71,8 +71,8 @@ def make_step(model, device, dtype_name, compile_model=False, compile_mode="defa
     rather than in place, so that decoding after it stays eager)."""
     step_model = torch.compile(model, mode=compile_mode) if compile_model else model
     loss_fn = torch.compile(masked_lm_loss) if compile_model else masked_lm_loss
-    optimizer = make_optimizer(model, 1e-4, 0.1, device, optimizer_name)
-    _, autocast, scaler = mixed_precision(device, dtype_name)  # a scaler for float16 only
+    dtype_name, autocast, scaler = mixed_precision(device, dtype_name)  # scaler: float16 only
+    optimizer = make_optimizer(model, 1e-4, 0.1, device, optimizer_name, dtype_name=dtype_name)
     model.train()
     return lambda batches: train_step(step_model, optimizer, scaler, batches, 1, loss_fn,
                                       autocast, device, 1.0)

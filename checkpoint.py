@@ -278,7 +278,7 @@ def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, w
     old = state["args"]
     for flag, before in (("max_seq_len", None), ("optimizer", "adamw"),
                          ("lr_schedule", "cosine")):
-        was = old.get(flag, before)
+        was = old.get(flag, before)  # before: files older than the flag (max_seq_len: none)
         if was != getattr(args, flag):
             rate = f" --learning_rate {old['learning_rate']:g}" if flag == "optimizer" else ""
             raise ValueError(f"{path} was trained with --{flag} {was}; pass --{flag} {was}"

@@ -78,10 +78,10 @@ def generate_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_tok
     B, T = ids.shape
     prompt_len = T if attention_mask is None else int(attention_mask.sum(-1).max())
     check_generate_args(model.config, decoder, B, attention_mask, prompt_len + max_new_tokens)
-    if decoder is not None:
-        decoder.in_use = True  # until this stream ends, or is closed or collected
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
+    if decoder is not None:
+        decoder.in_use = True  # until this stream ends, or is closed or collected
     try:
         for i in range(max_new_tokens):
             with torch.inference_mode():
@@ -97,7 +97,8 @@ def generate_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_tok
                 done = done | (token == eos_token_id)
             ids = torch.cat([ids, token[:, None]], dim=1)
             if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], 1)
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)],
+                                           dim=1)
             unseen = token[:, None]
             yield token
             if eos_token_id is not None and bool(done.all()):

@@ -190,13 +190,17 @@ def masked_lm_loss(logits, targets, loss_mask):
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-def make_optimizer(model, learning_rate, weight_decay, device, name="adamw", muon_lr=0.02):
+def make_optimizer(model, learning_rate, weight_decay, device, name="adamw", muon_lr=0.02,
+                   dtype_name="float32"):
     """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains). The
     fused kernel updates all parameters in one launch (CUDA and CPU); elsewhere the foreach
     kernels do the same a tensor list at a time. name "muon": Muon at muon_lr for the
-    hidden matrices and a plain AdamW of these betas for the rest, one optimizer (muon.py)."""
+    hidden matrices and a plain AdamW of these betas for the rest, one optimizer (muon.py);
+    a bfloat16 run (dtype_name) orthogonalises in bfloat16, the others in float32."""
     if name == "muon":
-        return Muon(muon_param_groups(model, learning_rate, muon_lr, weight_decay))
+        ns_dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
+        return Muon(muon_param_groups(model, learning_rate, muon_lr, weight_decay),
+                    ns_dtype=ns_dtype)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     fused = device.type in ("cuda", "cpu")
@@ -629,9 +633,9 @@ def start_run(args, rank, world_size, device, log, data):
     config = model_config(args, tok.get_vocab_size())
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     raw_model = Transformer(config).to(device)
-    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device,
-                               args.optimizer, args.muon_lr)
     dtype_name, autocast, scaler = mixed_precision(device, args.dtype)
+    optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device,
+                               args.optimizer, args.muon_lr, dtype_name)
     weights_path, resume_path = checkpoint_paths(args.out_dir, args.dim, args.use_moe)
     state = RunState(log_path=str(Path(args.out_dir) / "logs" / (
         f"{weights_path.stem}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl")))

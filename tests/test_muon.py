@@ -1,21 +1,28 @@
-"""muon.py: Newton-Schulz orthogonalisation, Muon on a convex problem, which weights it
-takes, and an exact continuation from a saved state."""
+"""muon.py: Newton-Schulz orthogonalisation (in float32 and bfloat16), Muon on a convex
+problem, which weights it takes, an exact continuation from a saved state, and the precision
+a run's Muon orthogonalises in (train_pretrain.make_optimizer)."""
 
 import io
 
+import pytest
 import torch
 
 from model import LMConfig, Transformer
+import muon
 from muon import Muon, muon_param_groups, newton_schulz
+from train_pretrain import make_optimizer
 
 
-def test_newton_schulz_keeps_the_singular_vectors_and_brings_singular_values_near_one():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_newton_schulz_keeps_the_singular_vectors_and_brings_singular_values_near_one(dtype):
     g = torch.Generator().manual_seed(0)
-    for shape in [(64, 32), (32, 64), (48, 48)]:
+    for shape in [(64, 32), (32, 64), (48, 48), (256, 768)]:
         G = torch.randn(*shape, generator=g)
-        O = newton_schulz(G)
+        O = newton_schulz(G, dtype=dtype)
+        assert O.dtype == dtype
+        O = O.float()
         # the reference's quintic trades exactness for speed: S' lands around 1, not on it
-        # (its author quotes roughly 0.5 to 1.5; for these it is about 0.68 to 1.14)
+        # (its author quotes roughly 0.5 to 1.5; for these it is about 0.67 to 1.15)
         s = torch.linalg.svdvals(O)
         assert s.min() > 0.6 and s.max() < 1.2, (shape, s.min(), s.max())
         U, _, Vh = torch.linalg.svd(G, full_matrices=False)
@@ -94,3 +101,32 @@ def test_muon_continued_from_a_saved_state_equals_an_uninterrupted_run():
     train(resumed, resumed_opt, batches[3:])
     for name, p in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], p), name  # bit-exact on the CPU
+
+
+def test_a_bfloat16_run_orthogonalises_in_bfloat16_and_its_state_resumes_in_float32(
+        monkeypatch):
+    torch.manual_seed(0)
+    model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320))
+    cpu = torch.device("cpu")
+    assert make_optimizer(model, 1e-3, 0.1, cpu, "muon").ns_dtype == torch.float32
+    assert make_optimizer(model, 1e-3, 0.1, cpu, "muon", dtype_name="float16").ns_dtype \
+        == torch.float32  # only bfloat16 was measured against float32
+    bf16 = make_optimizer(model, 1e-3, 0.1, cpu, "muon", dtype_name="bfloat16")
+    seen = []  # the precision every hidden matrix is orthogonalised in
+
+    def spy(G, dtype):
+        seen.append(dtype)
+        return newton_schulz(G, dtype=dtype)
+    monkeypatch.setattr(muon, "newton_schulz", spy)
+    train(model, bf16, [torch.randint(0, 320, (2, 9)) for _ in range(2)])
+    assert seen and set(seen) == {torch.bfloat16}
+    monkeypatch.undo()
+    buffer = io.BytesIO()
+    torch.save(bf16.state_dict(), buffer)
+    buffer.seek(0)
+    fp32 = make_optimizer(model, 1e-3, 0.1, cpu, "muon")  # the same run, resumed in float32
+    fp32.load_state_dict(torch.load(buffer, weights_only=True))
+    assert fp32.ns_dtype == torch.float32  # the precision is the resumed run's, not saved
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    train(model, fp32, [torch.randint(0, 320, (2, 9))])
+    assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
