@@ -6,7 +6,7 @@
                                      position in the data, RNG, ...): what --resume continues
     OUT_DIR/.lock                    held while a run trains in OUT_DIR (lock_out_dir)
 
-Both checkpoints are written atomically (common.write_atomic): a crash or a full disk
+Both checkpoints are written atomically (files.write_atomic): a crash or a full disk
 mid-save leaves the previous file whole. Both are read with torch.load(weights_only=True),
 so a file cannot run code. A weights file says its model's shape through its tensors'
 shapes (config_from_state_dict); check_state_dict compares a file with the model it should
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common import write_atomic
+from files import write_atomic
 from model import LMConfig, Transformer
 
 

@@ -44,8 +44,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from common import (DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags, renamed,
-                    write_text_atomic)
+from files import write_text_atomic
+from flags import DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags
 from corpus import (CLEANING_RULES, MIN_CHARS, as_sources, clean_text, expand_paths,
                     file_fingerprint, iter_texts, normalize)
 from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicates,
@@ -375,7 +375,7 @@ def is_prepared_dir(path) -> bool:
 
 
 def prepare_options(args):
-    """prepare()'s keyword arguments from the flags common.add_source_flags and
+    """prepare()'s keyword arguments from the flags flags.add_source_flags and
     add_prepare_flags declare, as train_pretrain.py and dataset.py pass them."""
     return dict(text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
                 weights=args.weights, seed=args.split_seed, num_workers=args.prep_workers)
@@ -716,11 +716,6 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_len", type=int, default=512,
                         help="tokens per training sequence, for the padding figure of the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    # the names these flags had here before, which meant other things in other scripts
-    renamed(parser, "--data", "data_path", nargs="+")
-    renamed(parser, "--out_dir", "data_dir")
-    renamed(parser, "--seed", "split_seed", type=int)
-    renamed(parser, "--num_workers", "prep_workers", type=int)
     return parser.parse_args(argv)
 
 

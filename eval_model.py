@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 import dataset
 from checkpoint import checkpoint_paths, load_model
-from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_tokenizer_flag,
-                    device_error, pick_device, renamed)
+from device import device_error, pick_device
+from flags import add_device_flags, add_model_flags, add_out_dir_flag, add_tokenizer_flag
 from corpus import iter_texts
 from decode import StaticDecoder, fast_decoding
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, frame_document, load_tokenizer, token_byte_counts,
@@ -340,7 +340,6 @@ def parse_args(argv=None):
     gen.add_argument("--top_k", type=int, default=0, help="0 = off")
     gen.add_argument("--repetition_penalty", type=float, default=1.0, help="1 = off")
     gen.add_argument("--sample_seed", type=int, default=None, help="for repeatable sampling")
-    renamed(gen, "--seed", "sample_seed", type=int)  # its name here before
     gen.add_argument("--no_cache", action="store_true",
                      help="recompute every step without the KV cache (same output, slower)")
     gen.add_argument("--show_speed", action="store_true",
@@ -353,8 +352,8 @@ def parse_args(argv=None):
                     help=".jsonl/.txt file (optionally .gz) or a prepared folder; implies --eval "
                          "(default: the validation split of the prepared data in {out_dir}/data)")
     ev.add_argument("--text_field", default="text", help="JSON field holding the text")
-    ev.add_argument("--eval_seq_len", type=int, default=512, help="evaluation window in tokens")
-    renamed(ev, "--max_seq_len", "eval_seq_len", type=int)  # its name here before
+    ev.add_argument("--eval_seq_len", "--max_seq_len", type=int, default=512,
+                    help="evaluation window in tokens (--max_seq_len: MiniMind's name)")
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--eval_iters", type=int, default=0, help="stop after this many batches "
                     "(0 = all)")

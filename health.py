@@ -26,7 +26,7 @@ VAL_RISES = 2
 # Throughput: tokens/s below this share of the median of the RECENT records before it.
 SLOW_SHARE = 0.5
 
-# every check, as the report names it (scripts/report.py gives each a verdict)
+# every check, as the report names it (report.py gives each a verdict)
 CHECKS = {"first_loss": "first loss near ln(vocab)", "plateau": "loss falling after warmup",
           "loss_spike": "no loss spike", "grad_spike": "no gradient-norm spike",
           "overfitting": "validation loss not rising while training loss falls",

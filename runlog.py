@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import sync as sync_device
+from device import sync as sync_device
 
 
 class RunLog:

@@ -28,7 +28,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from common import DEFAULT_TOKENIZER, add_source_flags, renamed, write_text_atomic
+from files import write_text_atomic
+from flags import DEFAULT_TOKENIZER, add_source_flags
 from corpus import clean_text, expand_paths, iter_texts, source_bytes
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -223,7 +224,6 @@ def _counted(texts, bar):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train MyLLM's byte-level BPE tokenizer.")
     add_source_flags(parser, data_path_default=["builtin"])
-    renamed(parser, "--data", "data_path", nargs="+")  # its name here before
     parser.add_argument("--vocab_size", type=int, default=6400)
     parser.add_argument("--max_bytes", type=int, default=50_000_000,
                         help="train on a deterministic sample of about this many bytes; on "

@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader
 
 from checkpoint import (DiskFull, checkpoint_paths, find_resume_file, load_resume,
                         lock_out_dir, save_checkpoint)
-from common import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
-                    add_source_flags, allow_tf32, default_dtype, device_error,
-                    mixed_precision, peak_flops_per_second, pick_device)
+from device import (allow_tf32, default_dtype, device_error, mixed_precision,
+                    peak_flops_per_second, pick_device)
+from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
+                   add_source_flags)
 from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
                      load_meta, prepare, prepare_options)
 from eval_model import (complete, default_probes, load_probes, loss_sums, probe_summary,
@@ -45,7 +46,7 @@ from health import Health
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups
 from runlog import RunLog
-from scripts.report import write_report
+from report import write_report
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
                        tokenizer_fingerprint, train_tokenizer)
 
@@ -122,7 +123,7 @@ def parse_args(argv=None):
                    help="probe file (eval_model.py --probe) scored at every evaluation; auto: "
                         "the shipped set in the corpus language; none: no probes")
     p.add_argument("--no_report", action="store_true",
-                   help="no OUT_DIR/reports/<run>/report.md at the end (scripts/report.py)")
+                   help="no OUT_DIR/reports/<run>/report.md at the end (report.py)")
     args = p.parse_args(argv)
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(args.dim)
@@ -479,7 +480,7 @@ class Run:
     weights_path: Path
     resume_path: Path
     first_step: int  # the step this process started at (0, or where it resumed)
-    dtype_name: str  # the precision it trains in (common.mixed_precision)
+    dtype_name: str  # the precision it trains in (device.mixed_precision)
     byte_counts: list  # UTF-8 bytes of every token id (tokenizer.token_bytes)
     probes: list  # scored at every evaluation (eval_model.load_probes); [] for none
     prompts: list  # continued greedily at every evaluation, in the corpus language
@@ -776,14 +777,14 @@ def pretrain(args):
 
 
 def report_run(run: Run, state: RunState):
-    """OUT_DIR/reports/<log name>/report.md (scripts/report.py). A report that fails costs
+    """OUT_DIR/reports/<log name>/report.md (report.py). A report that fails costs
     one line, never the run."""
     out = Path(run.args.out_dir) / "reports" / Path(state.log_path).stem
     try:
         run.log.say(f"report: {write_report([state.log_path], out)}")
     except Exception as e:  # noqa: BLE001 (an extra: whatever goes wrong, the run is done)
         print(f"warning: no report written ({type(e).__name__}: {e}); rerun "
-              f"`python scripts/report.py {state.log_path}` to see why", file=sys.stderr)
+              f"`python report.py {state.log_path}` to see why", file=sys.stderr)
 
 
 def summary(run: Run, state: RunState, stopped_by):

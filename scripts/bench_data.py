@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench  # noqa: E402
 import dataset  # noqa: E402
 import dedup  # noqa: E402
-from common import (add_prepare_flags, add_source_flags, format_rows, pick_device,  # noqa: E402
-                    timed_rounds)
+from bench import format_rows, timed_rounds  # noqa: E402
 from corpus import iter_texts  # noqa: E402
+from device import pick_device  # noqa: E402
+from flags import add_prepare_flags, add_source_flags  # noqa: E402
 from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
 
 HANZI = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工"

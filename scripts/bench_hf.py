@@ -15,10 +15,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # bench.py and model.py live in the repository root
+    sys.path.insert(0, str(ROOT))  # model.py lives in the repository root
 
 import bench  # noqa: E402
-from common import pick_device  # noqa: E402
+from device import pick_device  # noqa: E402
 from export_hf import hf_config, to_hf_state_dict  # noqa: E402
 
 PEER = "transformers"

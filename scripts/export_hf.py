@@ -40,8 +40,8 @@ if str(ROOT) not in sys.path:
 
 from checkpoint import (checkpoint_paths, check_state_dict, missing_checkpoint,  # noqa: E402
                         read_state_dict)
-from common import (add_model_flags, add_out_dir_flag, add_tokenizer_flag,  # noqa: E402
-                    write_atomic, write_text_atomic)
+from files import write_atomic, write_text_atomic  # noqa: E402
+from flags import add_model_flags, add_out_dir_flag, add_tokenizer_flag  # noqa: E402
 from model import LMConfig  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer  # noqa: E402
 

@@ -5,15 +5,17 @@
 Training loss (line) and validation loss (dots) against tokens seen, and the learning rate
 (dotted, right axis), one colour per run, so several runs can be compared on one picture.
 Tokens, not steps, are the x axis: runs with different batch sizes then line up. This is the
-first picture of the run report (scripts/report.py), which has the others too.
+first picture of the run report (report.py), which has the others too.
 
 matplotlib is an optional extra: pip install matplotlib.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-from report import loss_figure, read_log
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the core, from any directory
+from report import loss_figure, read_log  # noqa: E402
 
 
 def draw(runs, logx=False):

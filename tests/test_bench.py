@@ -10,7 +10,7 @@ import torch
 
 import bench
 import train_pretrain
-from common import format_rows
+from bench import format_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench_data  # noqa: E402

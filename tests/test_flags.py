@@ -1,17 +1,12 @@
-"""One flag name, one meaning: a flag that several scripts take is declared once (common.py),
-so its default is the same in each; a renamed flag's old name still works."""
-
-import sys
-from pathlib import Path
+"""One flag name, one meaning: a flag that several scripts take is declared once (flags.py),
+so its default is the same in each; MiniMind's names for the same thing still work."""
 
 import bench
 import dataset
 import eval_model
 import tokenizer
 import train_pretrain
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import export_hf  # noqa: E402
+import export_hf
 
 SCRIPTS = {
     "train_pretrain": lambda: train_pretrain.parse_args(["--device", "cpu"]),
@@ -50,6 +45,7 @@ def test_a_shared_flag_has_the_same_default_in_every_script():
     assert parsed["dataset"]["split_seed"] == 0  # the split training prepares with
 
 
-def test_renamed_flags_of_tokenizer_py_keep_their_old_name(capsys):
-    assert tokenizer.parse_args(["--data", "a.jsonl"]).data_path == ["a.jsonl"]
-    assert "--data is now --data_path" in capsys.readouterr().err
+def test_minimind_names_of_eval_model_flags_set_ours():
+    args = eval_model.parse_args(["--device", "cpu", "--max_seq_len", "64", "--hidden_size",
+                                  "256", "--num_hidden_layers", "4"])
+    assert (args.eval_seq_len, args.dim, args.n_layers) == (64, 256, 4)

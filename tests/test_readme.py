@@ -120,7 +120,7 @@ def test_performance_commands(tmp_path):
     gpu_commands, cpu_commands = bash_blocks("Performance", per_block=True)[:2]
     for command in gpu_commands:
         argv = shlex.split(command)
-        assert argv[:2] in (["python", "bench.py"], ["python", "scripts/bench_hf.py"])
+        assert argv[:2] in (["python", "scripts/bench.py"], ["python", "scripts/bench_hf.py"])
         bench.parse_args(argv[2:])  # bench_hf.py takes bench.py's flags
     tiny = ["--dim", "64", "--n_layers", "2", "--vocab_size", "300", "--max_seq_len", "32",
             "--batch_size", "2", "--steps", "1", "--repeats", "1", "--new_tokens", "4",

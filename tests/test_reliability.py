@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import common
+import files
 import train_pretrain
 from checkpoint import lock_out_dir
 from eval_model import main as eval_main
@@ -116,8 +116,8 @@ class WindowsOs:
 def test_a_run_writes_its_files_atomically_also_where_directories_cannot_be_fsynced(
         corpus, tmp_path, monkeypatch):
     # Windows: a run that trains its tokenizer, prepares its data and saves checkpoints
-    # (the files common.write_atomic writes; the log and the lock file are appended to)
-    monkeypatch.setattr(common, "os", WindowsOs())
+    # (the files files.write_atomic writes; the log and the lock file are appended to)
+    monkeypatch.setattr(files, "os", WindowsOs())
     data, _ = corpus
     args = parse_args(TINY_FLAGS + ["--data_path", str(data), "--out_dir", str(tmp_path),
                                     "--device", "cpu", "--vocab_size", "300", "--max_steps", "2"])

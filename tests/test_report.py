@@ -1,4 +1,4 @@
-"""The run report (scripts/report.py) and what training logs for it: probes, samples, times.
+"""The run report (report.py) and what training logs for it: probes, samples, times.
 
 The report's numbers are checked against the log's records, its pictures against the PNG
 format itself (signature, chunk lengths, CRCs), the logged probes against eval_model.py

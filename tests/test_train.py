@@ -24,7 +24,7 @@ from dataset import PretrainDataset, ShardedSampler, prepare
 from model import LMConfig, Transformer
 from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from checkpoint import save_torch
-from common import allow_tf32, mixed_precision
+from device import allow_tf32, mixed_precision
 from tokenizer import token_bytes
 from train_pretrain import (get_lr, main, make_optimizer, masked_lm_loss, parse_args,
                             pretrain, val_metrics)

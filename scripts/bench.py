@@ -1,30 +1,106 @@
 """How fast is MyLLM? Training throughput and decoding speed, measured through the same
 train_step and generate() that users run.
 
-    python bench.py                                  # the 512 x 8 default shape
-    python bench.py --device cuda --dtype bfloat16 --compile --batch_size 32
+    python scripts/bench.py                                  # the 512 x 8 default shape
+    python scripts/bench.py --device cuda --dtype bfloat16 --compile --batch_size 32
     python scripts/bench_hf.py                       # the same, beside transformers' Llama
     python scripts/bench_data.py                     # data pipeline; packed vs padded
 
 Every figure is the median over --repeats timed windows; things compared take turns
-(common.timed_rounds), so a busy machine slows each alike. FLOPs: flops_per_token; GPU
-peaks: common.PEAK_BF16_FLOPS, as in the training log. Every decode run also checks the
+(timed_rounds), so a busy machine slows each alike. FLOPs: flops_per_token; GPU
+peaks: device.PEAK_BF16_FLOPS, as in the training log. Every decode run also checks the
 static-cache decoder's logits against a full forward. Decoding runs in the weights' dtype
 (float32), without autocast.
 """
 
 import argparse
+import contextlib
 import itertools
+import platform
 import shutil
 import statistics
+import sys
+import time
+from pathlib import Path
 
 import torch
 
-from common import (add_device_flags, add_model_flags, allow_tf32, format_rows, machine_name,
-                    mixed_precision, peak_flops_per_second, pick_device, timed_rounds)
-from decode import StaticDecoder, decoder_error, fast_decoding
-from model import LMConfig, Transformer
-from train_pretrain import default_optimizer, make_optimizer, masked_lm_loss, train_step
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the core, from any directory
+from decode import StaticDecoder, decoder_error, fast_decoding  # noqa: E402
+from device import (allow_tf32, mixed_precision, peak_flops_per_second, pick_device,  # noqa: E402
+                    sync)
+from flags import add_device_flags, add_model_flags  # noqa: E402
+from model import LMConfig, Transformer  # noqa: E402
+from train_pretrain import (default_optimizer, make_optimizer, masked_lm_loss,  # noqa: E402
+                            train_step)
+
+
+# Measuring: a GPU runs queued kernels after the Python call returns, so the clock waits
+# for them (sync); things compared take turns (timed_rounds), so that a busy machine slows
+# each of them alike.
+
+
+def machine_name(device):
+    """The GPU's name, or the CPU's model and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+             if line.startswith("model name")] or [platform.machine()]
+    return f"{names[0]}, {torch.get_num_threads()} threads"
+
+
+def peak_memory_mib(device, reset=False):
+    """CUDA: peak bytes held by tensors. CPU (Linux): the process's peak resident memory,
+    everything in the process included (writing 5 to clear_refs resets it). None where
+    neither can be read."""
+    if device.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        if reset:
+            Path("/proc/self/clear_refs").write_text("5")
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+def timed_rounds(tasks, repeats, device):
+    """Run every task of {name: fn} once per round, for `repeats` rounds, so a busy machine
+    slows all of them alike. Returns {name: (seconds of each run, peak memory MiB)}."""
+    seconds, peak = {name: [] for name in tasks}, dict.fromkeys(tasks)
+    for _ in range(repeats):
+        for name, task in tasks.items():
+            peak_memory_mib(device, reset=True)
+            sync(device)
+            start = time.perf_counter()
+            task()
+            sync(device)
+            seconds[name].append(time.perf_counter() - start)
+            memory = peak_memory_mib(device)
+            if memory is not None:
+                peak[name] = max(peak[name] or 0.0, memory)
+    return {name: (seconds[name], peak[name]) for name in tasks}
+
+
+def format_rows(rows, names):
+    """A plain-text table: one row per (label, values, higher_is_better, format), one column
+    per name, and where there are two names their ratio, >1 when the first is better (for a
+    time, the second's over the first's). higher_is_better None: no ratio."""
+    lines = [["", *names] + (["ratio"] if len(names) == 2 else [])]
+    for label, values, higher_is_better, fmt in rows:
+        cells = [label] + ["-" if v is None else fmt.format(v) for v in values]
+        if len(values) == 2:
+            a, b = values
+            ratio = (a / b if higher_is_better else b / a) if a and b else None
+            cells.append("" if higher_is_better is None else
+                         "-" if ratio is None else f"{ratio:.2f}x")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 """The report of a training run: is it healthy, is its loss normal, what has it learned.
 
-    python scripts/report.py out/logs/pretrain_192_20261202-101500.jsonl
-    python scripts/report.py out/logs/a.jsonl out/logs/b.jsonl --out out/reports/a_vs_b
+    python report.py out/logs/pretrain_192_20261202-101500.jsonl
+    python report.py out/logs/a.jsonl out/logs/b.jsonl --out out/reports/a_vs_b
 
 train_pretrain.py writes one at the end of every run (a run stopped by a signal too) into
 OUT_DIR/reports/<log name>/report.md, with PNG pictures beside it. Everything in it is read
@@ -31,13 +31,11 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # health.py and dataset.py live in the repository root
+from dataset import format_report
+from files import write_atomic
+from health import CHECKS, RECENT, VAL_RISES
 
-from common import write_atomic  # noqa: E402
-from dataset import format_report  # noqa: E402
-from health import CHECKS, RECENT, VAL_RISES  # noqa: E402
+ROOT = Path(__file__).resolve().parent
 
 REFERENCES = ROOT / "reference"
 # the fields a record must have to be drawn; "warning" and "sample" records are shown as text
@@ -480,7 +478,7 @@ def write_report(paths, out_dir):
     lines += summary_rows(runs) + [""]
     if drawn is None:
         lines += ["No pictures: matplotlib is not installed. `pip install matplotlib`, then "
-                  f"`python scripts/report.py {' '.join(str(p) for p in paths)} --out "
+                  f"`python report.py {' '.join(str(p) for p in paths)} --out "
                   f"{out_dir}`.", ""]
     else:
         lines += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in drawn]
