@@ -1,111 +1,98 @@
-"""Generating text with a trained model: the decoding loop, the sampling filters, and fast
+"""Decoding beyond model.generate's plain loop: streaming text as it is generated, and fast
 decoding with static caches and CUDA graphs, kept apart from the network in model.py.
 
     model.generate(ids, max_new_tokens=64, temperature=0)             # the plain KVCache
     decoder = StaticDecoder(model, batch_size=1, capacity=512)        # made once, kept
     model.generate(ids, max_new_tokens=64, temperature=0, decoder=decoder)
+    complete(model, tok, "The for statement", sys.stdout)             # text, as it comes
 
-At the end, RoPE scaling (NTK, YaRN): it lets a trained model read contexts longer than
-training saw, a setting of inference that model.py's RoPE tables take when LMConfig asks
-for it. Nothing here imports model.py; the loop and the decoder take the model as an
-argument.
+This file builds on model.py and tokenizer.py; model.py imports nothing from here.
 """
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-
-def apply_repetition_penalty(logits, ids, attention_mask, penalty: float):
-    """Make every token already in the row less likely (CTRL, Keskar et al. 2019): divide a
-    positive logit by the penalty, multiply a negative one by it. Padding is not counted."""
-    seen = ids
-    if attention_mask is not None:
-        seen = torch.where(attention_mask.bool(), ids, ids[:, -1:])  # pads -> a real token
-    picked = logits.gather(1, seen)
-    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return logits.scatter(1, seen, picked)
+from tokenizer import BOS_ID, EOS_ID
 
 
-def sample_next_token(logits, temperature: float, top_k: int, top_p: float, generator=None):
-    """One token per row from logits (B, vocab): greedy at temperature 0, else sampled from
-    the softmax at that temperature, restricted to the top_k tokens and to the smallest set
-    whose probability reaches top_p (nucleus sampling, Holtzman et al. 2019)."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens before it already reach top_p (the first always stays)
-        drop = (probs.cumsum(dim=-1) - probs) >= top_p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+class TextStream:
+    """Turns token ids, pushed one at a time, into text that is safe to print at once.
+
+    Byte-level BPE splits most Chinese characters across tokens, and the bytes of half a
+    character decode to U+FFFD. So tokens wait in `pending` until their text no longer ends
+    in U+FFFD. Decoding byte-level tokens joins their bytes, so once a piece ends on a whole
+    character, what follows decodes on its own: the pieces add up to decode(all ids).
+    """
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.pending = []
+
+    def push(self, token_id):
+        """The new printable text, or "" while a character is incomplete."""
+        self.pending.append(token_id)
+        text = self.tok.decode(self.pending)
+        if text.endswith("\ufffd"):
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self):
+        """What still waits at the end (bytes that never became a whole character)."""
+        text, self.pending = self.tok.decode(self.pending), []
+        return text
+
+
+def prompt_ids(tok, prompt, context):
+    """<s> prompt, as a new document starts in the training data; checked against context."""
+    ids = [BOS_ID] + tok.encode(prompt, add_special_tokens=False).ids
+    if len(ids) >= context:
+        raise ValueError(f"the prompt is {len(ids)} tokens but the model's context is {context} "
+                         "(max_seq_len); shorten the prompt")
+    return ids
 
 
 @dataclass
-class Sampling:
-    """How the next token is chosen from the logits (see generate())."""
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    generator: Optional[torch.Generator] = None
-
-    def pick(self, logits, ids, attention_mask):
-        """The next token of every row (B,) from float logits (B, vocab)."""
-        if self.repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, ids, attention_mask,
-                                              self.repetition_penalty)
-        return sample_next_token(logits, self.temperature, self.top_k, self.top_p,
-                                 self.generator)
+class Completion:
+    text: str
+    n_tokens: int
+    first_token_s: float  # time to first token: the prompt's forward pass and one step
+    total_s: float
 
 
-def generate_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id,
-                   caches=None, decoder=None):
-    """Transformer.generate's loop: yields the (B,) new tokens of each step.
-
-    The first step runs the whole prompt; every later step runs only the token just chosen,
-    whose keys and values join the caches (model.KVCache, or the decoder's). With neither,
-    every step runs the whole sequence again.
-    """
-    B, T = ids.shape
-    prompt_len = T if attention_mask is None else int(attention_mask.sum(-1).max())
-    check_generate_args(model.config, decoder, B, attention_mask, prompt_len + max_new_tokens)
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
-    if decoder is not None:
-        decoder.in_use = True  # until this stream ends, or is closed or collected
-    try:
-        for i in range(max_new_tokens):
-            with torch.inference_mode():
-                if decoder is not None:
-                    logits = decoder.prefill(ids) if i == 0 else decoder.step(unseen)
-                else:
-                    cached = caches is not None  # else the whole sequence, every step
-                    logits = model(unseen if cached else ids, attention_mask, caches, cached,
-                                   logits_to_keep=1).logits[:, -1]
-            token = sampling.pick(logits.float(), ids, attention_mask)  # (B,)
-            if eos_token_id is not None:  # finished rows repeat eos
-                token = torch.where(done, torch.full_like(token, eos_token_id), token)
-                done = done | (token == eos_token_id)
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)],
-                                           dim=1)
-            unseen = token[:, None]
-            yield token
-            if eos_token_id is not None and bool(done.all()):
-                return
-    finally:
-        if decoder is not None:
-            decoder.in_use = False
+def complete(model, tok, prompt, out, max_new_tokens=256, temperature=0.85, top_k=0,
+             top_p=0.85, repetition_penalty=1.0, use_cache=True, generator=None, decoder=None):
+    """Write the model's continuation of prompt to out as it is generated. decoder: a
+    decode.StaticDecoder to use where the prompt and its continuation fit it."""
+    context = model.config.max_seq_len
+    ids = prompt_ids(tok, prompt, context)
+    device = model.tok_embeddings.weight.device
+    max_new_tokens = min(max_new_tokens, context - len(ids))
+    steps = model.generate(
+        torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+        eos_token_id=EOS_ID, use_cache=use_cache, stream=True, generator=generator,
+        decoder=decoder if use_cache and decoder and decoder.fits(1, len(ids) + max_new_tokens)
+        else None)
+    stream, pieces = TextStream(tok), []
+    n_tokens, first_token_s = 0, 0.0
+    start = time.perf_counter()
+    for step in steps:
+        token = int(step[0])  # waits for the device
+        n_tokens += 1
+        if n_tokens == 1:
+            first_token_s = time.perf_counter() - start
+        if token == EOS_ID:
+            break
+        pieces.append(stream.push(token))
+        out.write(pieces[-1])
+        out.flush()
+    pieces.append(stream.flush())
+    out.write(pieces[-1])
+    return Completion("".join(pieces), n_tokens, first_token_s, time.perf_counter() - start)
 
 
 # The fast path. At batch 1 a decoding step of a small model is a few hundred tiny kernels,
@@ -174,6 +161,19 @@ class StaticDecoder:
     def fits(self, batch_size: int, length: int) -> bool:
         return batch_size == self.batch_size and length <= self.capacity
 
+    def check_call(self, batch_size, attention_mask, longest):
+        """ValueError for a generate() call this decoder cannot serve (model.generate asks)."""
+        if attention_mask is not None:
+            raise ValueError("a StaticDecoder takes batches without padding; pass "
+                             "attention_mask=None, or decode padded batches without a decoder")
+        if self.in_use:
+            raise ValueError("this decoder is in use by an unfinished generate() stream; "
+                             "finish or close that stream first, or make a second decoder")
+        if not self.fits(batch_size, longest):
+            raise ValueError(f"this decoder holds {self.batch_size} rows of {self.capacity} "
+                             f"tokens, but the call needs {batch_size} of {longest}; make a "
+                             "decoder that fits")
+
     def _forward(self, ids):
         """Logits (B, vocab) after ids (B, T) written at slots pos .. pos + T - 1: positions
         and mask come from the position tensor, so nothing waits for the device."""
@@ -241,51 +241,3 @@ def decoder_error(model, ids, prompt_len, compile_step=False):
         logits = [decoder.prefill(ids[:, :prompt_len]).clone()]
         logits += [decoder.step(ids[:, t:t + 1]).clone() for t in range(prompt_len, ids.shape[1])]
     return (torch.cat(logits).float() - full).abs().max().item()
-
-
-def scaled_rope_frequencies(head_dim: int, theta: float, scaling: dict):
-    """RoPE frequencies (see model.rope_frequencies) stretched for a longer context than
-    training saw, and a factor for cos/sin. Off unless LMConfig.rope_scaling is set.
-
-    NTK-aware scaling raises theta so the slowest pairs stretch over factor x more positions
-    while the fastest barely change. YaRN (Peng et al. 2023, sec. 3) interpolates only the
-    slow pairs (fewer than beta_slow turns over the original context), keeps the fast ones
-    (more than beta_fast turns), ramps linearly in between, and scales the attention logits.
-    """
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-    kind, factor = scaling.get("type"), float(scaling.get("factor", 1.0))
-    if kind == "ntk":
-        return (theta * factor ** (head_dim / (head_dim - 2))) ** -exponents, 1.0
-    if kind == "yarn":
-        original_len = scaling["original_max_seq_len"]
-        beta_fast, beta_slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
-        freqs = theta ** -exponents
-
-        def pair_index(turns):  # the pair that makes `turns` full turns over original_len
-            return head_dim * math.log(original_len / (turns * 2 * math.pi)) / (
-                2 * math.log(theta))
-
-        low = max(math.floor(pair_index(beta_fast)), 0)
-        high = min(math.ceil(pair_index(beta_slow)), head_dim - 1)
-        ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) /
-                max(high - low, 1e-3)).clamp(0, 1)  # 0: keep as is, 1: interpolate
-        scaled = freqs / factor * ramp + freqs * (1 - ramp)
-        return scaled, 0.1 * math.log(factor) + 1.0
-    raise ValueError(f"rope_scaling type {kind!r} is not supported; use 'ntk' or 'yarn'")
-
-
-def check_generate_args(config, decoder, batch_size, attention_mask, longest):
-    """ValueError for a generate() call that cannot work, before any work is done."""
-    if longest > config.max_seq_len:
-        raise ValueError(f"prompt plus max_new_tokens is {longest} tokens but max_seq_len is "
-                         f"{config.max_seq_len}; shorten the prompt or lower max_new_tokens")
-    if decoder is not None and attention_mask is not None:
-        raise ValueError("a StaticDecoder takes batches without padding; pass "
-                         "attention_mask=None, or decode padded batches without a decoder")
-    if decoder is not None and decoder.in_use:
-        raise ValueError("this decoder is in use by an unfinished generate() stream; finish "
-                         "or close that stream first, or make a second decoder")
-    if decoder is not None and not decoder.fits(batch_size, longest):
-        raise ValueError(f"this decoder holds {decoder.batch_size} rows of {decoder.capacity} "
-                         f"tokens, but the call needs {batch_size} of {longest}; make a "
-                         "decoder that fits")

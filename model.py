@@ -1,8 +1,9 @@
 """The MyLLM decoder: a Llama-style transformer, written to be read top to bottom.
 
 LMConfig -> RMSNorm -> RoPE -> repeat_kv -> KVCache -> Attention -> FeedForward (SwiGLU)
--> MoEGate -> MoEFeedForward -> Block -> Transformer (forward, generate). The decoding loop,
-sampling and fast decoding (static caches, CUDA graphs) are in decode.py.
+-> MoEGate -> MoEFeedForward -> Block -> Transformer (forward, generate), then the sampling
+filters and the decoding loop that generate runs. Fast decoding (static caches, CUDA graphs)
+is in decode.py, which builds on this file; this file imports nothing from the project.
 
 Parameter names and shapes follow MiniMind (2025), so its `.pth` files load with strict=True.
 Shapes in comments: B batch, T new tokens, S tokens attended to (cached + new), D model dim,
@@ -17,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from decode import Sampling, generate_steps, scaled_rope_frequencies
-
 
 @dataclass
 class LMConfig:
@@ -32,16 +31,13 @@ class LMConfig:
     norm_eps: float = 1e-5
     max_seq_len: int = 8192  # length of the precomputed RoPE tables: the longest usable context
     rope_theta: float = 1e6
-    # context extension at inference (NTK or YaRN, see decode.py), off by default
-    rope_scaling: Optional[dict] = None
-    dropout: float = 0.0
-    flash_attn: bool = True  # fused scaled_dot_product_attention; False -> the eager path
+    dropout: float = 0.0  # train_pretrain.py --dropout
+    flash_attn: bool = True  # fused scaled_dot_product_attention; False: the eager path
     # Mixture of experts (MoE) in place of every FeedForward.
     use_moe: bool = False
     num_experts_per_tok: int = 2  # k
     n_routed_experts: int = 4  # E
     n_shared_experts: int = 1  # always-on experts added to the routed output
-    scoring_func: str = "softmax"
     aux_loss_alpha: float = 0.1
     seq_aux: bool = True  # load-balancing loss per sequence (True) or over all tokens (False)
     norm_topk_prob: bool = True
@@ -67,24 +63,18 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: Optional[dict]):
-    """Rotation speed of each pair of channels, and a factor for cos/sin (1 unless YaRN).
-
-    Pair i turns by pos * theta^(-2i/head_dim) radians per position (RoFormer, Llama): the
-    first pairs turn fast and tell near positions apart, the last turn slowly and span the
-    context. `scaling` stretches them for contexts longer than training saw (decode.py).
-    """
-    if scaling:
-        return scaled_rope_frequencies(head_dim, theta, scaling)
-    return theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim), 1.0
+def rope_frequencies(head_dim: int, theta: float):
+    """Rotation speed of each pair of channels: pair i turns by pos * theta^(-2i/head_dim)
+    radians per position (RoFormer, Llama). The first pairs turn fast and tell near
+    positions apart, the last turn slowly and span the context."""
+    return theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
 
 
 def precompute_rope(config: LMConfig):
     """cos and sin of every (position, pair) angle: two (max_seq_len, head_dim // 2) tables."""
-    head_dim = config.dim // config.n_heads
-    freqs, attn_factor = rope_frequencies(head_dim, config.rope_theta, config.rope_scaling)
+    freqs = rope_frequencies(config.dim // config.n_heads, config.rope_theta)
     angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
-    return (angles.cos() * attn_factor).float(), (angles.sin() * attn_factor).float()
+    return angles.cos().float(), angles.sin().float()
 
 
 def apply_rope(x, cos, sin):
@@ -108,8 +98,7 @@ def repeat_kv(x, n_rep: int):
 
 class KVCache:
     """Keys and values of one layer for every token seen so far, in buffers preallocated for
-    `capacity` tokens (doubled if more come). `update` writes the new tokens' keys/values
-    after the old ones and returns all of them: a new token attends to the whole history
+    `capacity` tokens (doubled if more come): a new token attends to the whole history
     without recomputing it."""
 
     def __init__(self, capacity: int):
@@ -154,13 +143,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, hd)
-        S = k.shape[2]
         dropout = self.dropout if self.training else 0.0
 
-        # enable_gqa lets each key/value head serve its n_rep query heads without repeat_kv's
-        # copies (decoding without a mask: a copy of the cache per layer and token) where a
-        # fused kernel takes it: the CPU one, or FlashAttention on a GPU (half precision, no
-        # mask); elsewhere SDPA would fall back to its slow math path.
+        # enable_gqa serves each key/value head's n_rep query heads without repeat_kv's copy,
+        # where a fused kernel takes it (CPU; a GPU's FlashAttention: half precision, no mask)
         fused_gqa = mask is None and (
             x.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16))
         if self.flash:
@@ -175,6 +161,7 @@ class Attention(nn.Module):
             k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, H, S, hd)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
             if mask is None:  # causal, with the new tokens at the end of the S keys
+                S = k.shape[2]
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
             scores = scores.masked_fill(~mask, float("-inf"))
             probs = F.softmax(scores, dim=-1, dtype=torch.float32).type_as(q)
@@ -199,13 +186,10 @@ class FeedForward(nn.Module):
 
 
 class MoEGate(nn.Module):
-    """Scores every token against every routed expert and picks the top k.
-
-    Also returns the load-balancing loss (Switch Transformer / DeepSeekMoE): for each expert,
-    the fraction of routed slots it received, scaled so a uniform load is 1, times the mean
-    probability the router gave it, summed over experts. It is 1 (times alpha) for a uniform
-    router and grows as the load concentrates.
-    """
+    """Scores every token against every routed expert and picks the top k. Also returns the
+    load-balancing loss (Switch Transformer, DeepSeekMoE): per expert, its share of the
+    routed slots (1 when uniform) times the mean probability the router gave it, summed:
+    alpha for a uniform router, more as the load concentrates."""
 
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -243,13 +227,9 @@ class MoEFeedForward(nn.Module):
     """Routed experts (k of E per token) plus always-on shared experts.
 
     Every routed expert runs on every token, and each token keeps its k experts' outputs,
-    weighted by the gate (the others get weight 0). That is E / k times the work of running
-    each expert on its own tokens only, but no shape depends on the routing: no host sync
-    waits for it, torch.compile makes the layer one graph, and every expert takes part in
-    every backward pass, as DDP requires. (One grouped matmul per weight, each expert on its
-    own tokens, would save the extra work; torch's grouped_mm is made for bf16 on GPUs.) In
-    float16 an overflow on a token not routed to the expert still gives 0 * inf = NaN there:
-    the loss scaler then skips the step, as for any overflow.
+    weighted by the gate (0 for the others): E / k times the work of routing each token to
+    its experts only, but no shape depends on the routing, so nothing waits for the host,
+    torch.compile makes one graph, and every expert has a gradient, as DDP requires.
     """
 
     def __init__(self, config: LMConfig):
@@ -316,9 +296,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
     def _apply(self, fn, *args, **kwargs):
-        """.to(), .half(), .cuda() and the like go through here. A cast to bf16 or fp16 would
-        round the RoPE tables too (bf16 keeps 8 bits: angles far off at long positions), so
-        they are rebuilt in float32 on the new device; apply_rope computes in float32."""
+        """.to(), .half() and the like go through here. bf16 would round the RoPE tables too
+        (8 bits: angles far off at long positions), so they are rebuilt in float32."""
         super()._apply(fn, *args, **kwargs)
         if self.rope_cos.dtype != torch.float32:
             device = self.rope_cos.device
@@ -354,13 +333,9 @@ class Transformer(nn.Module):
 
     def _attention_mask(self, attention_mask, T, past_len, device):
         """Boolean (B or 1, 1, T, S) mask, or None where Attention needs none (no padding, and
-        no cached tokens or a single new token).
-
-        A query attends to keys at or before it (causal) that are real tokens. A padding
-        query would then have no key at all, and softmax over an empty row is 0/0 = NaN,
-        in the forward pass and in the gradient. So every query may always attend to
-        itself: padding rows get a finite, unused output and real rows are unchanged.
-        """
+        no cache or a single new token). A query attends to real tokens at or before it, and
+        always to itself: a padding query would otherwise have no key, and a softmax over an
+        empty row is 0/0 = NaN, in the gradient too."""
         if attention_mask is None and (past_len == 0 or T == 1):
             return None
         S = past_len + T
@@ -374,10 +349,9 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False,
                 logits_to_keep: int = 0):
-        """input_ids (B, T); attention_mask (B, S) with 1 for real tokens and 0 for padding,
-        covering cached and new tokens; past_key_values from an earlier call with use_cache.
-        logits_to_keep > 0: logits of the last that many positions only (generate needs one;
-        the output layer over a 512-token prompt is ~1/8 of the prefill's work)."""
+        """input_ids (B, T); attention_mask (B, S): 1 for real tokens, 0 for padding, cached
+        and new; past_key_values from an earlier call with use_cache. logits_to_keep > 0:
+        the last that many positions only (generate needs one)."""
         if use_cache and past_key_values is None:
             past_key_values = [KVCache(input_ids.shape[1]) for _ in self.layers]
         past_len = past_key_values[0].length if past_key_values is not None else 0
@@ -388,9 +362,8 @@ class Transformer(nn.Module):
         return CausalLMOutput(logits, aux_loss, past_key_values if use_cache else None)
 
     def forward_at(self, input_ids, positions, mask, caches=None, logits_to_keep: int = 0):
-        """The network itself, given each token's position (B or 1, T) and the attention mask
-        (see Attention.forward); returns (logits, MoE aux loss). forward() derives positions
-        and mask from the padding and the cache; decode.py derives them from a tensor."""
+        """The network, given each token's position (B or 1, T) and the attention mask; returns
+        (logits, MoE aux loss). decode.py calls it with positions held in a tensor."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hd/2)
         h = self.dropout(self.tok_embeddings(input_ids))
         for i, layer in enumerate(self.layers):
@@ -404,23 +377,96 @@ class Transformer(nn.Module):
                  top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=None,
                  use_cache=True, stream=False, generator=None, decoder=None):
         """Continue each prompt of input_ids (B, T), left-padded where attention_mask is 0.
-
-        The prompt's forward pass fills one KVCache per layer; then every new token is one
-        forward pass of that token alone, attending to the cache (decode.py has the loop
-        and the sampling filters). temperature 0 is greedy; top_k 0 and top_p 1 disable
-        those filters. Rows that produce eos_token_id keep emitting it until every row is
-        done. Returns (B, T + new) ids, or with stream=True an iterator of (B,) tensors.
-        decoder: a decode.StaticDecoder that the caller made and keeps (static caches and,
-        on a GPU, a CUDA graph); use_cache=False: no cache, no decoder, the whole sequence
-        recomputed every step."""
-        capacity = input_ids.shape[1] + max_new_tokens  # the final length, known in advance
-        caches = [KVCache(capacity) for _ in self.layers] if use_cache and decoder is None else None
-        steps = generate_steps(self, input_ids, attention_mask, max_new_tokens,
-                               Sampling(temperature, top_k, top_p, repetition_penalty, generator),
-                               eos_token_id, caches, decoder if use_cache else None)
+        temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; rows that end
+        (eos_token_id) repeat it until all have. Returns (B, T + new) ids, or with stream=True
+        an iterator of (B,) tensors. use_cache=False recomputes the whole sequence each step.
+        decoder: a decode.StaticDecoder the caller keeps (static caches, a CUDA graph)."""
+        B, T = input_ids.shape
+        longest = max_new_tokens + (T if attention_mask is None else
+                                    int(attention_mask.sum(-1).max()))
+        if longest > self.config.max_seq_len:  # checked at the call, a stream's too
+            raise ValueError(f"prompt plus max_new_tokens is {longest} tokens but max_seq_len "
+                             f"is {self.config.max_seq_len}; shorten the prompt or lower "
+                             "max_new_tokens")
+        decoder = decoder if use_cache else None
+        if decoder is not None:
+            decoder.check_call(B, attention_mask, longest)
+        caches = [KVCache(T + max_new_tokens) for _ in self.layers] \
+            if use_cache and decoder is None else None
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                        repetition_penalty=repetition_penalty, generator=generator)
+        steps = decode_steps(self, input_ids, attention_mask, max_new_tokens, sampling,
+                             eos_token_id, caches, decoder)
         if stream:
             return steps
         return torch.cat([input_ids] + [token[:, None] for token in steps], dim=1)
+
+
+def apply_repetition_penalty(logits, ids, attention_mask, penalty: float):
+    """Make every token already in the row less likely (CTRL, Keskar et al. 2019): divide a
+    positive logit by the penalty, multiply a negative one by it. Padding is not counted."""
+    seen = ids
+    if attention_mask is not None:
+        seen = torch.where(attention_mask.bool(), ids, ids[:, -1:])  # pads -> a real token
+    picked = logits.gather(1, seen)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(1, seen, picked)
+
+
+def sample_next_token(logits, temperature: float, top_k: int, top_p: float, generator=None):
+    """One token per row from logits (B, vocab): greedy at temperature 0, else sampled from
+    the softmax at that temperature, restricted to the top_k tokens and to the smallest set
+    whose probability reaches top_p (nucleus sampling, Holtzman et al. 2019)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens before it already reach top_p (the first always stays)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def decode_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id,
+                 caches=None, decoder=None):
+    """generate's loop: yields the (B,) new tokens of each step. The first step runs the
+    prompt; each later step runs only the token just chosen, whose keys and values join the
+    caches (KVCache, or the decoder's); with neither, the whole sequence again."""
+    B, penalty = ids.shape[0], sampling.pop("repetition_penalty")
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
+    if decoder is not None:
+        decoder.in_use = True  # until this stream ends, or is closed or collected
+    try:
+        for i in range(max_new_tokens):
+            with torch.inference_mode():
+                if decoder is not None:
+                    logits = decoder.prefill(ids) if i == 0 else decoder.step(unseen)
+                else:
+                    cached = caches is not None  # else the whole sequence, every step
+                    logits = model(unseen if cached else ids, attention_mask, caches, cached,
+                                   logits_to_keep=1).logits[:, -1]
+            if penalty != 1.0:
+                logits = apply_repetition_penalty(logits.float(), ids, attention_mask, penalty)
+            token = sample_next_token(logits.float(), **sampling)  # (B,)
+            if eos_token_id is not None:  # finished rows repeat eos
+                token = torch.where(done, torch.full_like(token, eos_token_id), token)
+                done = done | (token == eos_token_id)
+            unseen = token[:, None]
+            ids = torch.cat([ids, unseen], dim=1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, torch.ones_like(unseen)], dim=1)
+            yield token
+            if eos_token_id is not None and bool(done.all()):
+                return
+    finally:
+        if decoder is not None:
+            decoder.in_use = False
 
 
 def check_position(last: int, max_seq_len: int):
@@ -436,7 +482,6 @@ def check_config(c: LMConfig):
                          f"n_heads by n_kv_heads ({c.n_kv_heads})")
     if (c.dim // c.n_heads) % 2:
         raise ValueError(f"head dim {c.dim // c.n_heads} must be even for RoPE")
-    if c.use_moe and c.scoring_func != "softmax":
-        raise ValueError(f"scoring_func {c.scoring_func!r} is not supported; use softmax")
     if c.use_moe and not 1 <= c.num_experts_per_tok <= c.n_routed_experts:
         raise ValueError("num_experts_per_tok must be between 1 and n_routed_experts")
+

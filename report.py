@@ -28,7 +28,6 @@ import itertools
 import json
 import math
 import shlex
-import sys
 from pathlib import Path
 
 from dataset import format_report

@@ -40,8 +40,9 @@ from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prep
                    add_source_flags)
 from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
                      load_meta, prepare, prepare_options)
-from eval_model import (complete, default_probes, load_probes, loss_sums, probe_summary,
-                        run_probes, sample_prompts, summarize)
+from decode import complete
+from evaluator import (default_probes, load_probes, loss_sums, probe_summary, run_probes,
+                       sample_prompts, summarize)
 from health import Health
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups

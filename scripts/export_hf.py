@@ -19,8 +19,8 @@ Two things differ between the layouts besides the names (tensor_map lists every 
 - Tied embeddings. MyLLM's output layer is its embedding matrix; the export stores it once
   and declares tie_word_embeddings.
 
-RoPE scaling (LMConfig.rope_scaling) is an inference setting, not part of the weights: the
-export declares plain RoPE. Set rope_parameters in config.json to extend the context there.
+MyLLM's RoPE is plain (no scaling), and the export declares it so. Set rope_parameters in
+config.json to extend the context there.
 
 The weights are written in the safetensors format by a small function below, so exporting
 needs neither transformers nor the safetensors package. scripts/import_hf.py does the

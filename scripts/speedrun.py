@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_pretrain  # noqa: E402
 from checkpoint import checkpoint_paths, load_model, save_torch  # noqa: E402
 from dataset import PretrainDataset, load_meta, open_split, prepare  # noqa: E402
-from eval_model import evaluate  # noqa: E402
+from evaluator import evaluate  # noqa: E402
 from model import LMConfig  # noqa: E402
 from scripts.export_hf import from_hf_state_dict  # noqa: E402
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,  # noqa: E402

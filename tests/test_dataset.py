@@ -17,7 +17,7 @@ import torch
 import corpus
 import dataset
 import dedup
-import eval_model
+import evaluator
 from corpus import builtin_corpus, clean_text, iter_texts, stdlib_docstrings
 from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, open_split, prepare
 from dedup import lsh_bands, minhash
@@ -524,14 +524,14 @@ def test_pretokenize_decodes_back_to_the_cleaned_documents(tmp_path, tok_path, t
                                   "no marker at all in this document, long enough to keep"])
 def test_preparation_and_evaluation_frame_a_document_alike(tmp_path, tok_path, tok, text):
     """One <s> at the start and one </s> at the end, whichever the text already has: what
-    training sees is what evaluation scores (eval_model.text_windows)."""
+    training sees is what evaluation scores (evaluator.text_windows)."""
     prepared = quick_prepare(write_jsonl(tmp_path / "d.jsonl", [text]), tok_path, tmp_path,
                              val_fraction=0)
     tokens, _ = open_split(prepared, "train")
     body = tok.encode(text.removeprefix("<s>").removesuffix("</s>"),
                       add_special_tokens=False).ids
     assert tokens.tolist() == [BOS_ID, *body, EOS_ID]  # by hand: markers once each
-    (window,) = eval_model.text_windows(tok, [text], max_seq_len=10_000)
+    (window,) = evaluator.text_windows(tok, [text], max_seq_len=10_000)
     assert window == tokens.tolist()
 
 

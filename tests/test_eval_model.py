@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 import dataset
 from checkpoint import load_model
-from eval_model import (TextStream, batches_of, complete, evaluate, load_probes, main,
-                        parse_args, print_probe_report, run_probes, text_windows)
+from decode import TextStream, complete
+from eval_model import main, parse_args
+from evaluator import (batches_of, evaluate, load_probes, print_probe_report, run_probes,
+                       text_windows)
 from model import LMConfig, Transformer
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, save_tokenizer, token_bytes, train_tokenizer
 
@@ -430,12 +432,3 @@ def test_evaluation_window_longer_than_the_model_context(uniform, tok, tmp_path,
     line = one_line_error(*run_main(["--out_dir", str(out), *SHAPE_FLAGS, "--eval_data", str(data),
                                      "--eval_seq_len", str(context + 1)], capsys)[::2])
     assert f"--eval_seq_len {context + 1} is longer than the model's context ({context}" in line
-
-
-def test_renamed_flags_keep_their_old_names_with_a_note(capsys):
-    """--seed (sampling here, weights elsewhere) is --sample_seed; --max_seq_len (the
-    training window elsewhere) is --eval_seq_len."""
-    args = parse_args(["--seed", "3", "--max_seq_len", "64", "--device", "cpu"])
-    assert (args.sample_seed, args.eval_seq_len) == (3, 64)
-    err = capsys.readouterr().err
-    assert "--seed is now --sample_seed" in err and "--max_seq_len is now --eval_seq_len" in err

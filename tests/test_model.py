@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decode import apply_repetition_penalty, sample_next_token
-from model import KVCache, LMConfig, Transformer, apply_rope, repeat_kv, rope_frequencies
+from model import (KVCache, LMConfig, Transformer, apply_repetition_penalty, apply_rope, repeat_kv,
+                   sample_next_token)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from export_hf import to_hf_state_dict  # noqa: E402  the one place the Llama mapping lives
@@ -58,27 +58,6 @@ def test_logits_match_transformers_llama():
         with torch.no_grad():
             ours, theirs = model(ids).logits, hf(ids).logits
         assert (ours - theirs).abs().max().item() < 1e-4
-
-
-def test_yarn_frequencies_match_transformers():
-    from transformers import LlamaConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    hf_config = LlamaConfig(hidden_size=512, num_attention_heads=8, max_position_embeddings=8192,
-                            rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
-                                             "original_max_position_embeddings": 2048})
-    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf_config, "cpu")
-    ours, factor = rope_frequencies(64, 1e6, {"type": "yarn", "factor": 4.0,
-                                              "original_max_seq_len": 2048})
-    torch.testing.assert_close(ours.float(), inv_freq.float(), rtol=1e-6, atol=0)
-    assert factor == pytest.approx(attention_factor)
-
-
-def test_ntk_scaling_stretches_only_the_slow_pairs():
-    plain, _ = rope_frequencies(64, 1e4, None)
-    ntk, _ = rope_frequencies(64, 1e4, {"type": "ntk", "factor": 4.0})
-    assert ntk[0] == plain[0]  # the fastest pair is untouched
-    assert ntk[-1] == pytest.approx(plain[-1] / 4.0)  # the slowest covers 4x the positions
 
 
 @pytest.mark.parametrize("overrides", [TINY, TINY_MOE], ids=["dense", "moe"])
@@ -485,3 +464,11 @@ def test_positions_beyond_max_seq_len_are_a_clear_error():
         model(random_ids(1, 17))
     with pytest.raises(ValueError, match="max_seq_len is 16"):
         model.generate(random_ids(1, 10), max_new_tokens=7)
+
+
+def test_generate_refuses_a_bad_call_at_the_call_even_as_a_stream():
+    model = tiny()
+    ids = random_ids(1, 4)
+    too_long = model.config.max_seq_len  # prompt + new tokens past the RoPE tables
+    with pytest.raises(ValueError, match="shorten the prompt or lower max_new_tokens"):
+        model.generate(ids, max_new_tokens=too_long, stream=True)  # no next() needed

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import eval_model
+import evaluator
 from test_train import ROOT, corpus, read_log, run_args  # noqa: F401 (corpus: a fixture)
 import train_pretrain
 from train_pretrain import parse_args, pretrain
@@ -117,7 +118,7 @@ def test_samples_are_logged_at_every_evaluation_and_shown_in_the_report(tiny_run
     samples = [r for r in log if r["kind"] == "sample"]
     assert [r["step"] for r in samples] == [4, 8, 12]
     prompts = [s["prompt"] for s in samples[-1]["samples"]]
-    assert prompts == eval_model.SAMPLE_PROMPTS_EN[:3]
+    assert prompts == evaluator.SAMPLE_PROMPTS_EN[:3]
     text = (out / "reports" / result["log_path"].stem / "report.md").read_text()
     for record in samples:
         for s in record["samples"]:  # English continuations: newlines are the only escapes
