@@ -4,8 +4,9 @@ pipeline (dataset.py prepares the rest, dedup.py removes copies):
     1. read   .jsonl / .txt files (gzip too), streaming, line by line, so a corpus larger than
               memory never has to fit in it; or the built-in corpus, text that ships with
               Python (MyLLM trains without downloading anything)
-    2. clean  counted rules, in this order: control characters, runs of spaces or of one
-              symbol, documents that are too short or mostly symbols
+    2. clean  Windows and old Mac line ends made plain newlines (not counted: such a file is
+              not dirty), then counted rules, in this order: control characters, runs of
+              spaces or of one symbol, documents that are too short or mostly symbols
 
 A malformed line (not JSON, not UTF-8, no text field) stops with its file and line number,
 or with skip_bad_lines is skipped and counted.
@@ -201,8 +202,7 @@ SPACE_RUN = re.compile(r"(?<=\S)[^\S\n]{8,}")  # inside a line only: indentation
 BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n){2,}")
 SYMBOL_RUN = re.compile(r"([^\w\s]|_)\1{5,}")  # 6 or more of one symbol: =====, ------, ....
 REWRITES = (  # the rules that change a text, in order; a rule "fires" when it changes it
-    ("control_chars",
-     lambda text: CONTROL_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))),
+    ("control_chars", lambda text: CONTROL_CHARS.sub("", text)),
     ("space_runs", lambda text: BLANK_LINES.sub("\n\n", SPACE_RUN.sub(" ", text))),
     ("symbol_runs", lambda text: SYMBOL_RUN.sub(r"\1\1\1", text)),  # ====== -> ===
 )
@@ -236,6 +236,10 @@ def clean_text(text, min_chars=MIN_CHARS, markers=()):
     """Apply the cleaning rules in order; returns (cleaned text, or None if the document is
     dropped, and the names of the rules that fired). markers: strings that are not content
     when measuring a document (MiniMind's <s> and </s>; tokenizer.SPECIAL_TOKENS)."""
+    # Windows (\r\n) and old Mac (\r) line ends become \n before the rules, and are not
+    # counted: the text loses nothing, and control_chars counts only the documents that had
+    # control characters removed (\r is one, and that rule would delete it)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     fired = []
     for rule, rewrite in REWRITES:
         new = rewrite(text)

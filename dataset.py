@@ -1,485 +1,28 @@
-"""Pretraining data, prepared once: read and clean the sources (corpus.py), drop copies
-(dedup.py), split train/val, tokenize, write flat token files; then cut them into training
-samples.
+"""What a training run reads: a prepared split of token ids, cut into training samples.
 
     python dataset.py --data_path dataset/pretrain_hq.jsonl --tokenizer out/tokenizer.json
 
-prepare() turns the sources into a directory under data_dir, named by a fingerprint of the
-sources, the tokenizer and the options, so it is reused while all three are unchanged:
-
-    train.bin, val.bin          token ids, little-endian uint16 (uint32 when the vocabulary
-                                has more than 65536 tokens); every document is framed
-                                <s> ... </s> (tokenizer.frame_document)
-    train.idx.npy, val.idx.npy  int64 offset of every document's first token, then the total
-    meta.json                   fingerprints, counts, cleaning report, dtype, vocab_size
-
-It is built in a temporary directory that is renamed into place at the end, so an interrupted
-run never leaves a directory that looks complete. Pass 1 reads, cleans, hashes and signs the
-documents in worker processes and appends the cleaned text to a file on disk (memory stays
-bounded on a corpus of any size); then exact and near duplicates are dropped and each kept
-document goes to train or val by a hash of its text; pass 2 tokenizes in parallel batches.
-
-PretrainDataset memory-maps one split and cuts it into (X, Y, loss_mask) windows, and
-ShardedSampler gives each DDP rank its share of a shuffled epoch.
+prints the report of the preparation (prepare.py: cleaning, dedup, train/val split,
+tokenizing) and the directory it made. Below: open_split memory-maps a split's token file,
+PretrainDataset cuts it into (X, Y, loss_mask) samples, and ShardedSampler gives each DDP
+rank its share of a shuffled epoch, resumable in the middle.
 """
 
 import argparse
-import hashlib
-import json
 import math
-import multiprocessing
-import os
-import shutil
-import socket
 import sys
-import sysconfig
-import time
-from collections import Counter, deque
-from functools import partial
-from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
-from files import write_text_atomic
+from corpus import MIN_CHARS
+from dedup import DEDUP_THRESHOLD
 from flags import DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags
-from corpus import (CLEANING_RULES, MIN_CHARS, as_sources, clean_text, expand_paths,
-                    file_fingerprint, iter_texts, normalize)
-from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicates,
-                   likely_pairs, lsh_bands, minhash, near_duplicates, shingles, text_hash)
-from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
-                       token_byte_counts, tokenizer_fingerprint)
-
-FORMAT_VERSION = 3  # bump when a change here changes what prepare() writes
-# 2: one framing (frame_document) and one byte accounting (token_bytes) with evaluation
-# 3: near dedup by character shingles, a threshold of 0.5 and the parts check (dedup.py)
-EXAMPLE_CHARS = 60  # of each text in the report's near-dedup examples
-
-
-def unit_hash(normalized, salt):
-    """A number in [0, 1) fixed by the text: a document's split never depends on the others."""
-    digest = hashlib.blake2b(normalized.encode("utf-8"), digest_size=8, salt=salt.encode()[:16])
-    return int.from_bytes(digest.digest(), "little") / 2**64
-
-
-SENTENCE_ENDS = (".", "!", "?", "\n", "。", "！", "？", "…")
-
-
-def sentence_end_ids(tok):
-    """Ids of the tokens that end a sentence; padded mode cuts long documents after them."""
-    vocab = tok.get_vocab_size()
-    texts = tok.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
-    return sorted({i for i, t in enumerate(texts) if t.endswith(SENTENCE_ENDS)} | {EOS_ID})
-
-
-def _clean_and_sign(item, min_chars, seed, num_perm, bands, rows, near_dedup):
-    """Pass-1 work on one batch of raw documents; runs in a worker process."""
-    source_id, texts = item
-    cleaned, fired, exact, split, weight = [], [], [], [], []
-    for text in texts:
-        text, rules = clean_text(text, min_chars, SPECIAL_TOKENS[1:])
-        fired.append(rules)
-        if text is None:
-            continue
-        norm = normalize(text)
-        cleaned.append(text)
-        exact.append(text_hash(norm))
-        split.append(unit_hash(norm, f"split{seed}"))
-        weight.append(unit_hash(norm, f"weight{seed}"))
-    if near_dedup:
-        doc_shingles = [shingles(t) for t in cleaned]
-        signatures = minhash(doc_shingles, num_perm)
-        hashes, sketches = band_hashes(signatures, bands, rows), signatures.astype(np.uint16)
-        has_shingles = np.array([len(s) > 0 for s in doc_shingles], bool)
-    else:
-        hashes = np.zeros((len(cleaned), 0), np.uint64)
-        sketches = np.zeros((len(cleaned), 0), np.uint16)
-        has_shingles = np.zeros(len(cleaned), bool)
-    return (source_id, cleaned, fired, np.array(exact, np.uint64), np.array(split),
-            np.array(weight), hashes, sketches, has_shingles)
-
-
-def _batches(entries, text_field, skip_bad_lines, counts, batch_size=1000):
-    """(source index, list of raw texts); a batch never mixes two sources."""
-    for source_id, paths in enumerate(entries):
-        texts = iter_texts(paths, text_field, skip_bad_lines, counts)
-        while batch := list(islice(texts, batch_size)):
-            yield source_id, batch
-
-
-def _map_bounded(fn, items, pool, depth):
-    """map(fn, items) in order, on a process pool if given. At most `depth` items are in
-    flight, so a huge input is never read far ahead into memory (Pool.imap would)."""
-    if pool is None:
-        yield from map(fn, items)
-        return
-    pending = deque()
-    for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
-        if len(pending) >= depth:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-class _DocStore:
-    """The cleaned documents of pass 1, appended to one file and read back by index, so
-    a corpus larger than memory never has to fit in it."""
-
-    def __init__(self, path):
-        self.file = open(path, "w+b")
-        self.offsets = [0]
-
-    def __len__(self):
-        return len(self.offsets) - 1
-
-    def append(self, texts):
-        for text in texts:
-            data = text.encode("utf-8")
-            self.file.write(data)
-            self.offsets.append(self.offsets[-1] + len(data))
-
-    def read(self, start, stop):
-        """Documents start..stop-1, with one read."""
-        self.file.flush()
-        self.file.seek(self.offsets[start])
-        data = self.file.read(self.offsets[stop] - self.offsets[start])
-        base = self.offsets[start]
-        return [data[self.offsets[i] - base:self.offsets[i + 1] - base].decode("utf-8")
-                for i in range(start, stop)]
-
-    def close(self):
-        self.file.close()
-
-
-def _read_clean_sign(entries, options, bands, rows, num_workers, store, counts, verbose):
-    """Pass 1: read every document, clean it, append it to store, and hash and sign it.
-
-    Returns per kept document: source index, exact-dedup hash, split hash, weight hash, LSH
-    band hashes, the low 16 bits of its MinHash signature and whether it has any shingle.
-    """
-    work = partial(_clean_and_sign, min_chars=options["min_chars"], seed=options["seed"],
-                   num_perm=options["num_perm"], bands=bands, rows=rows,
-                   near_dedup=options["near_dedup"])
-    batches = _batches(entries, options["text_field"], options["skip_bad_lines"], counts)
-    columns = [[] for _ in range(7)]
-    pool = multiprocessing.Pool(num_workers) if num_workers > 0 else None
-    try:
-        bar = tqdm(desc="read + clean", unit=" docs", disable=not verbose)
-        for source_id, cleaned, fired, *arrays in _map_bounded(work, batches, pool,
-                                                              depth=2 * num_workers + 1):
-            bar.update(len(fired))
-            counts["documents_read"] += len(fired)
-            counts.update(chain.from_iterable(fired))
-            store.append(cleaned)
-            for column, array in zip(columns, [np.full(len(cleaned), source_id), *arrays]):
-                column.append(array)
-        bar.close()
-    finally:
-        if pool is not None:
-            pool.terminate()
-    if len(store) == 0:
-        raise ValueError(f"no documents left after cleaning ({counts['documents_read']} read, "
-                         f"{_dropped_summary(counts)}); check the files and --text_field")
-    return [np.concatenate(column) for column in columns]
-
-
-def _dropped_summary(counts):
-    dropped = [f"{counts[r]} {r}" for r in ("too_short", "mostly_symbols") if counts[r]]
-    if counts["bad_lines"]:
-        dropped.append(f"{counts['bad_lines']} bad lines")
-    return ", ".join(dropped) + " dropped" if dropped else "none dropped"
-
-
-def _deduplicate(exact_keys, hashes, sketches, has_shingles, store, options, counts, verbose):
-    """Exact, then near duplicates; returns the mask of documents to keep (the first
-    document of each group of duplicates is kept) and how the near-dedup threshold cut."""
-    dup = exact_duplicates(exact_keys, lambda i: store.read(i, i + 1)[0])
-    counts["exact_duplicates"] = int(dup.sum())
-    cut = {"similarity_histogram": [], "cut_examples": {}}
-    if options["near_dedup"]:
-        candidates = candidate_pairs(hashes, has_shingles & ~dup)
-        pairs = likely_pairs(candidates, sketches, options["dedup_threshold"])
-        bar = tqdm(desc="near dedup", total=len(pairs), unit=" pairs", disable=not verbose)
-        drop, found = near_duplicates(pairs, lambda i: shingles(store.read(i, i + 1)[0]),
-                                      options["dedup_threshold"], bar)
-        bar.close()
-        dup[drop] = True
-        # the examples with their texts, cut short, so that the report shows the cut
-        examples = {kind: None if pair is None else [round(pair[0], 3)] + [
-                        head_and_tail(store.read(k, k + 1)[0]) for k in pair[1:]]
-                    for kind, pair in found["examples"].items()}
-        counts.update(near_duplicates=len(drop), near_duplicate_clusters=found["clusters"],
-                      candidate_pairs=len(candidates), candidate_pairs_checked=found["checked"],
-                      candidate_pairs_unlikely=len(candidates) - len(pairs),
-                      parts_rejected=found["parts_rejected"])
-        cut = {"similarity_histogram": found["histogram"], "cut_examples": examples}
-    return ~dup, cut
-
-
-def head_and_tail(text, n=EXAMPLE_CHARS):
-    """text, or its first and last n // 2 characters: where two pages share a header, they
-    differ further on."""
-    return text if len(text) <= n else f"{text[:n // 2]} … {text[-(n // 2):]}"
-
-
-def _split_docs(keep, split_keys, val_fraction):
-    """Boolean val mask: documents whose hash falls below val_fraction. A tiny corpus still
-    gets one validation document, and at least one training document is always left."""
-    val = keep & (split_keys < val_fraction)
-    kept = np.flatnonzero(keep)
-    if val_fraction > 0 and not val.any() and len(kept) >= 2:
-        val[kept[np.argmin(split_keys[kept])]] = True
-    if len(kept) and val[kept].all():
-        val[kept[np.argmax(split_keys[kept])]] = False
-    return val
-
-
-def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
-    """Pass 2: encode the kept documents in parallel batches into train.bin and val.bin, each
-    framed <s> ... </s>. Returns the token count of every document of each split and the
-    UTF-8 bytes the tokens stand for (tokenizer.token_bytes: markers count none)."""
-    byte_counts = np.array(token_byte_counts(tok), np.int64)
-    lengths = {"train": [], "val": []}
-    text_bytes = 0
-    bar = tqdm(desc="tokenize", total=int(keep.sum()), unit=" docs", disable=not verbose)
-    with open(tmp_dir / "train.bin", "wb") as train_file, \
-            open(tmp_dir / "val.bin", "wb") as val_file:
-        for lo in range(0, len(store), batch_size):
-            hi = min(lo + batch_size, len(store))
-            texts = [(i, t) for i, t in zip(range(lo, hi), store.read(lo, hi)) if keep[i]]
-            # encode_batch_fast runs on all cores (Rust threads) and skips the char offsets
-            encodings = tok.encode_batch_fast([t for _, t in texts], add_special_tokens=False)
-            for split, file in (("train", train_file), ("val", val_file)):
-                framed = [frame_document(e.ids) for (i, _), e in zip(texts, encodings)
-                          if val[i] == (split == "val")]
-                flat = np.fromiter(chain.from_iterable(framed), dtype, sum(map(len, framed)))
-                flat.tofile(file)
-                lengths[split] += map(len, framed)
-                text_bytes += int(byte_counts[flat].sum())
-            bar.update(len(texts))
-    bar.close()
-    return lengths, text_bytes
-
-
-def _apply_weights(path, starts, copies, dtype):
-    """Rewrite the training tokens with document i repeated copies[i] times: first one copy
-    of every document, then the second copies, and so on, so repeats are not side by side.
-    Returns the new document offsets."""
-    if (copies == 1).all():
-        return starts
-    lengths = np.diff(starts)
-    out_lengths = []
-    tmp = path.with_suffix(".weighted")
-    tokens = np.memmap(path, dtype, mode="r") if starts[-1] else np.zeros(0, dtype)
-    with open(tmp, "wb") as f:
-        for k in range(int(copies.max())):
-            for i in np.flatnonzero(copies > k).tolist():
-                tokens[starts[i]:starts[i + 1]].tofile(f)
-                out_lengths.append(lengths[i])
-    del tokens
-    os.replace(tmp, path)
-    return np.concatenate([[0], np.cumsum(out_lengths, dtype=np.int64)])
-
-
-def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
-    """The work of prepare(): write the splits into tmp_dir and return the meta dict."""
-    counts = Counter()  # of documents and pairs; near dedup adds its cut to `cut`
-    seconds = {}
-    bands, rows = lsh_bands(options["num_perm"], options["dedup_threshold"])
-    num_workers = min(os.cpu_count() or 1, 8) if num_workers is None else num_workers
-    store = _DocStore(tmp_dir / "cleaned.txt")
-    try:
-        start = time.time()
-        columns = _read_clean_sign(entries, options, bands, rows, num_workers, store, counts,
-                                   verbose)
-        source_ids, exact_keys, split_keys, weight_keys, hashes, sketches, has_shingles = columns
-        seconds["read_clean"] = time.time() - start
-
-        start = time.time()
-        keep, cut = _deduplicate(exact_keys, hashes, sketches, has_shingles, store, options,
-                                 counts, verbose)
-        val = _split_docs(keep, split_keys, options["val_fraction"])
-        seconds["dedup"] = time.time() - start
-
-        start = time.time()
-        dtype = np.dtype("<u2") if tok.get_vocab_size() <= 2**16 else np.dtype("<u4")
-        lengths, text_bytes = _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose)
-    finally:
-        store.close()
-        os.remove(tmp_dir / "cleaned.txt")
-    n_tokens = sum(map(sum, lengths.values()))
-    starts = {s: np.concatenate([[0], np.cumsum(lengths[s], dtype=np.int64)]) for s in lengths}
-    # A training document appears as often as the whole part of its source's weight, and
-    # once more if its hash falls below the fractional part.
-    train = keep & ~val
-    weight = np.array(weights)[source_ids[train]]
-    copies = np.floor(weight).astype(np.int64) + (weight_keys[train] < weight % 1)
-    starts["train"] = _apply_weights(tmp_dir / "train.bin", starts["train"], copies, dtype)
-    for split, offsets in starts.items():
-        np.save(tmp_dir / f"{split}.idx.npy", offsets)
-    seconds["tokenize"] = time.time() - start
-
-    report = {"documents_read": counts["documents_read"], "bad_lines": counts["bad_lines"],
-              "cleaning": {rule: counts[rule] for rule in CLEANING_RULES},
-              **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
-                                        "near_duplicate_clusters", "candidate_pairs",
-                                        "candidate_pairs_checked", "candidate_pairs_unlikely",
-                                        "parts_rejected")}, **cut,
-              "documents_kept": int(keep.sum()),
-              "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s>: 0 bytes
-              "lsh": {"bands": bands, "rows": rows},
-              "seconds": {k: round(v, 2) for k, v in seconds.items()}}
-    return {"format": FORMAT_VERSION, "vocab_size": tok.get_vocab_size(), "dtype": dtype.name,
-            "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tok), "options": options,
-            "splits": {s: {"documents": len(starts[s]) - 1, "tokens": int(starts[s][-1])}
-                       for s in starts},
-            "sentence_end_ids": sentence_end_ids(tok), "report": report}
-
-
-def _source_entries(sources, weights):
-    """The files of each source (a glob is one source), and one weight per source."""
-    entries = [expand_paths([source]) for source in as_sources(sources)]
-    weights = [1.0] * len(entries) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(entries):
-        raise ValueError(f"{len(weights)} weights for {len(entries)} sources; give one weight "
-                         f"per --data_path entry")
-    if any(w < 0 for w in weights):
-        raise ValueError(f"weights must be >= 0, got {weights}")
-    return entries, weights
-
-
-def _fingerprint_sources(entries, weights):
-    fingerprints = []
-    for paths, weight in zip(entries, weights):
-        for path in paths:
-            if path == "builtin":
-                # The built-in corpus depends only on the Python that runs this (and on
-                # builtin_corpus(), whose changes bump FORMAT_VERSION).
-                fp = {"path": "builtin", "python": sys.version,
-                      "stdlib": sysconfig.get_paths()["stdlib"]}
-            else:
-                fp = {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
-                      "blake2b": file_fingerprint(path)}
-            fingerprints.append({**fp, "weight": weight})
-    return fingerprints
-
-
-def is_prepared_dir(path) -> bool:
-    """A directory prepare() finished: it writes meta.json last."""
-    return (Path(path) / "meta.json").is_file()
-
-
-def prepare_options(args):
-    """prepare()'s keyword arguments from the flags flags.add_source_flags and
-    add_prepare_flags declare, as train_pretrain.py and dataset.py pass them."""
-    return dict(text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
-                weights=args.weights, seed=args.split_seed, num_workers=args.prep_workers)
-
-
-def load_meta(prepared_dir):
-    """The meta.json of a prepared directory."""
-    path = Path(prepared_dir) / "meta.json"
-    if not path.is_file():
-        out_dir = Path(prepared_dir).parent
-        raise FileNotFoundError(f"{path} not found; prepare the data first with "
-                                f"`python dataset.py --data_path ... --data_dir {out_dir}`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): {damaged(prepared_dir)}") from None
-
-
-def damaged(prepared_dir):
-    """The fix for a prepared directory whose files do not fit together."""
-    return (f"the directory is damaged (a copy cut short?); delete {prepared_dir} and prepare "
-            "it again (for OUT_DIR/data, train_pretrain.py then does so by itself)")
-
-
-def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
-            near_dedup=True, dedup_threshold=DEDUP_THRESHOLD, num_perm=128, min_chars=MIN_CHARS,
-            seed=0, skip_bad_lines=False, num_workers=None, weights=None, verbose=True,
-            wait=False):
-    """Clean, deduplicate and tokenize sources into a directory under cache_dir; return it.
-
-    sources: paths or globs of .jsonl/.txt files (gzip too), or None / ['builtin'] for the
-    text that ships with Python. weights (one per source) scale how often each source's
-    documents appear in the training split: 2 repeats every document, 0.5 keeps a
-    deterministic half. The directory is reused while sources, tokenizer and options are
-    unchanged; num_workers and verbose do not change the result. wait: another process
-    (the first rank on this machine) is building it; wait for it instead of building it too.
-    """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    entries, weights = _source_entries(sources, weights)
-    tok = load_tokenizer(tokenizer_path)
-    # the directory's name: a fingerprint of the sources (paths, sizes, content hashes), the
-    # tokenizer and every option that changes the result
-    options = {"format": FORMAT_VERSION, "text_field": text_field, "val_fraction": val_fraction,
-               "near_dedup": near_dedup, "dedup_threshold": dedup_threshold,
-               "num_perm": num_perm, "min_chars": min_chars, "seed": seed,
-               "skip_bad_lines": skip_bad_lines}
-    source_fps = _fingerprint_sources(entries, weights)
-    key = json.dumps({"sources": source_fps, "tokenizer": tokenizer_fingerprint(tok),
-                      "options": options}, sort_keys=True)
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    first = entries[0][0]
-    name = f"{'builtin' if first == 'builtin' else first.name.split('.')[0]}-{fingerprint}"
-    out_dir = Path(cache_dir) / name
-    while wait and not is_prepared_dir(out_dir):
-        time.sleep(0.5)  # if that process fails, torchrun ends this one
-    if is_prepared_dir(out_dir):
-        if verbose:
-            print(f"reusing {out_dir}: sources, tokenizer and options are unchanged")
-            print(format_report(load_meta(out_dir)))
-        return out_dir
-
-    # work in a private directory; one left by a preparation that was killed is removed
-    mine = f".tmp-{out_dir.name}-{socket.gethostname()}-"  # then the process id
-    for stale in Path(cache_dir).glob(mine + "*"):
-        pid = stale.name[len(mine):]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp_dir = Path(cache_dir) / f"{mine}{os.getpid()}"
-    tmp_dir.mkdir(parents=True)
-    try:
-        meta = _build(entries, weights, tok, tmp_dir, options, num_workers, verbose)
-        meta.update(fingerprint=fingerprint, sources=source_fps,
-                    tokenizer_path=str(Path(tokenizer_path).resolve()))
-        # meta.json last: a directory without it is never mistaken for a finished one
-        write_text_atomic(tmp_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False)
-                          + "\n")
-        if out_dir.exists() and not is_prepared_dir(out_dir):
-            shutil.rmtree(out_dir)  # left by hand: a finished directory has meta.json
-        try:
-            os.rename(tmp_dir, out_dir)
-        except OSError:
-            if not is_prepared_dir(out_dir):
-                raise
-            # another process (another DDP rank, say) finished the same directory first
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    if verbose:
-        print(f"prepared {out_dir}")
-        print(format_report(meta))
-    return out_dir
-
-
-def process_alive(pid):
-    """Whether process pid (of this machine) exists; assumed so where that cannot be asked."""
-    if os.name != "posix":  # os.kill(pid, 0) would send Ctrl-C on Windows
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists but is not ours
-        return True
-    return True
+from prepare import (damaged, format_report, load_meta, padding_share, prepare,
+                     prepare_options)
+from tokenizer import PAD_ID, tokenizer_fingerprint
 
 
 def open_split(prepared_dir, split):
@@ -511,74 +54,28 @@ def open_split(prepared_dir, split):
     return np.memmap(bin_path, dtype, mode="r", shape=(n_tokens,)), doc_starts
 
 
-def padded_samples(tokens, doc_starts, is_sentence_end, max_seq_len):
-    """Padded mode's samples, one document each: (starts, lengths), lengths <= max_seq_len + 1.
-
-    A longer document is cut after the last sentence end that fits in the window, or at the
-    window's edge when one sentence is longer than a window.
-    """
-    window = max_seq_len + 1
-    doc_starts = np.asarray(doc_starts, np.int64)
-    starts, lengths = doc_starts[:-1], np.diff(doc_starts)
-    fits = lengths <= window
-    out_starts, out_lengths = [starts[fits]], [lengths[fits]]
-    for start, end in zip(starts[~fits].tolist(), (starts + lengths)[~fits].tolist()):
-        while end - start > window:
-            # A piece that ends with the sentence end at start + 1 + k holds k + 2 tokens.
-            # Cuts leave at least 2 tokens behind: a 1-token piece would have nothing to predict.
-            search = tokens[start + 1:min(start + window, end - 2)]
-            ends = np.flatnonzero(is_sentence_end[search])
-            cut = start + 2 + int(ends[-1]) if len(ends) else start + window
-            if end - cut == 1:
-                cut -= 1
-            out_starts.append([start])
-            out_lengths.append([cut - start])
-            start = cut
-        out_starts.append([start])
-        out_lengths.append([end - start])
-    starts, lengths = np.concatenate(out_starts), np.concatenate(out_lengths)
-    order = np.argsort(starts, kind="stable")
-    return starts[order], lengths[order]
-
-
 class PretrainDataset(Dataset):
     """(X, Y, loss_mask) samples of max_seq_len tokens from a prepared split.
 
-    mode="packed": the split is one stream of documents, <s> a </s><s> b </s> ..., cut into
-    windows of max_seq_len + 1 tokens; window i starts at token i * max_seq_len, so each
-    token is a target exactly once. Only the last window can hold padding.
-    mode="padded": one document per sample, as in MiniMind, padded with PAD_ID. Kept for
-    comparison: on short documents most positions are padding (see padding_share).
-
-    X is the window without its last token and Y without its first, so Y[t] is the token
-    after X[t]; loss_mask is 1 where Y is a real token and 0 on padding. The token file is
-    memory-mapped on first use in each process, so the dataset pickles cheaply to workers.
+    The split is one stream of documents, <s> a </s><s> b </s> ..., cut into windows of
+    max_seq_len + 1 tokens (packing): window i starts at token i * max_seq_len, so each
+    token is a target exactly once and no position is wasted on padding (MiniMind pads one
+    document per sample instead; prepare.padding_share says what that costs). X is the
+    window without its last token and Y without its first, so Y[t] is the token after X[t];
+    loss_mask is 1 where Y is a real token, 0 on the padding that only the last window can
+    hold. The token file is memory-mapped on first use in each process, so the dataset
+    pickles cheaply to DataLoader workers.
     """
 
-    def __init__(self, prepared_dir, split="train", max_seq_len=512, mode="packed"):
-        if mode not in ("packed", "padded"):
-            raise ValueError(f"mode must be 'packed' or 'padded', not '{mode}'")
-        self.prepared_dir = Path(prepared_dir)
-        self.split = split
+    def __init__(self, prepared_dir, split="train", max_seq_len=512):
+        self.prepared_dir, self.split = Path(prepared_dir), split
         self.max_seq_len = max_seq_len
-        self.mode = mode
         meta = load_meta(prepared_dir)
         self.vocab_size, self.fingerprint = meta["vocab_size"], meta.get("fingerprint")
-        tokens, doc_starts = open_split(prepared_dir, split)
-        self.n_tokens = len(tokens)
-        if mode == "packed":
-            self.sample_starts = self.sample_lengths = None
-            targets = max(self.n_tokens - 1, 0)  # every token but the first is predicted
-            self.n_samples = math.ceil(targets / max_seq_len)
-        else:
-            is_end = np.zeros(self.vocab_size, bool)
-            is_end[meta["sentence_end_ids"]] = True
-            self.sample_starts, self.sample_lengths = padded_samples(tokens, doc_starts, is_end,
-                                                                     max_seq_len)
-            self.n_samples = len(self.sample_starts)
-            targets = int((self.sample_lengths - 1).sum())
+        self.n_tokens = len(open_split(prepared_dir, split)[0])
+        targets = max(self.n_tokens - 1, 0)  # every token but the first is predicted
+        self.n_samples = math.ceil(targets / max_seq_len)
         positions = self.n_samples * max_seq_len
-        # share of the positions in all samples that are padding, i.e. wasted compute
         self.padding_share = 1 - targets / positions if positions else 0.0
         self._tokens = None
 
@@ -590,17 +87,17 @@ class PretrainDataset(Dataset):
     def __len__(self):
         return self.n_samples
 
+    def window(self, i):
+        """The tokens of sample i: up to max_seq_len + 1."""
+        start = i * self.max_seq_len
+        return self._tokens[start:start + self.max_seq_len + 1]
+
     def __getitem__(self, i):
         if not 0 <= i < self.n_samples:
             raise IndexError(f"sample {i} out of range for {self.n_samples} samples")
         if self._tokens is None:
             self._tokens = open_split(self.prepared_dir, self.split)[0]
-        if self.mode == "packed":
-            start = i * self.max_seq_len
-            window = self._tokens[start:start + self.max_seq_len + 1]
-        else:
-            start, length = int(self.sample_starts[i]), int(self.sample_lengths[i])
-            window = self._tokens[start:start + length]
+        window = self.window(i)
         tokens = np.full(self.max_seq_len + 1, PAD_ID, np.int64)
         tokens[:len(window)] = window
         loss_mask = torch.zeros(self.max_seq_len, dtype=torch.float32)
@@ -616,8 +113,8 @@ class ShardedSampler(Sampler):
     An epoch is a permutation of range(num_samples) fixed by (seed, epoch). Rank r of
     world_size takes the permutation's positions start + r, start + r + world_size, ..., so
     ranks are disjoint and together cover the epoch. `start` counts the samples all ranks
-    together have consumed: a run resumed at start = steps * batch_size * world_size continues
-    exactly where it stopped, even with another world size. The last
+    together have consumed: a run resumed at start = steps * batch_size * accumulation_steps
+    * world_size continues exactly where it stopped, even with another world size. The last
     (num_samples - start) % world_size samples are left out so every rank gets the same
     count and DDP ranks step in lockstep.
     """
@@ -645,56 +142,6 @@ class ShardedSampler(Sampler):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         first = self.start + self.rank
         yield from order[first:first + len(self) * self.world_size:self.world_size].tolist()
-
-
-def format_report(meta):
-    """The human-readable summary of a prepared directory."""
-    r = meta["report"]
-    lines = [f"documents read      {r['documents_read']:>12,}   bad lines skipped: "
-             f"{r['bad_lines']:,}"]
-    for rule in CLEANING_RULES:
-        verb = "dropped" if rule in ("too_short", "mostly_symbols") else "changed"
-        lines.append(f"  {rule:<17} {r['cleaning'][rule]:>12,}   {verb}")
-    lines.append(f"exact duplicates    {r['exact_duplicates']:>12,}   dropped")
-    lines.append(f"near duplicates     {r['near_duplicates']:>12,}   dropped, in "
-                 f"{r['near_duplicate_clusters']:,} clusters ({r['candidate_pairs_checked']:,} "
-                 f"of {r['candidate_pairs']:,} candidate pairs checked, "
-                 f"{r.get('candidate_pairs_unlikely', 0):,} set aside by their signatures; LSH "
-                 f"{r['lsh']['bands']} bands x {r['lsh']['rows']} rows)")
-    if any(r.get("similarity_histogram", ())):  # a directory of format 2 has none
-        lines += cut_report(r, meta["options"]["dedup_threshold"])
-    lines.append(f"documents kept      {r['documents_kept']:>12,}")
-    for split, s in meta["splits"].items():
-        lines.append(f"{split:<19} {s['documents']:>12,} docs {s['tokens']:>14,} tokens "
-                     f"({meta['dtype']})")
-    lines.append(f"compression         {r['bytes_per_token']:>12.2f}   bytes/token "
-                 f"(vocab {meta['vocab_size']:,})")
-    lines.append("time                " + ", ".join(f"{k} {v:.1f} s"
-                                                 for k, v in r["seconds"].items()))
-    return "\n".join(lines)
-
-
-def cut_report(r, threshold):
-    """Where the near-dedup threshold cut the checked candidate pairs: a histogram of their
-    similarity, and the pairs closest to the cut on either side."""
-    lines = [f"  similarity of the {sum(r['similarity_histogram']):,} checked pairs "
-             f"(Jaccard of their shingles; near copies from {threshold:.2f} up):"]
-    widest = max(r["similarity_histogram"])
-    for b, n in enumerate(r["similarity_histogram"]):
-        cut = "   <- the cut: near copies from here up" if b / 10 <= threshold < (b + 1) / 10 \
-            else ""
-        lines.append(f"    {b / 10:.1f}-{(b + 1) / 10:.1f} {'#' * round(30 * n / widest):<30} "
-                     f"{n:>9,}{cut}")
-    titles = {"above": "just above the cut, dropped", "below": "just below the cut, kept",
-              "parts": "similar, but a part of each is missing in the other, kept"}
-    for kind, title in titles.items():
-        if r["cut_examples"][kind]:
-            similarity, a, b = r["cut_examples"][kind]
-            lines.append(f"  {title} ({similarity:.3f}): {a!r} | {b!r}")
-    if r["parts_rejected"]:
-        lines.append(f"  {r['parts_rejected']:,} pairs at the threshold or above kept: they "
-                     "share text (a header, a licence) but a part of each is not in the other")
-    return lines
 
 
 def parse_args(argv=None):
@@ -727,13 +174,13 @@ def main(argv=None):
                            dedup_threshold=args.dedup_threshold, num_perm=args.num_perm,
                            min_chars=args.min_chars, verbose=not args.quiet,
                            **prepare_options(args))
-        padded = PretrainDataset(prepared, "train", args.max_seq_len, mode="padded")
+        padding = padding_share(np.diff(open_split(prepared, "train")[1]), args.max_seq_len)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     if args.quiet:  # prepare() printed the report unless quiet
         print(format_report(load_meta(prepared)))
-    print(f"padding             {padded.padding_share:>12.1%}   of the positions a padded batch "
-          f"would hold (one document per sample, max_seq_len {args.max_seq_len}); "
+    print(f"padding             {padding:>12.1%}   of the positions a padded batch would "
+          f"hold at least (one document per sample, max_seq_len {args.max_seq_len}); "
           f"packing trains on all of them")
     print(f"prepared data: {prepared}")
 

@@ -38,11 +38,31 @@ def newton_schulz(G, steps: int = 5, eps: float = 1e-7, dtype=torch.float32):
     return X.T if tall else X
 
 
+def keep_or_replace(target, value, skip):
+    """target <- value, in place; where skip (a device bool) is True, target keeps its value.
+    torch.where, not arithmetic such as lerp with a weight of 0: a skipped step's gradient
+    may hold NaN or inf, and 0 * NaN is NaN."""
+    target.copy_(value if skip is None else torch.where(skip, target, value))
+
+
+def step_dtype(device):
+    """The AdamW step count's dtype: float64, so that the bias correction's power is taken in
+    double precision, as Python's `beta ** step` on an int was; MPS has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class Muon(torch.optim.Optimizer):
     """param_groups with use_muon True: Muon (lr, momentum, weight_decay); with use_muon
     False: AdamW (lr, betas, eps, weight_decay). Parameters without a gradient are skipped.
     ns_dtype: newton_schulz's precision; train_pretrain passes bfloat16 to a bf16 run. Not
-    part of the saved state: a resumed run takes its own precision's."""
+    part of the saved state: a resumed run takes its own precision's.
+
+    A bad step is skipped on the device, as the fused AdamW kernel skips one: set
+    `found_inf`, a 0-dim float tensor on the parameters' device (1.0: skip), before step()
+    and the step leaves every weight and every piece of state as it was. Nothing reads the
+    flag on the host, which would make it wait for the GPU every step."""
+
+    supports_found_inf = True  # train_pretrain.step_where sets found_inf when this is True
 
     def __init__(self, param_groups, momentum=0.95, betas=(0.9, 0.95), eps=1e-8,
                  ns_dtype=torch.float32):
@@ -52,20 +72,25 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        found_inf = getattr(self, "found_inf", None)  # set only for this call, by the caller
+        skip = None if found_inf is None else found_inf.bool()  # a device bool, not read here
         for group in self.param_groups:
             update = self.muon_update if group["use_muon"] else self.adamw_update
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
-                p.add_(update(p, group), alpha=-group["lr"])
+                # the new weight is computed aside and then kept or not: every value written
+                # in a step goes through keep_or_replace
+                new = p * (1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+                new.add_(update(p, group, skip), alpha=-group["lr"])
+                keep_or_replace(p, new, skip)
 
-    def muon_update(self, p, group):
+    def muon_update(self, p, group, skip):
         state, beta = self.state[p], group["momentum"]
         if not state:
             state["momentum_buffer"] = torch.zeros_like(p)
-        buf = state["momentum_buffer"]
-        buf.lerp_(p.grad, 1 - beta)  # buf = beta * buf + (1 - beta) * grad
+        buf = state["momentum_buffer"].lerp(p.grad, 1 - beta)  # beta * buf + (1 - beta) * grad
+        keep_or_replace(state["momentum_buffer"], buf, skip)
         nesterov = p.grad.lerp(buf, beta)  # look one momentum step ahead
         # weights are (out, in); an orthogonal (r, c) matrix has RMS 1/sqrt(max(r, c)), and
         # the reference scales tall ones up by sqrt(r / c), as the lr of 0.02 assumes
@@ -76,17 +101,31 @@ class Muon(torch.optim.Optimizer):
         orthogonal = newton_schulz(nesterov, dtype=self.ns_dtype).to(p.dtype)
         return orthogonal * max(1.0, rows / cols) ** 0.5 * moved
 
-    def adamw_update(self, p, group):
+    def adamw_update(self, p, group, skip):
         state, (beta1, beta2) = self.state[p], group["betas"]
         if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        state["step"] += 1
-        state["exp_avg"].lerp_(p.grad, 1 - beta1)
-        state["exp_avg_sq"].lerp_(p.grad.square(), 1 - beta2)
+            # the step count is a tensor on the parameter's device, so that a skipped step
+            # can leave it as it was without the host reading the flag
+            state.update(step=torch.zeros((), dtype=step_dtype(p.device), device=p.device),
+                         exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        step = state["step"] + 1
+        exp_avg = state["exp_avg"].lerp(p.grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].lerp(p.grad.square(), 1 - beta2)
+        for name, value in (("step", step), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            keep_or_replace(state[name], value, skip)
         # bias correction: both averages start at zero
-        mean = state["exp_avg"] / (1 - beta1 ** state["step"])
-        mean_square = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+        mean = exp_avg / (1 - beta1 ** step)
+        mean_square = exp_avg_sq / (1 - beta2 ** step)
         return mean / (mean_square.sqrt() + group["eps"])
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # The AdamW step count goes to its parameter's device and dtype: a resume file is
+        # loaded onto the CPU, and one written before the count was a tensor holds an int.
+        for p, state in self.state.items():
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=step_dtype(p.device),
+                                                device=p.device)
 
 
 def muon_param_groups(model, learning_rate, muon_lr, weight_decay):

@@ -30,9 +30,9 @@ import math
 import shlex
 from pathlib import Path
 
-from dataset import format_report
 from files import write_atomic
 from health import CHECKS, RECENT, VAL_RISES
+from prepare import format_report
 
 ROOT = Path(__file__).resolve().parent
 

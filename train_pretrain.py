@@ -38,14 +38,14 @@ from device import (allow_tf32, default_dtype, device_error, mixed_precision,
                     peak_flops_per_second, pick_device)
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                    add_source_flags)
-from dataset import (PretrainDataset, ShardedSampler, check_tokenizer, is_prepared_dir,
-                     load_meta, prepare, prepare_options)
+from dataset import PretrainDataset, ShardedSampler, check_tokenizer
 from decode import complete
 from evaluator import (default_probes, load_probes, loss_sums, probe_summary, run_probes,
                        sample_prompts, summarize)
 from health import Health
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups
+from prepare import is_prepared_dir, load_meta, prepare, prepare_options
 from runlog import RunLog
 from report import write_report
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
@@ -447,10 +447,10 @@ def step_where(optimizer, apply):
 
     The fused AdamW kernel takes a `found_inf` flag on the device, the way GradScaler
     passes it: set to 1, the kernel leaves weights and moments untouched and the step
-    count is put back. Without the fused kernel (devices other than CUDA and CPU) the host
-    reads the flag.
+    count is put back; Muon honours the same flag. Other optimizers (AdamW without the
+    fused kernel, on devices other than CUDA and CPU) have the host read the flag.
     """
-    if not optimizer.defaults.get("fused"):
+    if not (optimizer.defaults.get("fused") or getattr(optimizer, "supports_found_inf", False)):
         if apply:
             optimizer.step()
         return

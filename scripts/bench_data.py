@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench  # noqa: E402
 import dataset  # noqa: E402
 import dedup  # noqa: E402
+import prepare  # noqa: E402
 from bench import format_rows, timed_rounds  # noqa: E402
 from corpus import iter_texts  # noqa: E402
 from device import pick_device  # noqa: E402
@@ -179,9 +180,9 @@ def measure_prepare(args, work):
     print(f"shingles + MinHash in one process: {len(sample) / cpu:,.0f} docs per CPU second "
           f"(docs of {mb * 1e6 / len(texts):,.0f} bytes on average)")
     shutil.rmtree(work / "data", ignore_errors=True)
-    prepared, wall, cpu = timed(dataset.prepare, corpus, tok_path, work / "data",
+    prepared, wall, cpu = timed(prepare.prepare, corpus, tok_path, work / "data",
                                 verbose=False)
-    meta = dataset.load_meta(prepared)
+    meta = prepare.load_meta(prepared)
     r, s = meta["report"], meta["report"]["seconds"]
     print(f"prepare {mb:.0f} MB: {wall:.0f} s, {cpu:.0f} CPU s; {r['documents_read']:,} docs, "
           f"{r['exact_duplicates']:,} exact and {r['near_duplicates']:,} near duplicates dropped")
@@ -209,9 +210,60 @@ def measure_big_file(args, work, tok_path):
         shutil.rmtree(work / "big_data", ignore_errors=True)
 
 
+def padded_samples(tokens, doc_starts, is_sentence_end, max_seq_len):
+    """Padded mode's samples, one document each: (starts, lengths), lengths <= max_seq_len + 1.
+
+    A longer document is cut after the last sentence end that fits in the window, or at the
+    window's edge when one sentence is longer than a window.
+    """
+    window = max_seq_len + 1
+    doc_starts = np.asarray(doc_starts, np.int64)
+    starts, lengths = doc_starts[:-1], np.diff(doc_starts)
+    fits = lengths <= window
+    out_starts, out_lengths = [starts[fits]], [lengths[fits]]
+    for start, end in zip(starts[~fits].tolist(), (starts + lengths)[~fits].tolist()):
+        while end - start > window:
+            # A piece that ends with the sentence end at start + 1 + k holds k + 2 tokens.
+            # Cuts leave at least 2 tokens behind: a 1-token piece would have nothing to predict.
+            search = tokens[start + 1:min(start + window, end - 2)]
+            ends = np.flatnonzero(is_sentence_end[search])
+            cut = start + 2 + int(ends[-1]) if len(ends) else start + window
+            if end - cut == 1:
+                cut -= 1
+            out_starts.append([start])
+            out_lengths.append([cut - start])
+            start = cut
+        out_starts.append([start])
+        out_lengths.append([end - start])
+    starts, lengths = np.concatenate(out_starts), np.concatenate(out_lengths)
+    order = np.argsort(starts, kind="stable")
+    return starts[order], lengths[order]
+
+
+class PaddedDataset(dataset.PretrainDataset):
+    """MiniMind's samples, for comparison with packing: one document per sample, padded with
+    PAD_ID (a longer document cut by padded_samples). On short documents most positions are
+    padding."""
+
+    def __init__(self, prepared_dir, split="train", max_seq_len=512):
+        super().__init__(prepared_dir, split, max_seq_len)
+        meta = prepare.load_meta(prepared_dir)
+        is_end = np.zeros(self.vocab_size, bool)
+        is_end[meta["sentence_end_ids"]] = True
+        tokens, doc_starts = dataset.open_split(prepared_dir, split)
+        self.starts, self.lengths = padded_samples(tokens, doc_starts, is_end, max_seq_len)
+        self.n_samples = len(self.starts)
+        positions = self.n_samples * max_seq_len
+        self.padding_share = 1 - int((self.lengths - 1).sum()) / positions if positions else 0.0
+
+    def window(self, i):
+        start = int(self.starts[i])
+        return self._tokens[start:start + int(self.lengths[i])]
+
+
 def padding_datasets(args, work):
     """(packed, padded) training splits of --data_path (default: a generated corpus), with
-    --tokenizer (default: one trained on the data), prepared by dataset.prepare with
+    --tokenizer (default: one trained on the data), prepared by prepare.prepare with
     train_pretrain.py's options and split seed: in --data_dir, training's prepared data is
     found again and reused, not prepared a second time."""
     sources = args.data_path
@@ -220,10 +272,10 @@ def padding_datasets(args, work):
     tokenizer = Path(args.tokenizer or work / "padding_tok" / "tokenizer.json")
     if not tokenizer.exists():
         save_tokenizer(train_tokenizer(iter_texts(sources), 6400), tokenizer)
-    prepared = dataset.prepare(sources, tokenizer, args.data_dir or work / "data",
-                               verbose=False, **dataset.prepare_options(args))
-    return (dataset.PretrainDataset(prepared, "train", args.max_seq_len, mode="packed"),
-            dataset.PretrainDataset(prepared, "train", args.max_seq_len, mode="padded"))
+    prepared = prepare.prepare(sources, tokenizer, args.data_dir or work / "data",
+                               verbose=False, **prepare.prepare_options(args))
+    return (dataset.PretrainDataset(prepared, "train", args.max_seq_len),
+            PaddedDataset(prepared, "train", args.max_seq_len))
 
 
 def measure_padding(args, datasets, device):

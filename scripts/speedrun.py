@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_pretrain  # noqa: E402
 from checkpoint import checkpoint_paths, load_model, save_torch  # noqa: E402
-from dataset import PretrainDataset, load_meta, open_split, prepare  # noqa: E402
+from dataset import PretrainDataset, open_split  # noqa: E402
+from prepare import load_meta, prepare  # noqa: E402
 from evaluator import evaluate  # noqa: E402
 from model import LMConfig  # noqa: E402
 from scripts.export_hf import from_hf_state_dict  # noqa: E402

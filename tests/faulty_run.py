@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-import dataset  # noqa: E402
+import prepare  # noqa: E402
 import train_pretrain  # noqa: E402
 
 RANK = int(os.environ.get("RANK", 0))
@@ -85,7 +85,7 @@ def inject(name, *numbers):
             real_save(obj, f)
         torch.save = killed_save
     elif name == "kill_in_prepare":  # _apply_weights runs once train.bin holds the tokens
-        dataset._apply_weights = lambda *a: killed(None)
+        prepare._apply_weights = lambda *a: killed(None)
     elif name != "none":
         raise SystemExit(f"FAULT={name}: unknown fault")
 

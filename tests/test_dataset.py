@@ -16,12 +16,15 @@ import torch
 
 import corpus
 import dataset
+import prepare as pipeline  # the module; its function prepare() is imported below
 import dedup
 import evaluator
 from corpus import builtin_corpus, clean_text, iter_texts, stdlib_docstrings
-from dataset import PretrainDataset, ShardedSampler, check_tokenizer, load_meta, open_split, prepare
+from dataset import PretrainDataset, ShardedSampler, check_tokenizer, open_split
+from prepare import load_meta, prepare
 from dedup import lsh_bands, minhash
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from bench_data import PaddedDataset  # noqa: E402
 from bench_dedup import letters_edited, respaced, sentence_moved  # noqa: E402 (edits)
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, load_tokenizer, save_tokenizer,
                        token_bytes, train_tokenizer)
@@ -178,7 +181,7 @@ def test_missing_and_unsupported_sources(tmp_path):
     ("null\x00 and bell\x07 are gone, tab\tstays", "null and bell are gone, tab\tstays",
      ["control_chars"]),
     ("windows\r\nline ends\rbecome newlines here", "windows\nline ends\nbecome newlines here",
-     ["control_chars"]),
+     []),  # line ends are normalised, not counted as control characters
     ("name" + " " * 12 + "value, but code\n        indentation stays",
      "name value, but code\n        indentation stays", ["space_runs"]),
     ("one paragraph\n\n\n\n\nanother paragraph", "one paragraph\n\nanother paragraph",
@@ -338,7 +341,7 @@ def test_near_dedup_recall_holds_when_unrelated_documents_crowd_the_buckets(tmp_
 
 def test_exact_dedup_keeps_distinct_texts_under_a_hash_collision(tmp_path, tok_path, tok,
                                                                   monkeypatch):
-    monkeypatch.setattr(dataset, "text_hash", lambda normalized: 42)  # every hash collides
+    monkeypatch.setattr(pipeline, "text_hash", lambda normalized: 42)  # every hash collides
     texts = ["The first document, long enough to keep.",
              "A second document, different from the first.",
              "THE FIRST   document, long enough to keep.",  # equal after normalising
@@ -492,7 +495,7 @@ def test_the_cut_report_counts_every_checked_pair_in_its_histogram(tmp_path, tok
     head, tail = a.split(" … ")  # the example's first and last characters
     assert similarity >= 0.5 and any(t.startswith(head) and t.endswith(tail) for t in texts)
     assert r["parts_rejected"] > 0 and r["cut_examples"]["parts"][0] >= 0.5
-    report = dataset.format_report(load_meta(prepared))
+    report = pipeline.format_report(load_meta(prepared))
     assert "0.5-0.6" in next(line for line in report.splitlines() if "<- the cut" in line)
     assert "just above the cut, dropped" in report
 
@@ -591,6 +594,27 @@ def test_weights_repeat_or_thin_out_a_source(tmp_path, tok_path, tok):
     assert train[:20 + len(kept_b)] == a + kept_b and train[20 + len(kept_b):] == a
 
 
+@pytest.mark.parametrize("near_dedup", [False, True], ids=["exact", "near"])
+def test_a_copy_is_kept_in_the_source_of_the_highest_weight(tmp_path, tok_path, tok,
+                                                            near_dedup):
+    """A text in a weight-0 source listed first and in a weight-2 source: weights apply to
+    what dedup keeps, so it is trained on twice, not dropped with the weight-0 copy."""
+    rng = random.Random(5)
+    shared, unique = english_doc(rng, 40), [english_doc(rng, 40) for _ in range(6)]
+    # near dedup: the copy differs by one word's case, which normalisation does not undo
+    copy = shared.replace(shared.split()[3], shared.split()[3].upper(), 1) if near_dedup \
+        else shared
+    prepared = quick_prepare([write_jsonl(tmp_path / "zero.jsonl", [copy] + unique[:3]),
+                              write_jsonl(tmp_path / "half.jsonl", [copy] + unique[3:4]),
+                              write_jsonl(tmp_path / "two.jsonl", [shared] + unique[4:])],
+                             tok_path, tmp_path, weights=[0, 0.5, 2], val_fraction=0,
+                             near_dedup=near_dedup)
+    train = [unframe(t) for t in decoded_documents(tok, prepared, "train")]
+    assert train.count(shared) == 2
+    assert near_dedup is False or copy not in train  # the near copies were dropped
+    assert all(train.count(t) == 2 for t in unique[4:]) and not set(unique[:3]) & set(train)
+
+
 def test_vocab_above_65536_uses_uint32(tmp_path, tok):
     big = load_tokenizer(save_tokenizer(tok, tmp_path / "small.json"))
     big.add_tokens([f"extra{i}" for i in range(66_000)])
@@ -660,7 +684,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, tok_pa
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(dataset, "sentence_end_ids", interrupt)
+        patch.setattr(pipeline, "sentence_end_ids", interrupt)
         with pytest.raises(KeyboardInterrupt):
             quick_prepare(source, tok_path, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
@@ -703,10 +727,11 @@ def test_packed_windows_cover_every_token_once(prepared):
         ds[len(ds)]
 
 
-def test_padded_mode_gives_one_document_per_sample(prepared, tok):
+def test_padded_samples_give_one_document_per_sample(prepared, tok):
+    """The benchmark's MiniMind-style padded loader (scripts/bench_data.py)."""
     tokens, starts = open_split(prepared, "train")
     documents = [tokens[starts[i]:starts[i + 1]].tolist() for i in range(len(starts) - 1)]
-    ds = PretrainDataset(prepared, "train", max_seq_len=64, mode="padded")
+    ds = PaddedDataset(prepared, "train", max_seq_len=64)
     assert any(len(d) > 65 for d in documents)  # some documents need splitting
     sentence_ends = {i for i in range(tok.get_vocab_size())
                      if tok.decode([i]).endswith((".", "。", "\n"))} | {EOS_ID}
@@ -733,6 +758,17 @@ def test_padded_mode_gives_one_document_per_sample(prepared, tok):
     masks = torch.stack([ds[i][2] for i in range(len(ds))])
     assert ds.padding_share == pytest.approx(1 - masks.mean().item())
     assert ds.padding_share > PretrainDataset(prepared, "train", 64).padding_share
+    # the report's figure, from document lengths alone, is the least padding can cost
+    least = pipeline.padding_share(np.diff(starts), 64)
+    assert PretrainDataset(prepared, "train", 64).padding_share < least <= ds.padding_share
+
+
+def test_padding_share_from_document_lengths_by_hand():
+    # max_seq_len 4 (samples of 5 tokens): a 3-token document is 1 sample predicting 2 of 4
+    # positions; a 12-token one is 3 samples (5 + 5 + 2 tokens) predicting 4 + 4 + 1
+    assert pipeline.padding_share([3], 4) == pytest.approx(1 - 2 / 4)
+    assert pipeline.padding_share([3, 12], 4) == pytest.approx(1 - (2 + 9) / (4 * 4))
+    assert pipeline.padding_share([], 4) == 0.0
 
 
 def test_dataset_pickles_without_its_tokens(prepared):
@@ -751,8 +787,6 @@ def test_dataset_pickles_without_its_tokens(prepared):
 def test_missing_split_is_an_error(prepared):
     with pytest.raises(ValueError, match="no split 'test'"):
         PretrainDataset(prepared, "test")
-    with pytest.raises(ValueError, match="mode"):
-        PretrainDataset(prepared, "train", mode="sliding")
 
 
 # Sharding
@@ -828,22 +862,6 @@ def test_cli_errors_are_one_line(tmp_path, tok_path):
         dataset.main(["--data_path", "builtin", "--tokenizer", str(tmp_path / "no_tok.json"),
                       "--data_dir", str(tmp_path), "--quiet"])
     assert "no_tok.json" in str(exit_info.value.code)
-
-
-def test_the_old_flag_names_still_work_with_a_note(tmp_path, tok_path, capsys):
-    """--data, --out_dir, --seed and --num_workers meant other things in other scripts; here
-    they are now --data_path, --data_dir, --split_seed and --prep_workers."""
-    source = write_jsonl(tmp_path / "d.jsonl", [english_doc(random.Random(9), 30)] * 3)
-    old = dataset.parse_args(["--data", str(source), "--out_dir", "x", "--seed", "3",
-                              "--num_workers", "0"])
-    new = dataset.parse_args(["--data_path", str(source), "--data_dir", "x", "--split_seed",
-                              "3", "--prep_workers", "0"])
-    assert vars(old) == vars(new)
-    notes = capsys.readouterr().err.splitlines()
-    assert [line.split()[1:4] for line in notes] == [
-        ["--data", "is", "now"], ["--out_dir", "is", "now"], ["--seed", "is", "now"],
-        ["--num_workers", "is", "now"]]
-    assert "--split_seed" in notes[2] and "--prep_workers" in notes[3]
 
 
 def test_character_classes_agree_with_the_regex_definitions():

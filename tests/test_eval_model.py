@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prepare import prepare
 import dataset
 from checkpoint import load_model
 from decode import TextStream, complete
@@ -208,7 +209,7 @@ def test_default_eval_data_is_the_validation_split_prepared_with_the_tokenizer(
     raw = tmp_path / "corpus.jsonl"
     raw.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs),
                    encoding="utf-8")
-    prepared = dataset.prepare([raw], out / "tokenizer.json", out / "data", val_fraction=0.5,
+    prepared = prepare([raw], out / "tokenizer.json", out / "data", val_fraction=0.5,
                                near_dedup=False, num_workers=1, verbose=False)
     val_tokens = dataset.open_split(prepared, "val")[0].tolist()
     assert len(val_tokens) > 1

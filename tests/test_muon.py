@@ -1,7 +1,9 @@
 """muon.py: Newton-Schulz orthogonalisation (in float32 and bfloat16), Muon on a convex
 problem, which weights it takes, an exact continuation from a saved state, and the precision
-a run's Muon orthogonalises in (train_pretrain.make_optimizer)."""
+a run's Muon orthogonalises in (train_pretrain.make_optimizer); a bad step skipped on the
+device (found_inf), with the AdamW numbers of before and resume files of before."""
 
+import copy
 import io
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 import muon
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups, newton_schulz
+from test_train import refuse_host_sync
 from train_pretrain import make_optimizer
 
 
@@ -135,3 +138,129 @@ def test_a_bfloat16_run_orthogonalises_in_bfloat16_and_its_state_resumes_in_floa
     # the precision is the resumed run's, not saved
     assert orthogonalised_in(model, fp32, monkeypatch) == {torch.float32}
     assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+# A bad step skipped on the device: train_pretrain.step_where sets found_inf (1.0: skip), as
+# for the fused AdamW kernel
+
+
+def backward(model, tokens):
+    out = model(tokens[:, :-1])
+    loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), tokens[:, 1:].flatten())
+    model.zero_grad()
+    (loss + out.aux_loss).backward()
+
+
+def step_flagged(optimizer, found_inf):
+    """optimizer.step() with found_inf set as step_where sets it (None: not set)."""
+    if found_inf is not None:
+        optimizer.found_inf = torch.tensor(found_inf)  # a 0-dim float32, as step_where's
+    optimizer.step()
+    if found_inf is not None:
+        del optimizer.found_inf
+
+
+def assert_same_state(a, b):
+    """Two optimizer states (state_dict()["state"]) equal bit for bit, step counts too."""
+    assert a.keys() == b.keys()
+    for i in a:
+        assert a[i].keys() == b[i].keys(), i
+        for key in a[i]:
+            assert torch.equal(torch.as_tensor(a[i][key]), torch.as_tensor(b[i][key])), (i, key)
+
+
+@pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
+def test_a_skipped_step_with_nan_gradients_leaves_weights_and_state_bit_identical(
+        monkeypatch, use_moe):
+    torch.manual_seed(0)
+    model = Transformer(LMConfig(dim=32, n_layers=2, vocab_size=320, use_moe=use_moe))
+    optimizer = Muon(muon_param_groups(model, 1e-3, 0.02, 0.1))
+    assert optimizer.supports_found_inf  # what step_where checks
+    tokens = torch.randint(0, 320, (2, 9))
+    for _ in range(2):  # momentum, moments and step counts exist, and are not zero
+        backward(model, tokens)
+        optimizer.step()
+    weights = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(optimizer.state_dict()["state"])
+    assert {"momentum_buffer"} in [s.keys() for s in state.values()]
+    assert {"step", "exp_avg", "exp_avg_sq"} in [s.keys() for s in state.values()]
+    backward(model, tokens)
+    for p in model.parameters():  # what a step whose loss overflowed brings
+        p.grad.view(-1)[0::2] = float("nan")
+        p.grad.view(-1)[1::2] = float("inf")
+    with monkeypatch.context() as m:
+        refuse_host_sync(m)  # decided on the device: the host never waits for it
+        for _ in range(2):  # twice: the step count must not move either
+            step_flagged(optimizer, 1.0)
+    assert not hasattr(optimizer, "found_inf")
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, weights[name]), name
+    assert_same_state(optimizer.state_dict()["state"], state)
+
+
+def test_found_inf_0_steps_as_without_it_and_a_skipped_step_is_as_if_never_taken(monkeypatch):
+    """Three runs over the same batches, bit for bit alike: without found_inf; with found_inf 0
+    on every step (and no host read); and with an extra step skipped first, while there is
+    no state yet, and another skipped in the middle, both on NaN gradients."""
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 320, (2, 9), generator=g) for _ in range(4)]
+    nan_batch = torch.randint(0, 320, (2, 9), generator=g)
+    runs = {}
+    for flags in ((None,) * 4, (0.0,) * 4, (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)):
+        model, optimizer = fresh()
+        good = iter(batches)
+        with monkeypatch.context() as m:
+            if flags[0] is not None:
+                refuse_host_sync(m)
+            for flag in flags:
+                backward(model, nan_batch if flag else next(good))
+                if flag:
+                    for p in model.parameters():
+                        p.grad.fill_(float("nan"))
+                step_flagged(optimizer, flag)
+        runs[flags] = model.state_dict(), optimizer.state_dict()["state"]
+    (weights, state), *others = runs.values()
+    for other_weights, other_state in others:
+        for name, p in weights.items():
+            assert torch.equal(other_weights[name], p), name
+        assert_same_state(other_state, state)
+
+
+def test_adamw_groups_step_as_adamw_written_out_with_python_float_bias_correction():
+    """The step count is a tensor, so that a skipped step can leave it; the numbers are those
+    of the count as a Python int, bit for bit."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    optimizer = Muon([{"params": [w], "lr": 1e-2, "weight_decay": 0.1, "use_muon": False}])
+    expected = w.detach().clone()
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    (beta1, beta2), eps = (0.9, 0.95), 1e-8
+    for t in range(1, 6):
+        grad = torch.randn(8, 4)
+        w.grad = grad.clone()
+        optimizer.step()
+        m, v = m.lerp(grad, 1 - beta1), v.lerp(grad.square(), 1 - beta2)
+        update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps)
+        expected = (expected * (1 - 1e-2 * 0.1)).add_(update, alpha=-1e-2)
+        assert torch.equal(w.detach(), expected), t
+
+
+def test_a_resume_file_with_an_int_step_count_continues_exactly():
+    """Resume files written before the AdamW step count was a tensor hold a Python int."""
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randint(0, 320, (2, 9), generator=g) for _ in range(4)]
+    straight, straight_opt = fresh()
+    train(straight, straight_opt, batches)
+
+    first, first_opt = fresh()
+    train(first, first_opt, batches[:2])
+    saved = {"model": first.state_dict(), "optimizer": copy.deepcopy(first_opt.state_dict())}
+    counts = [s for s in saved["optimizer"]["state"].values() if "step" in s]
+    assert counts
+    for s in counts:
+        s["step"] = int(s["step"])  # as an older muon.py saved it
+    resumed, resumed_opt = fresh(saved)
+    train(resumed, resumed_opt, batches[2:])
+    for name, p in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], p), name
+    assert_same_state(resumed_opt.state_dict()["state"], straight_opt.state_dict()["state"])

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import train_pretrain
-from dataset import PretrainDataset, ShardedSampler, prepare
+from dataset import PretrainDataset, ShardedSampler
+from prepare import prepare
 from model import LMConfig, Transformer
 from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from checkpoint import save_torch
