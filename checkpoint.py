@@ -6,6 +6,9 @@
                                      position in the data, RNG, ...): what --resume continues
     OUT_DIR/.lock                    held while a run trains in OUT_DIR (lock_out_dir)
 
+RunState is what changes from step to step of a run, saved in the resume file (save_run)
+and put back from it (restore_run).
+
 Both checkpoints are written atomically (files.write_atomic): a crash or a full disk
 mid-save leaves the previous file whole. Both are read with torch.load(weights_only=True),
 so a file cannot run code. A weights file says its model's shape through its tensors'
@@ -18,7 +21,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -26,6 +29,7 @@ import torch.distributed as dist
 
 from files import write_atomic
 from model import LMConfig, Transformer
+from tokenizer import tokenizer_fingerprint
 
 
 def checkpoint_paths(out_dir, dim: int, use_moe: bool):
@@ -109,6 +113,96 @@ def save_checkpoint(weights_path, resume_path, model, optimizer, scaler, run_fie
     save_torch({"model": weights, "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "config": asdict(model.config), **run_fields},
                resume_path)
+
+
+@dataclass
+class RunState:
+    """Where a run is: everything that changes from step to step, saved in the resume file
+    and restored from it as one (the names are the resume file's keys)."""
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    samples_in_epoch: int = 0  # samples of this epoch that all ranks together have read
+    tokens_seen: int = 0
+    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
+    bad_in_a_row: int = 0
+    longest_bad_run: int = 0  # the most bad steps in a row since the last `settle`
+    rng: list = field(default_factory=list)  # per rank {"cpu", "cuda"}, as of the last save
+    log_path: str = ""
+
+    def advance(self, samples: int, seq_len: int, good: torch.Tensor):
+        """One optimizer step that read `samples` sequences (all ranks together). `good` is
+        a bool on the device, so the bad-step counts become device tensors too: the host
+        queues the next step without waiting for this one (`settle` reads them)."""
+        self.step += 1
+        self.samples_in_epoch += samples
+        self.tokens_seen += samples * seq_len
+        bad = ~good
+        self.bad_steps = self.bad_steps + bad
+        self.bad_in_a_row = (self.bad_in_a_row + 1) * bad  # back to 0 on a good step
+        self.longest_bad_run = self.bad_in_a_row.clamp(min=self.longest_bad_run)
+
+    def settle(self) -> int:
+        """The counts as Python ints, for the log and the resume file (a wait for the
+        device). Returns the longest run of bad steps since the last settle: one that has
+        ended since still counts."""
+        longest = int(self.longest_bad_run)
+        self.bad_steps, self.bad_in_a_row = int(self.bad_steps), int(self.bad_in_a_row)
+        self.longest_bad_run = self.bad_in_a_row
+        return longest
+
+    def next_epoch(self):
+        self.epoch, self.samples_in_epoch = self.epoch + 1, 0
+
+    @classmethod
+    def from_resume(cls, saved: dict):
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+def save_run(run, state: RunState):
+    """Weights for eval and MiniMind, plus everything needed to continue exactly, for a
+    train_pretrain.Run. Only global rank 0 writes: on several nodes --out_dir must be
+    shared. The bad-step counts are settled (read) first; the caller checks them."""
+    state.settle()
+    rng = {"cpu": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
+    state.rng = [rng]
+    if run.world_size > 1:
+        state.rng = [None] * run.world_size
+        dist.all_gather_object(state.rng, rng)
+    if run.rank == 0:
+        save_checkpoint(run.weights_path, run.resume_path, run.raw_model, run.optimizer,
+                        run.scaler, {**asdict(state), "args": vars(run.args),
+                                     "tokenizer_fingerprint": tokenizer_fingerprint(run.tok),
+                                     "data_fingerprint": run.train_ds.fingerprint,
+                                     "world_size": run.world_size, "dtype": run.dtype_name})
+    if run.world_size > 1:
+        dist.barrier()  # nobody trains on while the files are half written
+
+
+def restore_run(path, args, config, tok, data_fingerprint, world_size, rank, device, model,
+            optimizer, scaler, dtype_name):
+    """The run's state from resume file `path`, with weights, optimizer, loss scaler and
+    (with the same world size) every rank's RNG put back as they were. Another precision
+    continues too: only float16 has a loss scaler, which then starts fresh or is dropped."""
+    warn = print if rank == 0 else (lambda message: None)  # shown even with --quiet
+    saved = load_resume(path, args, config, tokenizer_fingerprint(tok), data_fingerprint,
+                        world_size, warn)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    # files from before the precision was saved: only a float16 run's scaler has a state
+    saved_dtype = saved.get("dtype") or ("float16" if saved["scaler"] else "bfloat16/float32")
+    if bool(saved["scaler"]) != scaler.is_enabled():
+        warn(f"note: {path} was written by a {saved_dtype} run and this one trains in "
+             f"{dtype_name}: the float16 loss scaler "
+             + ("starts fresh" if scaler.is_enabled() else "is not needed and is dropped"))
+    elif saved["scaler"]:
+        scaler.load_state_dict(saved["scaler"])
+    state = RunState.from_resume(saved)
+    if saved["world_size"] == world_size:
+        torch.set_rng_state(state.rng[rank]["cpu"])
+        if device.type == "cuda" and state.rng[rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(state.rng[rank]["cuda"])
+    return state
 
 
 def load_torch(path, what: str, mmap=False):

@@ -20,14 +20,18 @@ taken off the clock.
 
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from device import sync as sync_device
+from device import default_dtype, sync as sync_device
+from health import Health
+from report import write_report
 
 
 class RunLog:
@@ -128,3 +132,45 @@ class RunLog:
             self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def describe(run, resumed_from):
+    """The first lines of a train_pretrain.Run: the model and the plan."""
+    m, config, plan, say = run.raw_model, run.raw_model.config, run.plan, run.log.say
+    moe = f" ({m.num_params(active=True) / 1e6:.2f}M active per token)" if config.use_moe else ""
+    say(f"model: {m.num_params() / 1e6:.2f}M parameters{moe}, vocab {config.vocab_size}, "
+        f"dim {config.dim}, {config.n_layers} layers")
+    say(f"train: {len(run.train_ds)} sequences of {run.args.max_seq_len} tokens, "
+        f"{plan.tokens_per_step} tokens per optimizer step, {plan.total_steps} steps "
+        f"({plan.steps_per_epoch} per epoch), warmup {plan.warmup}, world size "
+        f"{run.world_size}, {run.device.type} {run.dtype_name} ("
+        + ("--dtype" if run.args.dtype else default_dtype(run.device)[1]) + ")")
+    if len(run.val_ds) < run.world_size:
+        say(f"note: the validation split has {len(run.val_ds)} sequences of "
+            f"{run.args.max_seq_len} tokens, too few for every rank: no validation loss")
+    if resumed_from:
+        say(f"resumed from {resumed_from} at step {run.first_step}")
+
+
+def open_log(run, state):
+    """Start the JSONL log (appending to the resumed run's) with a "run" or "resume" record."""
+    if run.args.use_wandb:  # first: wandb.init takes seconds, which are not training time
+        run.log.start_wandb(run.args.wandb_project, vars(run.args))
+    run.log.open(state.log_path, run.plan.total_steps, state.step, state.tokens_seen,
+                 Health(run.tok.get_vocab_size(), run.plan.warmup, resumed=state.step > 0))
+    run.log.write({"kind": "resume" if state.step else "run", "step": state.step,
+                   "config": asdict(run.raw_model.config), "args": vars(run.args),
+                   "world_size": run.world_size, "device": run.device.type,
+                   "dtype": run.dtype_name, "data": run.data_meta, "plan": asdict(run.plan),
+                   "probes": [probe["prompt"] for probe in run.probes]})
+
+
+def report_run(run, state):
+    """OUT_DIR/reports/<log name>/report.md (report.py). A report that fails costs
+    one line, never the run."""
+    out = Path(run.args.out_dir) / "reports" / Path(state.log_path).stem
+    try:
+        run.log.say(f"report: {write_report([state.log_path], out)}")
+    except Exception as e:  # noqa: BLE001 (an extra: whatever goes wrong, the run is done)
+        print(f"warning: no report written ({type(e).__name__}: {e}); rerun "
+              f"`python report.py {state.log_path}` to see why", file=sys.stderr)

@@ -14,16 +14,12 @@ the progress bar in runlog.py, the evaluator in eval_model.py.
 
 import argparse
 import contextlib
-import datetime
-import gc
 import io
 import itertools
 import math
-import os
-import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,24 +28,21 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from checkpoint import (DiskFull, checkpoint_paths, find_resume_file, load_resume,
-                        lock_out_dir, save_checkpoint)
-from device import (allow_tf32, default_dtype, device_error, mixed_precision,
-                    peak_flops_per_second, pick_device)
+from checkpoint import (DiskFull, RunState, checkpoint_paths, find_resume_file, lock_out_dir,
+                        restore_run, save_run)
+from device import device_error, mixed_precision, peak_flops_per_second, pick_device
+from distributed import StopSignal, check_same_data, ranks, setup_distributed, teardown
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                    add_source_flags)
 from dataset import PretrainDataset, ShardedSampler, check_tokenizer
 from decode import complete
 from evaluator import (default_probes, load_probes, loss_sums, probe_summary, run_probes,
                        sample_prompts, summarize)
-from health import Health
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups
 from prepare import is_prepared_dir, load_meta, prepare, prepare_options
-from runlog import RunLog
-from report import write_report
-from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,
-                       tokenizer_fingerprint, train_tokenizer)
+from runlog import RunLog, describe, open_log, report_run
+from tokenizer import load_tokenizer, read_sample, save_tokenizer, token_byte_counts, train_tokenizer
 
 MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
 # at every evaluation: greedy continuations of the first SAMPLES prompts of eval_model.py
@@ -244,86 +237,6 @@ def plan_steps(args, n_train, world_size) -> Plan:
     return Plan(tokens_per_step, steps_per_epoch, total_steps, warmup)
 
 
-@dataclass
-class RunState:
-    """Where a run is: everything that changes from step to step, saved in the resume file
-    and restored from it as one (the names are the resume file's keys)."""
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    samples_in_epoch: int = 0  # samples of this epoch that all ranks together have read
-    tokens_seen: int = 0
-    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
-    bad_in_a_row: int = 0
-    longest_bad_run: int = 0  # the most bad steps in a row since the last `settle`
-    rng: list = field(default_factory=list)  # per rank {"cpu", "cuda"}, as of the last save
-    log_path: str = ""
-
-    def advance(self, samples: int, seq_len: int, good: torch.Tensor):
-        """One optimizer step that read `samples` sequences (all ranks together). `good` is
-        a bool on the device, so the bad-step counts become device tensors too: the host
-        queues the next step without waiting for this one (`settle` reads them)."""
-        self.step += 1
-        self.samples_in_epoch += samples
-        self.tokens_seen += samples * seq_len
-        bad = ~good
-        self.bad_steps = self.bad_steps + bad
-        self.bad_in_a_row = (self.bad_in_a_row + 1) * bad  # back to 0 on a good step
-        self.longest_bad_run = self.bad_in_a_row.clamp(min=self.longest_bad_run)
-
-    def settle(self) -> int:
-        """The counts as Python ints, for the log and the resume file (a wait for the
-        device). Returns the longest run of bad steps since the last settle: one that has
-        ended since still counts."""
-        longest = int(self.longest_bad_run)
-        self.bad_steps, self.bad_in_a_row = int(self.bad_steps), int(self.bad_in_a_row)
-        self.longest_bad_run = self.bad_in_a_row
-        return longest
-
-    def next_epoch(self):
-        self.epoch, self.samples_in_epoch = self.epoch + 1, 0
-
-    @classmethod
-    def from_resume(cls, saved: dict):
-        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
-
-
-def ranks():
-    """(rank, local_rank, world_size), as torchrun sets them; (0, 0, 1) in a plain process."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)))
-
-
-def setup_distributed(device_arg, local_rank, world_size):
-    """The device; under torchrun also the process group: NCCL moves gradients between GPUs,
-    gloo between CPU processes. Called once the data is ready (load_data), so that
-    preparing a large corpus never meets the group's timeout (10 minutes for NCCL)."""
-    device = pick_device(device_arg)
-    if device.type == "cuda" and (world_size > 1 or device.index is None):
-        device = torch.device("cuda", local_rank)  # one GPU per process; set_device needs an index
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        allow_tf32()
-    if world_size > 1:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        one_machine = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size)
-        if attempt != "0" and one_machine and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") \
-                == "True":
-            # torchrun --max-restarts: torchrun's key-value store still holds the failed
-            # attempt's addresses, which a restarted rank may read and fail to reach
-            # (PyTorch issue 167288); this attempt's keys go under a prefix of their own.
-            # One machine only: each machine counts its own restarts, so on several the
-            # counts (and the prefixes) could differ.
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                  world_size, is_master=False,
-                                  timeout=datetime.timedelta(minutes=10))
-            dist.init_process_group(backend, store=dist.PrefixStore(f"attempt{attempt}/", store),
-                                    rank=int(os.environ["RANK"]), world_size=world_size)
-        else:
-            dist.init_process_group(backend)
-    return device
-
-
 def resolve_tokenizer(args, sources, local_rank, log):
     """The tokenizer path: --tokenizer, else OUT_DIR/tokenizer.json, trained here if absent
     (by the first process on each machine; the others wait for the file)."""
@@ -477,7 +390,7 @@ class Run:
     loss_fn: object
     plan: Plan
     log: RunLog
-    stop: "StopSignal"
+    stop: StopSignal
     weights_path: Path
     resume_path: Path
     first_step: int  # the step this process started at (0, or where it resumed)
@@ -492,57 +405,6 @@ class Run:
         return flops / self.world_size / peak_flops_per_second(self.device)
 
 
-class StopSignal:
-    """SIGTERM (a scheduler, torchrun) or SIGINT (Ctrl-C) while training: remembered, so the
-    loop finishes its step, saves and exits (installed for the `with` block only)."""
-
-    def __init__(self):
-        self.signum, self.old_handlers = None, {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.old_handlers[sig] = signal.signal(sig, self.handle)
-            except ValueError:  # not the main thread: leave the handlers alone
-                pass
-        return self
-
-    def handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self.old_handlers.items():
-            signal.signal(sig, handler)
-
-    def agreed(self, world_size, device):
-        """The signal's name, or None; under DDP every rank stops at the same step, or none."""
-        if world_size > 1:
-            flag = torch.tensor([self.signum or 0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.signum = int(flag.item()) or None
-        return signal.Signals(self.signum).name if self.signum else None
-
-
-def save(run: Run, state: RunState):
-    """Weights for eval and MiniMind, plus everything needed to continue exactly. Only global
-    rank 0 writes: on several nodes --out_dir must be shared."""
-    state.settle()
-    rng = {"cpu": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
-    state.rng = [rng]
-    if run.world_size > 1:
-        state.rng = [None] * run.world_size
-        dist.all_gather_object(state.rng, rng)
-    if run.rank == 0:
-        save_checkpoint(run.weights_path, run.resume_path, run.raw_model, run.optimizer,
-                        run.scaler, {**asdict(state), "args": vars(run.args),
-                                     "tokenizer_fingerprint": tokenizer_fingerprint(run.tok),
-                                     "data_fingerprint": run.train_ds.fingerprint,
-                                     "world_size": run.world_size, "dtype": run.dtype_name})
-    if run.world_size > 1:
-        dist.barrier()  # nobody trains on while the files are half written
-
-
 def after_step(run: Run, state: RunState, lr, grad_norm):
     """Log, evaluate, stop on a signal, save: what follows an optimizer step. Returns the
     name of the signal that stops the run, or None."""
@@ -553,7 +415,8 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
     logging = step % args.log_interval == 0 or step in (run.first_step + 1, run.plan.total_steps)
     evaluating = step % args.eval_interval == 0 or step == run.plan.total_steps
     saving = step % args.save_interval == 0 and step < run.plan.total_steps
-    if logging or saving:  # the only steps where the host waits to read the bad-step counts
+    stopped = run.stop.agreed()  # a signal's name, the same on every rank
+    if logging or saving or stopped:  # the only steps where the host reads the bad-step counts
         check_bad_steps(state.settle(), state, args, run.resume_path)
     if logging:
         run.log.train_record(step, state.tokens_seen, lr, grad_norm,
@@ -562,11 +425,9 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
     if evaluating:
         with run.log.paused(run.device):  # not training time
             validate(run, state)
-    # under DDP this waits for the step's kernels (an all-reduce): training time, on the clock
-    stopped = run.stop.agreed(run.world_size, run.device)
-    if saving and not stopped:
+    if saving and not stopped:  # a stopped run saves on its way out
         with run.log.paused(run.device):
-            save(run, state)
+            save_run(run, state)
     return stopped
 
 
@@ -580,7 +441,7 @@ def validate(run: Run, state: RunState):
                        "val_ppl": result["perplexity"], "val_bpb": result["bits_per_byte"]})
         run.log.say(f"step {state.step}: val loss {result['loss']:.4f}, ppl "
                     f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits per byte")
-    if run.rank == 0:  # the other ranks wait for it at the stop signal's all-reduce
+    if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
         model = run.raw_model.eval()
         # a compiled model would compile a new graph for every new length
         with torch.compiler.set_stance("force_eager") if run.args.compile else \
@@ -631,7 +492,7 @@ def start_run(args, rank, world_size, device, log, data):
     load_data(...)."""
     tok, train_ds, val_ds = data
     if world_size > 1:
-        check_same_data(train_ds, world_size)
+        check_same_data(train_ds.fingerprint, world_size)
     config = model_config(args, tok.get_vocab_size())
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     raw_model = Transformer(config).to(device)
@@ -645,8 +506,8 @@ def start_run(args, rank, world_size, device, log, data):
     if found is None:
         torch.manual_seed(args.seed + rank)  # dropout differs per rank, weights do not
     else:
-        state = restore(found, args, config, tok, train_ds.fingerprint, world_size, rank,
-                        device, raw_model, optimizer, scaler, dtype_name)
+        state = restore_run(found, args, config, tok, train_ds.fingerprint, world_size, rank,
+                            device, raw_model, optimizer, scaler, dtype_name)
     model, loss_fn = raw_model, masked_lm_loss
     if args.compile:
         # Compile the model in place, then wrap it in DDP, as PyTorch's torch.compile guide
@@ -662,7 +523,7 @@ def start_run(args, rank, world_size, device, log, data):
     run = Run(args=args, rank=rank, world_size=world_size, device=device, tok=tok,
               train_ds=train_ds, val_ds=val_ds, raw_model=raw_model, model=model,
               optimizer=optimizer, scaler=scaler, autocast=autocast, loss_fn=loss_fn,
-              plan=plan, log=log, stop=StopSignal(), weights_path=weights_path,
+              plan=plan, log=log, stop=StopSignal(world_size), weights_path=weights_path,
               resume_path=resume_path, first_step=state.step, dtype_name=dtype_name,
               byte_counts=token_byte_counts(tok), data_meta=load_meta(train_ds.prepared_dir),
               prompts=sample_prompts(tok)[:SAMPLES],
@@ -670,63 +531,6 @@ def start_run(args, rank, world_size, device, log, data):
                   default_probes(tok) if args.probe == "auto" else args.probe))
     describe(run, found)
     return run, state
-
-
-def restore(path, args, config, tok, data_fingerprint, world_size, rank, device, model,
-            optimizer, scaler, dtype_name):
-    """The run's state from resume file `path`, with weights, optimizer, loss scaler and
-    (with the same world size) every rank's RNG put back as they were. Another precision
-    continues too: only float16 has a loss scaler, which then starts fresh or is dropped."""
-    warn = print if rank == 0 else (lambda message: None)  # shown even with --quiet
-    saved = load_resume(path, args, config, tokenizer_fingerprint(tok), data_fingerprint,
-                        world_size, warn)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    # files from before the precision was saved: only a float16 run's scaler has a state
-    saved_dtype = saved.get("dtype") or ("float16" if saved["scaler"] else "bfloat16/float32")
-    if bool(saved["scaler"]) != scaler.is_enabled():
-        warn(f"note: {path} was written by a {saved_dtype} run and this one trains in "
-             f"{dtype_name}: the float16 loss scaler "
-             + ("starts fresh" if scaler.is_enabled() else "is not needed and is dropped"))
-    elif saved["scaler"]:
-        scaler.load_state_dict(saved["scaler"])
-    state = RunState.from_resume(saved)
-    if saved["world_size"] == world_size:
-        torch.set_rng_state(state.rng[rank]["cpu"])
-        if device.type == "cuda" and state.rng[rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(state.rng[rank]["cuda"])
-    return state
-
-
-def describe(run: Run, resumed_from):
-    """The run's first lines: the model and the plan."""
-    m, config, plan, say = run.raw_model, run.raw_model.config, run.plan, run.log.say
-    moe = f" ({m.num_params(active=True) / 1e6:.2f}M active per token)" if config.use_moe else ""
-    say(f"model: {m.num_params() / 1e6:.2f}M parameters{moe}, vocab {config.vocab_size}, "
-        f"dim {config.dim}, {config.n_layers} layers")
-    say(f"train: {len(run.train_ds)} sequences of {run.args.max_seq_len} tokens, "
-        f"{plan.tokens_per_step} tokens per optimizer step, {plan.total_steps} steps "
-        f"({plan.steps_per_epoch} per epoch), warmup {plan.warmup}, world size "
-        f"{run.world_size}, {run.device.type} {run.dtype_name} ("
-        + ("--dtype" if run.args.dtype else default_dtype(run.device)[1]) + ")")
-    if len(run.val_ds) < run.world_size:
-        say(f"note: the validation split has {len(run.val_ds)} sequences of "
-            f"{run.args.max_seq_len} tokens, too few for every rank: no validation loss")
-    if resumed_from:
-        say(f"resumed from {resumed_from} at step {run.first_step}")
-
-
-def open_log(run: Run, state: RunState):
-    """Start the JSONL log (appending to the resumed run's) with a "run" or "resume" record."""
-    if run.args.use_wandb:  # first: wandb.init takes seconds, which are not training time
-        run.log.start_wandb(run.args.wandb_project, vars(run.args))
-    run.log.open(state.log_path, run.plan.total_steps, state.step, state.tokens_seen,
-                 Health(run.tok.get_vocab_size(), run.plan.warmup, resumed=state.step > 0))
-    run.log.write({"kind": "resume" if state.step else "run", "step": state.step,
-                   "config": asdict(run.raw_model.config), "args": vars(run.args),
-                   "world_size": run.world_size, "device": run.device.type,
-                   "dtype": run.dtype_name, "data": run.data_meta, "plan": asdict(run.plan),
-                   "probes": [probe["prompt"] for probe in run.probes]})
 
 
 def pretrain(args):
@@ -754,7 +558,7 @@ def pretrain(args):
             with run.stop:
                 run.raw_model.train()
                 stopped = train_loop(run, state)
-                save(run, state)
+                save_run(run, state)
                 run.log.write({"kind": "end", "step": state.step, "tokens": state.tokens_seen,
                                "stopped_by": stopped})
         finally:
@@ -766,26 +570,9 @@ def pretrain(args):
     finally:
         if lock is not None:
             lock.close()
-        if dist.is_initialized():
-            if run is not None:
-                # DDP's reducer keeps the work of its last all-reduce: free it while the group
-                # and the interpreter are alive (left to the exit, that can abort the process)
-                run.model = None
-                gc.collect()
-            dist.destroy_process_group()
+        teardown(run)
         if report_due and state.step > 0:  # before the first step: nothing to report
             report_run(run, state)
-
-
-def report_run(run: Run, state: RunState):
-    """OUT_DIR/reports/<log name>/report.md (report.py). A report that fails costs
-    one line, never the run."""
-    out = Path(run.args.out_dir) / "reports" / Path(state.log_path).stem
-    try:
-        run.log.say(f"report: {write_report([state.log_path], out)}")
-    except Exception as e:  # noqa: BLE001 (an extra: whatever goes wrong, the run is done)
-        print(f"warning: no report written ({type(e).__name__}: {e}); rerun "
-              f"`python report.py {state.log_path}` to see why", file=sys.stderr)
 
 
 def summary(run: Run, state: RunState, stopped_by):
@@ -837,17 +624,6 @@ def check_enough_data(prepared, train_ds, args, world_size):
         raise ValueError(f"{prepared} has {len(train_ds)} training sequences of "
                          f"{args.max_seq_len} tokens, fewer than the {world_size} ranks; "
                          "add data or lower --max_seq_len")
-
-
-def check_same_data(train_ds, world_size):
-    """Every rank must train on the same prepared data (on several machines each prepares
-    its own copy, from its own files and tokenizer)."""
-    seen = [None] * world_size
-    dist.all_gather_object(seen, train_ds.fingerprint)
-    if len(set(seen)) > 1:
-        raise ValueError(f"the ranks prepared different data ({', '.join(sorted(set(seen)))}); "
-                         "give every machine the same --data_path files and --tokenizer, or "
-                         "put --out_dir on a filesystem they share")
 
 
 def check_bad_steps(longest_bad_run: int, state: RunState, args, resume_path):

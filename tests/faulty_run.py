@@ -11,12 +11,16 @@ processes (torchrun, SIGKILL). Run it as the script itself, with the same flags:
     FAULT=kill_in_save:3    SIGKILL in the middle of the 3rd torch.save, half the file written
     FAULT=kill_in_prepare   SIGKILL during data preparation: the token files written, their
                             index files not yet
+    FAULT=count_reads       no fault: every read of a tensor's value on the host (item,
+                            bool, int, float, tolist) is counted per optimizer step, and
+                            written to OUT_DIR/reads_rank<r>.json as {step: [(device, kind)]}
 
 At the end every rank writes its weights to OUT_DIR/rank<r>.pt, so that a test can check
 that the ranks still agree.
 """
 
 import datetime
+import json
 import os
 import signal
 import sys
@@ -86,8 +90,29 @@ def inject(name, *numbers):
         torch.save = killed_save
     elif name == "kill_in_prepare":  # _apply_weights runs once train.bin holds the tokens
         prepare._apply_weights = lambda *a: killed(None)
+    elif name == "count_reads":
+        count_reads()
     elif name != "none":
         raise SystemExit(f"FAULT={name}: unknown fault")
+
+
+READS = {}  # optimizer step (1-based; 0: before the first) -> [(device, method), ...]
+
+
+def count_reads():
+    real_step, step = train_pretrain.train_step, {"n": 0}
+
+    def counted_step(*a, **kw):
+        step["n"] += 1  # the reads of a step's train_step and after_step count for it
+        return real_step(*a, **kw)
+    train_pretrain.train_step = counted_step
+    for method in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, method)
+
+        def read(self, *a, _real=real, _method=method):
+            READS.setdefault(step["n"], []).append((self.device.type, _method))
+            return _real(self, *a)
+        setattr(torch.Tensor, method, read)
 
 
 if __name__ == "__main__":
@@ -95,4 +120,6 @@ if __name__ == "__main__":
     inject(name, *map(int, numbers))
     result = train_pretrain.main()  # exits with its one-line message on an error
     out_dir = Path(train_pretrain.parse_args().out_dir)
+    if READS:
+        (out_dir / f"reads_rank{RANK}.json").write_text(json.dumps(READS))
     torch.save(result["model"].state_dict(), out_dir / f"rank{RANK}.pt")

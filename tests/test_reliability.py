@@ -270,6 +270,19 @@ def test_preparation_that_outlasts_the_process_group_timeout_does_not_fail(corpu
     same_weights(tmp_path / "rank0.pt", tmp_path / "rank1.pt")
 
 
+def test_no_host_read_per_step_under_ddp_but_the_stop_flag(corpus, tmp_path):
+    """Between logs, a 2-process run reads no tensor on the host but the stop signal's flag,
+    which its own gloo group keeps in host memory, also when training on GPUs (the read
+    waits for nothing). Steps 1 and 20 log, and step 20 evaluates: those read."""
+    done = faulty("count_reads", tmp_path, corpus, "--max_steps", "20", "--log_interval",
+                  "100", "--accumulation_steps", "1", "--optimizer", "muon", nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        reads = json.loads((tmp_path / f"reads_rank{rank}.json").read_text())
+        for step in range(2, 20):
+            assert reads.get(str(step)) == [["cpu", "item"]], (rank, step, reads.get(str(step)))
+
+
 RESTART_FLAGS = ("--max_steps", "6", "--save_interval", "2", "--accumulation_steps", "1")
 
 

@@ -211,6 +211,23 @@ def test_repeated_nan_stops_with_a_message_and_keeps_the_last_checkpoint(corpus,
     assert "| no end record: still running, or crashed |" in report.read_text()
 
 
+def test_a_bad_streak_just_before_a_signal_still_stops_the_run(corpus, tmp_path, monkeypatch):
+    """Steps 2 and 3 are NaN and a SIGTERM comes in step 3: with --max_bad_steps 3 the
+    streak (steps 1 to 3, all NaN) is an error, not a clean stop that saves."""
+    calls = {"n": 0}
+
+    def nan_then_sigterm(*a):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return masked_lm_loss(*a) * float("nan")
+
+    monkeypatch.setattr(train_pretrain, "masked_lm_loss", nan_then_sigterm)
+    with pytest.raises(FloatingPointError, match="3 optimizer steps in a row"):
+        pretrain(run_args(corpus, tmp_path, "--max_steps", "9", "--accumulation_steps", "1",
+                          "--log_interval", "100", "--max_bad_steps", "3"))
+
+
 def refuse_host_sync(monkeypatch):
     """Make every way of reading a tensor's value on the host raise: code that still runs
     never waits for the device (on a GPU, each of these is a sync)."""
