@@ -22,7 +22,7 @@ from dedup import DEDUP_THRESHOLD
 from flags import DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags
 from prepare import (damaged, format_report, load_meta, padding_share, prepare,
                      prepare_options)
-from tokenizer import PAD_ID, tokenizer_fingerprint
+from tokenizer import PAD_ID
 
 
 def open_split(prepared_dir, split):
@@ -183,16 +183,6 @@ def main(argv=None):
           f"hold at least (one document per sample, max_seq_len {args.max_seq_len}); "
           f"packing trains on all of them")
     print(f"prepared data: {prepared}")
-
-
-def check_tokenizer(prepared_dir, tok):
-    """Raise ValueError unless the prepared data was tokenized by tok."""
-    made_with = load_meta(prepared_dir)["tokenizer_fingerprint"]
-    given = tokenizer_fingerprint(tok)
-    if made_with != given:
-        raise ValueError(f"{prepared_dir} was tokenized by another tokenizer ({made_with[:12]}, "
-                         f"not {given[:12]}); pass the tokenizer it was made with, or prepare "
-                         f"the data again with this one")
 
 
 if __name__ == "__main__":

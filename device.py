@@ -60,10 +60,9 @@ def cpu_bf16_units():
 
     Intel's AMX tiles multiply bf16 matrices; AVX512-BF16 (Intel from Cooper Lake, AMD from
     Zen 4) has bf16 dot-product instructions. With either, a bf16-autocast training step
-    runs faster than fp32: 1.9x with AMX (1,313 against 680 tokens/s at 512 x 8 on a 2-core
-    Xeon), 1.7-2.3x with AVX512-BF16 (a 2-core AMD EPYC; README, "Better models for the same
-    compute"). Without them bf16 is emulated and slower. Linux: the kernel's flags in
-    /proc/cpuinfo; elsewhere torch's probes (private, and missing from some builds)."""
+    runs faster than fp32 (docs/performance.md); without them bf16 is emulated and slower.
+    Linux: the kernel's flags in /proc/cpuinfo; elsewhere torch's probes (private, and
+    missing from some builds)."""
     cpuinfo = Path("/proc/cpuinfo")
     flags = None
     if cpuinfo.exists():
@@ -83,7 +82,7 @@ def default_dtype(device):
     """(dtype name, why) when --dtype is not given, the why for the run's first lines:
     bfloat16 autocast (fp32 master weights) on CUDA and on CPUs with bf16 arithmetic,
     float32 elsewhere. On the CPU, bf16 autocast reached the same held-out bpb as float32
-    at equal steps (README, "Better models for the same compute")."""
+    at equal steps (docs/quality.md)."""
     if device.type == "cuda":
         return "bfloat16", "autocast, the CUDA default"
     if device.type == "cpu":

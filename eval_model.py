@@ -25,6 +25,7 @@ from device import device_error, pick_device
 from evaluator import (batches_of, evaluate, load_probes, print_probe_report, run_probes,
                        sample_prompts, text_windows)
 from flags import add_device_flags, add_model_flags, add_out_dir_flag, add_tokenizer_flag
+from prepare import check_tokenizer
 from tokenizer import load_tokenizer, token_byte_counts
 
 MINIMIND_MODES = {0: "pretrain", 1: "full_sft", 2: "rlhf", 3: "reason", 4: "ppo_actor",
@@ -90,7 +91,7 @@ def find_prepared_data(data_dir, tok):
     candidates = []
     for folder in Path(data_dir).glob("*/"):
         try:
-            dataset.check_tokenizer(folder, tok)
+            check_tokenizer(folder, tok)
         except (ValueError, FileNotFoundError, OSError):
             continue  # another tokenizer's data, or not a prepared folder
         candidates.append(((folder / "meta.json").stat().st_mtime, folder))
@@ -105,7 +106,7 @@ def eval_batches(args, tok):
     path = Path(args.eval_data) if args.eval_data else find_prepared_data(
         Path(args.out_dir) / "data", tok)
     if path.is_dir():
-        dataset.check_tokenizer(path, tok)
+        check_tokenizer(path, tok)
         val = dataset.PretrainDataset(path, split="val", max_seq_len=args.eval_seq_len)
         print(f"evaluating on the validation split of {path}", file=sys.stderr)
         return torch.utils.data.DataLoader(val, batch_size=args.batch_size)

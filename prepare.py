@@ -42,13 +42,15 @@ from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicat
                    likely_pairs, lsh_bands, minhash, near_duplicates, shingles, text_hash)
 from files import write_text_atomic
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
-                       token_byte_counts, tokenizer_fingerprint)
+                       read_sample, save_tokenizer, token_byte_counts, tokenizer_fingerprint,
+                       train_tokenizer)
 
 FORMAT_VERSION = 4  # bump when a change here changes what prepare() writes
 # 2: one framing (frame_document) and one byte accounting (token_bytes) with evaluation
 # 3: near dedup by character shingles, a threshold of 0.5 and the parts check (dedup.py)
 # 4: a text in several sources is kept in the one of the highest weight (_dedup_order)
 EXAMPLE_CHARS = 60  # of each text in the report's near-dedup examples
+MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # training's default when the user has it
 
 
 def unit_hash(normalized, salt):
@@ -556,3 +558,62 @@ def padding_share(doc_lengths, max_seq_len):
     targets = int((lengths - samples).sum())  # a sample of n tokens predicts n - 1
     positions = int(samples.sum()) * max_seq_len
     return 1 - targets / positions if positions else 0.0
+
+
+def resolve_tokenizer(args, sources, local_rank, log):
+    """The tokenizer path: --tokenizer, else OUT_DIR/tokenizer.json, trained here if absent
+    (by the first process on each machine; the others wait for the file)."""
+    if args.tokenizer:
+        return Path(args.tokenizer)
+    path = Path(args.out_dir) / "tokenizer.json"
+    if local_rank == 0 and not path.exists():
+        log.say(f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on the data")
+        # a bounded sample: memory stays flat
+        texts, _ = read_sample(sources, text_field=args.text_field,
+                               skip_bad_lines=args.skip_bad_lines, verbose=log.show)
+        save_tokenizer(train_tokenizer(texts, args.vocab_size), path)  # atomically
+    while not path.exists():
+        time.sleep(0.5)  # if the first process fails, torchrun ends this one
+    return path
+
+
+def resolve_data(args, log):
+    """Raw sources to prepare: --data_path, else MiniMind's file when present, else None
+    (the built-in corpus)."""
+    if args.data_path:
+        return list(args.data_path)
+    if MINIMIND_DATA.exists():
+        log.say(f"data: {MINIMIND_DATA} (MiniMind's pretraining set)")
+        return [str(MINIMIND_DATA)]
+    log.say("data: the built-in corpus (Python's own documentation); put MiniMind's "
+            f"pretrain_hq.jsonl at {MINIMIND_DATA} or pass --data_path")
+    return None
+
+
+def prepare_for_run(args, local_rank, log):
+    """(tokenizer, prepared directory) of train_pretrain.py's flags. A directory prepared by
+    dataset.py is used as it is; raw sources are prepared into OUT_DIR/data (cached there,
+    so a second run reuses them) by the first process on each machine, while the others
+    wait for it."""
+    if args.data_path and is_prepared_dir(args.data_path[0]):
+        prepared = Path(args.data_path[0])
+        tok = load_tokenizer(args.tokenizer or load_meta(prepared)["tokenizer_path"])
+        check_tokenizer(prepared, tok)
+        log.say(f"data: {prepared}, prepared by dataset.py")
+    else:
+        sources = resolve_data(args, log)
+        tok_path = resolve_tokenizer(args, sources, local_rank, log)
+        tok = load_tokenizer(tok_path)
+        prepared = prepare(sources, tok_path, Path(args.out_dir) / "data", verbose=log.show,
+                           wait=local_rank != 0, **prepare_options(args))
+    return tok, prepared
+
+
+def check_tokenizer(prepared_dir, tok):
+    """Raise ValueError unless the prepared data was tokenized by tok."""
+    made_with = load_meta(prepared_dir)["tokenizer_fingerprint"]
+    given = tokenizer_fingerprint(tok)
+    if made_with != given:
+        raise ValueError(f"{prepared_dir} was tokenized by another tokenizer ({made_with[:12]}, "
+                         f"not {given[:12]}); pass the tokenizer it was made with, or prepare "
+                         f"the data again with this one")

@@ -5,11 +5,11 @@
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 \\
         --rdzv_backend c10d --rdzv_endpoint HOST:29500 train_pretrain.py   # on every node
 
-The story, top to bottom: flags -> learning-rate schedule, loss and optimizer -> the run's
-state -> distributed set-up and data -> one optimizer step `train_step` -> what follows a
-step (log, evaluate, save, stop on a signal) -> the loop `train_loop` -> `pretrain(args)`,
-which sets a run up and runs the loop. Checkpoint files are in checkpoint.py, the log and
-the progress bar in runlog.py, the evaluator in eval_model.py.
+The story, top to bottom: flags -> learning-rate schedule, loss and optimizer -> the plan
+and the data -> one optimizer step `train_step` -> what follows a step (log, evaluate, save,
+stop on a signal) -> the loop `train_loop` -> `pretrain(args)`, which sets a run up and runs
+the loop. The machinery is imported: distributed.py (process group, stop signal),
+checkpoint.py (files, the run's state), runlog.py (log, report), evaluator.py, prepare.py.
 """
 
 import argparse
@@ -34,17 +34,16 @@ from device import device_error, mixed_precision, peak_flops_per_second, pick_de
 from distributed import StopSignal, check_same_data, ranks, setup_distributed, teardown
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                    add_source_flags)
-from dataset import PretrainDataset, ShardedSampler, check_tokenizer
+from dataset import PretrainDataset, ShardedSampler
 from decode import complete
 from evaluator import (default_probes, load_probes, loss_sums, probe_summary, run_probes,
                        sample_prompts, summarize)
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups
-from prepare import is_prepared_dir, load_meta, prepare, prepare_options
+from prepare import MINIMIND_DATA, is_prepared_dir, load_meta, prepare_for_run
 from runlog import RunLog, describe, open_log, report_run
-from tokenizer import load_tokenizer, read_sample, save_tokenizer, token_byte_counts, train_tokenizer
+from tokenizer import token_byte_counts
 
-MINIMIND_DATA = Path("dataset/pretrain_hq.jsonl")  # used by default when the user has it
 # at every evaluation: greedy continuations of the first SAMPLES prompts of eval_model.py
 SAMPLES, SAMPLE_TOKENS = 3, 32
 # a run that fits a 2-core CPU in minutes (the README's first command)
@@ -90,7 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--max_tokens", type=float, default=None, help="stop after this many tokens")
     p.add_argument("--min_lr", type=float, default=None, help="default learning_rate / 10")
     # wsd by default: ahead of the cosine beyond seed noise at equal steps (scripts/speedrun.py,
-    # README "Better models for the same compute"); cosine is MiniMind's schedule
+    # docs/quality.md); cosine is MiniMind's schedule
     p.add_argument("--lr_schedule", default="wsd", choices=["wsd", "cosine"],
                    help="after the warmup: warmup-stable-decay (constant, then linear to min_lr "
                         "over the last --decay_frac of the steps), or a cosine to min_lr")
@@ -142,18 +141,13 @@ def default_learning_rate(dim: int) -> float:
     """The peak learning rate for a model dim wide: MiniMind's 5e-4 for its 512-wide model
     and wider, 5e-4 * 512 / dim below, at most 2e-3. Adam's best rate for the hidden
     matrices falls as 1 / width (muP: Yang et al. 2021, "Tensor Programs V"), so a narrower
-    model takes a higher one. Measured at dim 256 (README, "Better models for the same
-    compute"): 1e-3 beat 5e-4 by 0.035 held-out bits per byte, several times the seeds'
-    spread, and 2e-3 gained nothing more. Not lowered above 512, where MiniMind's rate is
-    the measured one, nor raised past 2e-3, where nothing was measured."""
+    model takes a higher one; the measurements behind it are in docs/quality.md."""
     return min(2e-3, 5e-4 * max(1.0, 512 / dim))
 
 
 def default_optimizer(dim: int) -> str:
-    """Muon below dim 512, where it was measured to win (README, "Better models for the same
-    compute": at dim 256, 0.1 held-out bits per byte better than AdamW at equal steps, and
-    at dim 192 too); AdamW, MiniMind's optimizer and one fused kernel on the GPU, from 512
-    on, where Muon is not measured yet."""
+    """Muon below dim 512, where it was measured to win (docs/quality.md); AdamW, MiniMind's
+    optimizer and one fused kernel on the GPU, from 512 on, where Muon is not measured yet."""
     return "muon" if dim < 512 else "adamw"
 
 
@@ -237,52 +231,11 @@ def plan_steps(args, n_train, world_size) -> Plan:
     return Plan(tokens_per_step, steps_per_epoch, total_steps, warmup)
 
 
-def resolve_tokenizer(args, sources, local_rank, log):
-    """The tokenizer path: --tokenizer, else OUT_DIR/tokenizer.json, trained here if absent
-    (by the first process on each machine; the others wait for the file)."""
-    if args.tokenizer:
-        return Path(args.tokenizer)
-    path = Path(args.out_dir) / "tokenizer.json"
-    if local_rank == 0 and not path.exists():
-        log.say(f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on the data")
-        # a bounded sample: memory stays flat
-        texts, _ = read_sample(sources, text_field=args.text_field,
-                               skip_bad_lines=args.skip_bad_lines, verbose=log.show)
-        save_tokenizer(train_tokenizer(texts, args.vocab_size), path)  # atomically
-    while not path.exists():
-        time.sleep(0.5)  # if the first process fails, torchrun ends this one
-    return path
-
-
-def resolve_data(args, log):
-    """Raw sources to prepare: --data_path, else MiniMind's file when present, else None
-    (the built-in corpus)."""
-    if args.data_path:
-        return list(args.data_path)
-    if MINIMIND_DATA.exists():
-        log.say(f"data: {MINIMIND_DATA} (MiniMind's pretraining set)")
-        return [str(MINIMIND_DATA)]
-    log.say("data: the built-in corpus (Python's own documentation); put MiniMind's "
-            f"pretrain_hq.jsonl at {MINIMIND_DATA} or pass --data_path")
-    return None
-
-
 def load_data(args, local_rank, world_size, log):
-    """(tokenizer, train split, val split). A directory prepared by dataset.py is used as it
-    is; raw sources are prepared into OUT_DIR/data (cached there, so a second run reuses
-    them) by the first process on each machine, while the others wait for it. This runs
-    before the process group exists, so it may take as long as it needs."""
-    if args.data_path and is_prepared_dir(args.data_path[0]):
-        prepared = Path(args.data_path[0])
-        tok = load_tokenizer(args.tokenizer or load_meta(prepared)["tokenizer_path"])
-        check_tokenizer(prepared, tok)
-        log.say(f"data: {prepared}, prepared by dataset.py")
-    else:
-        sources = resolve_data(args, log)
-        tok_path = resolve_tokenizer(args, sources, local_rank, log)
-        tok = load_tokenizer(tok_path)
-        prepared = prepare(sources, tok_path, Path(args.out_dir) / "data", verbose=log.show,
-                           wait=local_rank != 0, **prepare_options(args))
+    """(tokenizer, train split, val split): a directory prepared by dataset.py, or the raw
+    sources prepared now (prepare.prepare_for_run). This runs before the process group
+    exists, so it may take as long as it needs."""
+    tok, prepared = prepare_for_run(args, local_rank, log)
     train_ds = PretrainDataset(prepared, "train", args.max_seq_len)
     val_ds = PretrainDataset(prepared, "val", args.max_seq_len)
     check_enough_data(prepared, train_ds, args, world_size)

@@ -63,13 +63,13 @@ def killed(loss):
 
 def inject(name, *numbers):
     if name == "slow_prepare":
-        real_prepare, real_init = train_pretrain.prepare, dist.init_process_group
+        real_prepare, real_init = prepare.prepare, dist.init_process_group
 
         def slow_prepare(*a, **kw):
             if not kw.get("wait"):
                 time.sleep(numbers[0])
             return real_prepare(*a, **kw)
-        train_pretrain.prepare = slow_prepare
+        prepare.prepare = slow_prepare
         dist.init_process_group = lambda *a, **kw: real_init(
             *a, **kw, timeout=datetime.timedelta(seconds=5))
     elif name in ("crash", "kill", "nan"):

@@ -20,8 +20,8 @@ import prepare as pipeline  # the module; its function prepare() is imported bel
 import dedup
 import evaluator
 from corpus import builtin_corpus, clean_text, iter_texts, stdlib_docstrings
-from dataset import PretrainDataset, ShardedSampler, check_tokenizer, open_split
-from prepare import load_meta, prepare
+from dataset import PretrainDataset, ShardedSampler, open_split
+from prepare import check_tokenizer, load_meta, prepare
 from dedup import lsh_bands, minhash
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from bench_data import PaddedDataset  # noqa: E402
