@@ -15,27 +15,23 @@ Near (Broder 1997; Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch.
   letter changes k shingles, while in English it would change every word shingle that
   holds the word. An edit changes about k shingles of the copy and k of the original, so
   3% of the characters edited leaves a Jaccard similarity near (1 - 0.03k) / (1 + 0.03k):
-  0.79 for Chinese with k = 4 (0.75 with the former 5-unit shingles, which the former
-  threshold of 0.8 cut: it found 0.17 of such copies), and 0.67 for English with k = 5,
-  whose 3% of all characters is about 4% of its letters (measured: 0.65 to 0.68 at the 5th
-  percentile). Shorter runs would raise these, but they repeat across distinct texts: with
-  k = 3, 300 MB of generated MiniMind-format lines gave 315,523 candidate pairs to check
-  (56,787 with 4; the former rule 9,937) and near-dedup fell to 3,200 documents/s; in
-  English, with k = 4, short lines of one template with one-word slots ("Question: what is
-  the X of the Y? ...") reach 0.60 with each other, 13% of them above 0.5 (with 5: 2%).
+  0.79 for Chinese with k = 4, and 0.67 for English with k = 5, whose 3% of all characters
+  is about 4% of its letters. Shorter runs would raise these, but they repeat across
+  distinct texts: more candidate pairs to check, and short lines of one template with
+  one-word slots ("Question: what is the X of the Y? ...") above the threshold. The
+  measurements behind k = 4 and 5 and the threshold are in docs/data.md, "Why character
+  shingles, 4 and 5 characters, and 0.5".
 - Two documents are near copies when the Jaccard similarity of their shingle sets,
   |A & B| / |A | B|, reaches DEDUP_THRESHOLD = 0.5, well below the edited copies above, and
   when every part of one of them is mostly found in the other (parts_found_plain). The
   second test keeps pages that share a header or a licence: their shared text can pass
   the threshold, but each has a body the other lacks, whereas an edited copy is found part
   by part. A document that extends another still counts as its copy.
-- Measured by scripts/bench_dedup.py on text that no one tuned on (Tang poems,
-  fortunes-zh, Python's documentation, Debian's fortunes; the README has the table):
-  recall 0.97 to 1.00 for 50 to 20,000 characters in both languages and every kind of edit
-  (1% and 3% of the characters, a sentence moved, spacing and punctuation), and at most
-  0.11% of the distinct documents removed that share a form (poems of one form,
-  question-answer lines of one template, pages whose licence is a quarter or half of
-  their letters).
+- Quality: scripts/bench_dedup.py measures, on text that no one tuned on (Tang poems,
+  fortunes-zh, Python's documentation, Debian's fortunes), how many edited copies the rule
+  finds, by language, length and kind of edit, and how many distinct documents that share
+  a form it removes (poems of one form, question-answer lines of one template, pages that
+  share a licence). docs/data.md, "Near-dedup quality", has the tables.
 - MinHash: hash every shingle with num_perm random hash functions and keep, per function,
   the minimum over the document. Two documents agree on one function's minimum with
   probability equal to their Jaccard similarity, so a signature of 128 minima estimates it.

@@ -23,9 +23,9 @@ def newton_schulz(G, steps: int = 5, eps: float = 1e-7, dtype=torch.float32):
     each S' about 1. Each iteration maps every singular value x to a*x + b*x^3 + c*x^5; the
     reference's quintic coefficients make small values grow fast (slope 3.4 at 0), at the
     price of settling around 1 (roughly 0.7 to 1.2) rather than exactly on it. dtype: the
-    matmuls' precision; bfloat16 (the reference's) is about 2.7x faster on a CPU with bf16
-    units (a 256-wide, 4-layer model's matrices: 51 against 139 ms a step), and the singular
-    values land around 1 all the same (tests/test_muon.py)."""
+    matmuls' precision; bfloat16 (the reference's) is several times faster where the hardware
+    has bf16 units (docs/quality.md, "Why the defaults are what they are", has the figures),
+    and the singular values land around 1 all the same (tests/test_muon.py)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.to(dtype)
     tall = X.shape[0] > X.shape[1]

@@ -1,5 +1,7 @@
-"""The README's commands run as written (scaled down where a CPU test must be quick)."""
+"""The commands that README.md and docs/*.md tell a reader to run, run as written (scaled
+down where a CPU test must be quick), and the links between those pages."""
 
+import json
 import os
 import re
 import shlex
@@ -7,23 +9,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import train_pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_data  # noqa: E402
+
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = ["README.md", "README_zh.md"] + sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
 
 
-def bash_blocks(section: str, per_block=False):
-    """The commands of every ```bash block in a `## section` of the README: continuation
-    lines joined, comments dropped, `a && b` split into a and b. per_block: one list of
-    commands per block."""
-    body = README.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+def section_of(text: str, section: str) -> str:
+    """The body of `## section` in a markdown text, up to the next `## ` heading."""
+    return text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def bash_blocks(page: str, section=None, per_block=False):
+    """The commands of every ```bash block of a page (README.md, docs/flags.md, ...), or of
+    one `## section` of it: continuation lines joined, comments dropped, `a && b` split into
+    a and b. per_block: one list of commands per block."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    if section is not None:
+        text = section_of(text, section)
     blocks = []
-    for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         commands = []
-        for line in block.replace("\\\n", " ").splitlines():
+        for line in re.sub(r"\s*\\\n\s*", " ", block).splitlines():
             line = line.split(" #", 1)[0].strip()
             if line and not line.startswith("#"):
                 commands += [c.strip() for c in line.split("&&")]
@@ -31,15 +45,26 @@ def bash_blocks(section: str, per_block=False):
     return blocks if per_block else [c for commands in blocks for c in commands]
 
 
+def shell_words(command: str, cwd: Path):
+    """The arguments a shell would pass: quotes removed, and an unquoted word with `*`
+    expanded in cwd (a quoted glob reaches the script as it is)."""
+    argv = []
+    for raw in shlex.split(command, posix=False):
+        word = shlex.split(raw)[0] if raw.strip("'\"") else ""
+        if "*" in raw and not any(q in raw for q in "'\""):
+            argv += sorted(str(p.relative_to(cwd)) for p in cwd.glob(raw))
+        else:
+            argv.append(word)
+    return argv
+
+
 def run(command: str, cwd: Path, extra=(), stdin=""):
-    """Run a README command with this Python; project scripts are found in the repository.
-    `echo TEXT | command` feeds TEXT on stdin; globs expand in cwd, as a shell would."""
+    """Run a documented command with this Python; project scripts are found in the
+    repository. `echo TEXT | command` feeds TEXT on stdin."""
     if command.startswith("echo ") and " | " in command:
         echo, command = command.split(" | ", 1)
         stdin = shlex.split(echo)[1] + "\n"
-    argv = []
-    for arg in shlex.split(command):
-        argv += sorted(str(p.relative_to(cwd)) for p in cwd.glob(arg)) if "*" in arg else [arg]
+    argv = shell_words(command, cwd)
     if argv[0] == "python":
         argv[0] = sys.executable
         if argv[1].endswith(".py"):
@@ -56,7 +81,8 @@ def run(command: str, cwd: Path, extra=(), stdin=""):
 
 
 def test_setup_then_every_script_example(tmp_path):
-    install_and_run, install_and_test = bash_blocks("Set-up")[:3], bash_blocks("Set-up")[3:]
+    install_and_run, install_and_test = (bash_blocks("README.md", "Set-up")[:3],
+                                         bash_blocks("README.md", "Set-up")[3:])
     assert install_and_run[0] == "pip install -r requirements.txt"
     train, generate = install_and_run[1:]
     assert train == f"python train_pretrain.py {train_pretrain.QUICK_FLAGS}"
@@ -68,32 +94,49 @@ def test_setup_then_every_script_example(tmp_path):
     assert install_and_test == ["pip install -r requirements-dev.txt", "python -m pytest -q tests"]
     assert "python -m pytest -q tests" in (ROOT / ".ci" / "run").read_text()
 
-    # the examples of "Scripts and flags", on the model just trained
-    for command in bash_blocks("Scripts and flags"):
-        if command.startswith("pip install matplotlib"):
-            continue  # a test dependency already
+    # every example of docs/flags.md, in order, on the model just trained
+    examples = bash_blocks("docs/flags.md")
+    assert any("tokenizer.py" in c for c in examples) and any("import_hf.py" in c
+                                                                for c in examples)
+    for command in examples:
         extra = ["--max_new_tokens", "4"] if "eval_model.py" in command else []
         run(command, tmp_path, extra=extra)
     assert (tmp_path / "out" / "imported" / "pretrain_192.pth").exists()
-    # the run wrote its report; the README's commands write it again, and the others
+    # the run wrote its report; docs/report.md's commands write it again, and the others
     (log,) = (tmp_path / "out" / "logs").glob("pretrain_192_*.jsonl")
     report = tmp_path / "out" / "reports" / log.stem / "report.md"
     report.unlink()
-    for command in bash_blocks("Is my run healthy? The run report"):
-        if not command.startswith("pip install matplotlib"):
-            run(command, tmp_path)
+    report_commands = bash_blocks("docs/report.md")
+    assert report_commands[0].startswith("pip install matplotlib")
+    for command in report_commands[1:]:  # matplotlib: a test dependency already
+        run(command, tmp_path)
     assert "bits per byte" in report.read_text()
     assert (tmp_path / "out" / "reports" / "all" / "loss.png").stat().st_size > 0
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
+def minimind_trainer_file(myllm_weights: Path, path: Path):
+    """A dense weights file as MiniMind's trainer/ layout saves it (transformers' names and
+    RoPE layout, the head stored apart), made from a MyLLM one."""
+    from checkpoint import config_from_state_dict, read_state_dict
+    from scripts.export_hf import to_hf_state_dict
+
+    state = read_state_dict(myllm_weights)
+    hf = to_hf_state_dict(state, config_from_state_dict(state))
+    hf["lm_head.weight"] = hf["model.embed_tokens.weight"]
+    path.parent.mkdir(parents=True)
+    torch.save({k: v.clone() for k, v in hf.items()}, path)
+
+
 def test_full_path_on_minimind_format_data(tmp_path):
+    from checkpoint import load_model
+
     (tmp_path / "dataset").mkdir()  # MiniMind-format lines from the project's one generator
     bench_data.write_corpus(tmp_path / "dataset" / "pretrain_hq.jsonl", 150_000)
     # what makes the GPU-sized commands fit a CPU test: a few tiny steps on two processes
     small_run = ["--max_steps", "1", "--batch_size", "2", "--accumulation_steps", "1",
                  "--max_seq_len", "64", "--eval_iters", "1"]
-    steps = bash_blocks("The full path, on real data")
+    steps = bash_blocks("README.md", "The full path, on real data")
     assert steps[0].startswith("mkdir -p dataset") and steps[1].startswith("wget")
     for command in steps[2:]:
         if command.startswith("torchrun --nnodes"):
@@ -109,7 +152,55 @@ def test_full_path_on_minimind_format_data(tmp_path):
             run(command, tmp_path, extra=["--max_new_tokens", "4"], stdin="")
         else:
             run(command, tmp_path)
+    weights = tmp_path / "out" / "pretrain_512.pth"
     assert (tmp_path / "out" / "hf-512" / "model.safetensors").exists()
+
+    # docs/compatibility.md: the seeds' MiniMind commands, and MiniMind's trainer/ names
+    compat = bash_blocks("docs/compatibility.md")
+    assert len(compat) == 2 and "--hidden_size 512" in compat[1]
+    for command in compat:
+        run(command, tmp_path, extra=["--max_new_tokens", "4"], stdin="")
+    # ... and its converter of trainer/ weights, run as the page shows it
+    trainer_file = tmp_path / "minimind" / "out" / "pretrain_512.pth"
+    minimind_trainer_file(weights, trainer_file)
+    page = (ROOT / "docs" / "compatibility.md").read_text(encoding="utf-8")
+    (snippet,) = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    snippet = "\n".join(line.strip() for line in snippet.splitlines())
+    assert '"../minimind/out/pretrain_512.pth"' in snippet
+    done = subprocess.run([sys.executable, "-c", snippet.replace(
+        "../minimind/out/pretrain_512.pth", str(trainer_file))], cwd=ROOT, text=True,
+        capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    converted = Path(done.stdout.strip().splitlines()[-1])
+    assert converted == trainer_file.with_name("myllm_pretrain_512.pth")
+    ids = torch.randint(0, 6400, (1, 16))
+    with torch.no_grad():
+        expected = load_model(weights, 6400)(ids).logits
+        got = load_model(converted, 6400)(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    # docs/data.md: several sources with weights; the extra source holds copies of lines
+    # of the first, so that dedup has to choose which copy survives
+    lines = (tmp_path / "dataset" / "pretrain_hq.jsonl").read_text(encoding="utf-8")
+    lines = lines.splitlines(keepends=True)
+    (tmp_path / "dataset" / "extra").mkdir()
+    for name, part in (("a", lines[:40]), ("b", lines[40:80])):
+        (tmp_path / "dataset" / "extra" / f"{name}.jsonl").write_text("".join(part),
+                                                                     encoding="utf-8")
+    (weighted,) = bash_blocks("docs/data.md", "Several sources, and their weights")
+    assert "--weights 1 2" in weighted
+
+    def train_tokens(command):
+        out = run(command, tmp_path)
+        prepared = re.search(r"prepared data: (\S+)", out).group(1)
+        meta = json.loads((tmp_path / prepared / "meta.json").read_text(encoding="utf-8"))
+        assert meta["report"]["exact_duplicates"] >= 70, out  # the copies were found
+        return meta["splits"]["train"]["tokens"]
+
+    # the copies survive in the extra source, whose weight 2 then trains them twice; were
+    # the first source's copies kept, the weight would have nothing left to repeat
+    assert train_tokens(weighted) > train_tokens(weighted.replace("--weights 1 2",
+                                                                  "--weights 1 1"))
 
 
 def test_performance_commands(tmp_path):
@@ -117,7 +208,8 @@ def test_performance_commands(tmp_path):
     to run as written, so here their flags must at least parse."""
     import bench
 
-    gpu_commands, cpu_commands = bash_blocks("Performance", per_block=True)[:2]
+    gpu_commands, cpu_commands = bash_blocks("docs/performance.md", per_block=True)[:2]
+    assert len(gpu_commands) == 4
     for command in gpu_commands:
         argv = shlex.split(command)
         assert argv[:2] in (["python", "scripts/bench.py"], ["python", "scripts/bench_hf.py"])
@@ -133,11 +225,80 @@ def test_performance_commands(tmp_path):
             assert "transformers" in out
 
 
-def test_every_relative_link_of_both_readmes_points_to_a_file():
-    for name in ("README.md", "README_zh.md"):
-        text = (ROOT / name).read_text(encoding="utf-8")
-        links = [link for link in re.findall(r"\]\(([^)#\s]+)\)", text)
+def test_quality_commands_parse(tmp_path, monkeypatch):
+    """docs/quality.md's speedrun commands take minutes to hours each: here every one must
+    parse, and so must every variant's flags as train_pretrain.py flags."""
+    import speedrun
+
+    (tmp_path / "minimind" / "trainer").mkdir(parents=True)  # --minimind ../minimind
+    (tmp_path / "minimind" / "trainer" / "train_pretrain.py").write_text("")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    commands = bash_blocks("docs/quality.md")
+    assert len(commands) == 3
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[:2] == ["python", "scripts/speedrun.py"]
+        args = speedrun.parse_args(argv[2:])
+        for name, flags in args.variants.items():
+            train_pretrain.parse_args(shlex.split(args.shape) + shlex.split(flags))
+    assert "muon" in speedrun.parse_args(shlex.split(commands[0])[2:]).variants
+
+
+def test_every_page_with_commands_has_its_test():
+    """A new ```bash block in a page no test reads would be a command nobody runs."""
+    tested = {"README.md", "README_zh.md", "docs/flags.md", "docs/report.md",
+              "docs/performance.md", "docs/quality.md", "docs/compatibility.md",
+              "docs/data.md"}
+    with_commands = {page for page in PAGES if bash_blocks(page)}
+    assert with_commands <= tested, sorted(with_commands - tested)
+    # data.md's first block downloads the benchmark's texts; the second is run above
+    assert len(bash_blocks("docs/data.md", per_block=True)) == 2
+
+
+def test_readme_is_a_first_page():
+    lines = README.splitlines()
+    assert len(lines) <= 250
+    first = "\n".join(lines[:40])
+    assert "python train_pretrain.py --dim 192" in first
+    assert "pip install -r requirements-dev.txt && python -m pytest -q tests" in first
+    assert not re.search(r"\(\d+ lines\)", README), "line counts go stale"
+    for page in PAGES:  # the shell lines a reader copies stay readable
+        text = (ROOT / page).read_text(encoding="utf-8")
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+            long = [line for line in block.splitlines() if len(line) > 100]
+            assert not long, f"{page}: code lines over 100 columns: {long}"
+
+
+def test_readme_zh_gives_the_same_commands():
+    for section_en, section_zh in (("Set-up", "快速开始"),
+                                   ("The full path, on real data", "完整流程：使用真实数据")):
+        assert (bash_blocks("README_zh.md", section_zh)
+                == bash_blocks("README.md", section_en))
+    docs_en = set(re.findall(r"\]\((docs/[^)#\s]+)", README))
+    docs_zh = set(re.findall(r"\]\((docs/[^)#\s]+)",
+                             (ROOT / "README_zh.md").read_text(encoding="utf-8")))
+    assert docs_en <= docs_zh, sorted(docs_en - docs_zh)
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_pages_points_to_a_file():
+    for page in PAGES:
+        path = ROOT / page
+        text = path.read_text(encoding="utf-8")
+        links = [link for link in re.findall(r"\]\(([^)\s]+)\)", text)
                  if not re.match(r"[a-z]+://", link)]
-        assert links, f"{name} links to nothing"  # the run report's example, at least
-        missing = [link for link in links if not (ROOT / link).is_file()]
-        assert not missing, f"{name} links to files that are not there: {missing}"
+        if page.startswith("README"):
+            assert links, f"{page} links to nothing"  # the run report's example, at least
+        for link in links:
+            target, _, anchor = link.partition("#")
+            target_path = (path.parent / target) if target else path
+            assert target_path.is_file(), f"{page} links to {link}, which is not there"
+            if anchor and target_path.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", target_path.read_text(encoding="utf-8"),
+                                      flags=re.M)
+                assert anchor in {slug(h) for h in headings}, f"{page}: no anchor {link}"
