@@ -8,18 +8,25 @@ eval_model.py (--eval, --probe) share.
 - Probes: a prompt and a few choices, one right; the model scores each choice by its
   log-probability given the prompt.
 - The sample prompts a run continues at every evaluation, in the corpus language.
+validate() is what a training run does at every --eval_interval.
 """
 
 import contextlib
+import io
+import itertools
 import json
 import math
 import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dataset import ShardedSampler
+from decode import complete
 from tokenizer import BOS_ID, PAD_ID, frame_document, token_bytes
 
 # Pretraining-only prompts, in the style of each corpus: the built-in corpus is Python's
@@ -38,6 +45,7 @@ SAMPLE_PROMPTS_ZH = [
     "学习一门新的语言",
     "光合作用是指",
 ]
+SAMPLE_TOKENS = 32  # of each greedy sample that training logs
 PROBE_EXAMPLE = '{"prompt": "...", "choices": ["...", "..."], "answer": 0}'  # one line
 
 
@@ -139,6 +147,47 @@ def evaluate(model, batches, byte_counts, progress=None):
         raise ValueError("the evaluation data has no tokens to predict (no document of 2 "
                          "tokens or more); pass --eval_data with text in it")
     return summarize(sums)
+
+
+def val_metrics(model, val_ds, byte_counts, args, rank, world_size, device, autocast):
+    """Loss, perplexity and bits per byte (summarize) over up to eval_iters
+    validation batches per rank, summed over all ranks, every target token weighted alike;
+    None when the validation split has no batch."""
+    sampler = ShardedSampler(len(val_ds), rank, world_size, seed=args.seed, epoch=0)
+    batches = DataLoader(val_ds, batch_size=args.batch_size, sampler=sampler,
+                         pin_memory=device.type == "cuda")
+    model.eval()
+    sums = loss_sums(model, itertools.islice(batches, args.eval_iters), byte_counts, autocast)
+    model.train()
+    if world_size > 1:
+        dist.all_reduce(sums)
+    return summarize(sums) if sums[1] > 0 else None
+
+
+def validate(run, state):
+    """What training logs at every --eval_interval (a train_pretrain.Run at RunState state):
+    the validation loss on every rank; then, on rank 0, the probes and greedy samples."""
+    result = val_metrics(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
+                         run.world_size, run.device, run.autocast)
+    at = {"step": state.step, "tokens": state.tokens_seen}
+    if result is not None:
+        run.log.write({"kind": "val", **at, "val_loss": result["loss"],
+                       "val_ppl": result["perplexity"], "val_bpb": result["bits_per_byte"]})
+        run.log.say(f"step {state.step}: val loss {result['loss']:.4f}, ppl "
+                    f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits per byte")
+    if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
+        model = run.raw_model.eval()
+        # a compiled model would compile a new graph for every new length
+        with torch.compiler.set_stance("force_eager") if run.args.compile else \
+                contextlib.nullcontext():
+            if run.probes:  # the numbers eval_model.py --probe gives for these weights
+                summary = probe_summary(run.probes, run_probes(model, run.tok, run.probes))
+                run.log.write({"kind": "probe", **at, **summary})
+            samples = [{"prompt": prompt, "text": complete(
+                model, run.tok, prompt, io.StringIO(), SAMPLE_TOKENS, temperature=0).text}
+                for prompt in run.prompts]
+        run.log.write({"kind": "sample", **at, "samples": samples})
+        model.train()
 
 
 def load_probes(path):

@@ -13,6 +13,9 @@ optimizer (use_muon False), so the loss scaler, the LR loop and the resume file 
 state_dict) see a single object. Under DDP every rank holds the same averaged gradient
 before step(), so each rank computes the same update on its own: correct as it is (the
 reference spreads the matrices over the ranks only to save time).
+
+step_where, at the end, is how training steps any of its optimizers (Muon, AdamW): a step
+whose loss or gradient is not finite is skipped, decided on the device.
 """
 
 import torch
@@ -62,7 +65,7 @@ class Muon(torch.optim.Optimizer):
     and the step leaves every weight and every piece of state as it was. Nothing reads the
     flag on the host, which would make it wait for the GPU every step."""
 
-    supports_found_inf = True  # train_pretrain.step_where sets found_inf when this is True
+    supports_found_inf = True  # step_where (below) sets found_inf when this is True
 
     def __init__(self, param_groups, momentum=0.95, betas=(0.9, 0.95), eps=1e-8,
                  ns_dtype=torch.float32):
@@ -126,6 +129,23 @@ class Muon(torch.optim.Optimizer):
             if "step" in state:
                 state["step"] = torch.as_tensor(state["step"], dtype=step_dtype(p.device),
                                                 device=p.device)
+
+
+def step_where(optimizer, apply):
+    """optimizer.step() where the device bool `apply` is True, a no-op where it is False.
+
+    The fused AdamW kernel takes a `found_inf` flag on the device, the way GradScaler
+    passes it: set to 1, the kernel leaves weights and moments untouched and the step
+    count is put back; Muon honours the same flag. Other optimizers (AdamW without the
+    fused kernel, on devices other than CUDA and CPU) have the host read the flag.
+    """
+    if not (optimizer.defaults.get("fused") or getattr(optimizer, "supports_found_inf", False)):
+        if apply:
+            optimizer.step()
+        return
+    optimizer.found_inf = (~apply).float()  # float32, as the kernel reads it
+    optimizer.step()
+    del optimizer.found_inf
 
 
 def muon_param_groups(model, learning_rate, muon_lr, weight_decay):

@@ -14,8 +14,6 @@ checkpoint.py (files, the run's state), runlog.py (log, report), evaluator.py, p
 
 import argparse
 import contextlib
-import io
-import itertools
 import math
 import sys
 import time
@@ -33,19 +31,16 @@ from checkpoint import (DiskFull, RunState, checkpoint_paths, find_resume_file, 
 from device import device_error, mixed_precision, peak_flops_per_second, pick_device
 from distributed import StopSignal, check_same_data, ranks, setup_distributed, teardown
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
-                   add_source_flags)
+                   add_source_flags, str_to_bool)
 from dataset import PretrainDataset, ShardedSampler
-from decode import complete
-from evaluator import (default_probes, load_probes, loss_sums, probe_summary, run_probes,
-                       sample_prompts, summarize)
+from evaluator import default_probes, load_probes, sample_prompts, validate
 from model import LMConfig, Transformer
-from muon import Muon, muon_param_groups
+from muon import Muon, muon_param_groups, step_where
 from prepare import MINIMIND_DATA, is_prepared_dir, load_meta, prepare_for_run
 from runlog import RunLog, describe, open_log, report_run
 from tokenizer import token_byte_counts
 
-# at every evaluation: greedy continuations of the first SAMPLES prompts of eval_model.py
-SAMPLES, SAMPLE_TOKENS = 3, 32
+SAMPLES = 3  # the sample prompts (evaluator.sample_prompts) continued at every evaluation
 # a run that fits a 2-core CPU in minutes (the README's first command)
 QUICK_FLAGS = ("--dim 192 --n_layers 4 --max_seq_len 128 --batch_size 32 --accumulation_steps 1 "
                "--epochs 2 --log_interval 20 --eval_interval 100")
@@ -79,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--max_seq_len", type=int, default=512,
                    help="tokens per training sequence; the model's context (its RoPE tables) "
                         "is this or 8192, whichever is longer")
+    p.add_argument("--dropout", type=float, default=0.0, help="MiniMind's; 0 for pretraining")
+    p.add_argument("--flash_attn", type=str_to_bool, default=True,
+                   help="fused attention (scaled_dot_product_attention); 0: spelled out")
     add_source_flags(p, data_path_help=(
         f"raw .jsonl/.txt files or globs, or one directory prepared by dataset.py; default "
         f"{MINIMIND_DATA} if present, else the built-in corpus"))
@@ -134,7 +132,8 @@ def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
     """The model the flags describe. The RoPE tables keep their default length (8192) unless
     training needs more. LMConfig raises ValueError for an impossible shape."""
     return LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
-                    max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe)
+                    max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe,
+                    dropout=args.dropout, flash_attn=args.flash_attn)
 
 
 def default_learning_rate(dim: int) -> float:
@@ -242,25 +241,6 @@ def load_data(args, local_rank, world_size, log):
     return tok, train_ds, val_ds
 
 
-def make_loader(ds, sampler, batch_size, num_workers, device):
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=device.type == "cuda")
-
-
-def val_metrics(model, val_ds, byte_counts, args, rank, world_size, device, autocast):
-    """Loss, perplexity and bits per byte (eval_model.summarize) over up to eval_iters
-    validation batches per rank, summed over all ranks, every target token weighted alike;
-    None when the validation split has no batch."""
-    sampler = ShardedSampler(len(val_ds), rank, world_size, seed=args.seed, epoch=0)
-    batches = make_loader(val_ds, sampler, args.batch_size, 0, device)
-    model.eval()
-    sums = loss_sums(model, itertools.islice(batches, args.eval_iters), byte_counts, autocast)
-    model.train()
-    if world_size > 1:
-        dist.all_reduce(sums)
-    return summarize(sums) if sums[1] > 0 else None
-
-
 def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, device,
                grad_clip):
     """One optimizer step on the next n_micro micro-batches of `batches`.
@@ -306,23 +286,6 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
     optimizer.zero_grad(set_to_none=True)
     good = loss_finite if scaler.is_enabled() else apply
     return step_loss, grad_norm, samples, good
-
-
-def step_where(optimizer, apply):
-    """optimizer.step() where the device bool `apply` is True, a no-op where it is False.
-
-    The fused AdamW kernel takes a `found_inf` flag on the device, the way GradScaler
-    passes it: set to 1, the kernel leaves weights and moments untouched and the step
-    count is put back; Muon honours the same flag. Other optimizers (AdamW without the
-    fused kernel, on devices other than CUDA and CPU) have the host read the flag.
-    """
-    if not (optimizer.defaults.get("fused") or getattr(optimizer, "supports_found_inf", False)):
-        if apply:
-            optimizer.step()
-        return
-    optimizer.found_inf = (~apply).float()  # float32, as the kernel reads it
-    optimizer.step()
-    del optimizer.found_inf
 
 
 @dataclass
@@ -384,31 +347,6 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
     return stopped
 
 
-def validate(run: Run, state: RunState):
-    """Validation loss on every rank; then, on rank 0, the probes and greedy samples."""
-    result = val_metrics(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
-                         run.world_size, run.device, run.autocast)
-    at = {"step": state.step, "tokens": state.tokens_seen}
-    if result is not None:
-        run.log.write({"kind": "val", **at, "val_loss": result["loss"],
-                       "val_ppl": result["perplexity"], "val_bpb": result["bits_per_byte"]})
-        run.log.say(f"step {state.step}: val loss {result['loss']:.4f}, ppl "
-                    f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits per byte")
-    if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
-        model = run.raw_model.eval()
-        # a compiled model would compile a new graph for every new length
-        with torch.compiler.set_stance("force_eager") if run.args.compile else \
-                contextlib.nullcontext():
-            if run.probes:  # the numbers eval_model.py --probe gives for these weights
-                summary = probe_summary(run.probes, run_probes(model, run.tok, run.probes))
-                run.log.write({"kind": "probe", **at, **summary})
-            samples = [{"prompt": prompt, "text": complete(
-                model, run.tok, prompt, io.StringIO(), SAMPLE_TOKENS, temperature=0).text}
-                for prompt in run.prompts]
-        run.log.write({"kind": "sample", **at, "samples": samples})
-        model.train()
-
-
 def train_loop(run: Run, state: RunState):
     """Train until the plan's last step or the last epoch; returns the name of the signal
     that stopped it early, or None."""
@@ -418,8 +356,9 @@ def train_loop(run: Run, state: RunState):
         # epoch's shuffled order, so the ranks' shards are disjoint (see ShardedSampler)
         sampler = ShardedSampler(len(run.train_ds), run.rank, run.world_size, seed=args.seed,
                                  epoch=state.epoch, start=state.samples_in_epoch)
-        batches = iter(make_loader(run.train_ds, sampler, args.batch_size, args.num_workers,
-                                   run.device))
+        batches = iter(DataLoader(run.train_ds, args.batch_size, sampler=sampler,
+                                  num_workers=args.num_workers,
+                                  pin_memory=run.device.type == "cuda"))
         micro_left = math.ceil(len(sampler) / args.batch_size)
         while micro_left > 0 and state.step < plan.total_steps:
             lr = get_lr(state.step, plan.total_steps, args.learning_rate, args.min_lr,
@@ -492,10 +431,12 @@ def pretrain(args):
     lock = run = None
     report_due = False
     try:
-        lock = lock_out_dir(args.out_dir) if rank == 0 else None  # one writer per --out_dir
+        # 1. one run per --out_dir; the data, then the device and the process group
+        lock = lock_out_dir(args.out_dir) if rank == 0 else None
         log = RunLog(rank, args.quiet)
         data = load_data(args, local_rank, world_size, log)
         device = setup_distributed(args.device, local_rank, world_size)
+        # 2. the model, the optimizer and the run's state: fresh, or from the resume file
         run, state = start_run(args, rank, world_size, device, log, data)
         stopped = None
         if state.step >= run.plan.total_steps:
@@ -503,6 +444,7 @@ def pretrain(args):
                         "--resume none to start over, or raise --max_steps/--epochs")
             run.log.close()
             return summary(run, state, stopped)
+        # 3. the loop, then the last save; the report on the way out
         open_log(run, state)
         # a run that failed needs its report most: it is written on the way out, whatever
         # happens (after the process group is gone, so that no rank waits for rank 0)

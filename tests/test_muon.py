@@ -140,7 +140,7 @@ def test_a_bfloat16_run_orthogonalises_in_bfloat16_and_its_state_resumes_in_floa
     assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
 
 
-# A bad step skipped on the device: train_pretrain.step_where sets found_inf (1.0: skip), as
+# A bad step skipped on the device: muon.step_where sets found_inf (1.0: skip), as
 # for the fused AdamW kernel
 
 

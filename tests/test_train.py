@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import evaluator
 import train_pretrain
 from dataset import PretrainDataset, ShardedSampler
 from prepare import prepare
@@ -28,7 +29,8 @@ from checkpoint import save_torch
 from device import allow_tf32, mixed_precision
 from tokenizer import token_bytes
 from train_pretrain import (get_lr, main, make_optimizer, masked_lm_loss, parse_args,
-                            pretrain, val_metrics)
+                            pretrain)
+from evaluator import val_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
@@ -799,7 +801,7 @@ def test_tokens_per_second_leaves_out_evaluation_and_saving(corpus, tmp_path, mo
         paused[0] += 1000.0
         return {"loss": 1.0, "perplexity": math.e, "bits_per_byte": 0.5}
 
-    monkeypatch.setattr(train_pretrain, "val_metrics", slow_evaluate)
+    monkeypatch.setattr(evaluator, "val_metrics", slow_evaluate)
     result = pretrain(run_args(corpus, tmp_path, "--max_steps", "2", "--accumulation_steps", "1",
                                "--log_interval", "2", "--eval_interval", "1",
                                "--save_interval", "1"))
