@@ -36,8 +36,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Generate text with a pretrained MyLLM model, evaluate it, probe it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    model = add_model_flags(parser, None, None, None,  # the "model" group of flags
-                            " (default 512, 8, off; with --ckpt read from the file)")
+    model = add_model_flags(parser, from_file=True)  # the "model" group of flags
     model.add_argument("--hidden_size", dest="dim", type=int, help=argparse.SUPPRESS)
     model.add_argument("--num_hidden_layers", dest="n_layers", type=int, help=argparse.SUPPRESS)
     add_out_dir_flag(model)

@@ -19,14 +19,19 @@ def str_to_bool(value) -> bool:
     raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off, not {value!r}")
 
 
-def add_model_flags(parser, dim=512, n_layers=8, use_moe=False, note=""):
-    """--dim, --n_layers, --use_moe: MiniMind's names for the model's shape."""
+def add_model_flags(parser, from_file=False):
+    """--dim, --n_layers, --use_moe: MiniMind's names for the model's shape. from_file: no
+    defaults (None), for a script that reads the shape from a checkpoint (eval_model.py)."""
+    def default(value):
+        return (None, f" (default {value}; with --ckpt, read from the file)") if from_file \
+            else (value, "")
+    (dim, dim_note), (layers, layers_note), (moe, moe_note) = map(default, (512, 8, False))
     group = parser.add_argument_group("model")
-    group.add_argument("--dim", type=int, default=dim, help=f"model width{note}")
-    group.add_argument("--n_layers", type=int, default=n_layers, help=f"layers{note}")
-    group.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=use_moe,
+    group.add_argument("--dim", type=int, default=dim, help=f"model width{dim_note}")
+    group.add_argument("--n_layers", type=int, default=layers, help=f"layers{layers_note}")
+    group.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=moe,
                        help="mixture of experts: --use_moe, or --use_moe 1/0 as MiniMind "
-                            f"passes it{note}")
+                            f"passes it{moe_note}")
     return group
 
 

@@ -1,9 +1,9 @@
 """The MyLLM decoder: a Llama-style transformer, written to be read top to bottom.
 
 LMConfig -> RMSNorm -> RoPE -> repeat_kv -> KVCache -> Attention -> FeedForward (SwiGLU)
--> MoEGate -> MoEFeedForward -> Block -> Transformer (forward, generate), then the sampling
-filters and the decoding loop that generate runs. Fast decoding (static caches, CUDA graphs)
-is in decode.py, which builds on this file; this file imports nothing from the project.
+-> MoEGate -> MoEFeedForward -> Block -> Transformer (forward, generate) -> the sampling
+filters and generate's loop. This file imports nothing from the project; decode.py builds
+fast decoding (static caches, CUDA graphs) on it.
 
 Parameter names and shapes follow MiniMind (2025), so its `.pth` files load with strict=True.
 Shapes in comments: B batch, T new tokens, S tokens attended to (cached + new), D model dim,
@@ -63,16 +63,12 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
-def rope_frequencies(head_dim: int, theta: float):
-    """Rotation speed of each pair of channels: pair i turns by pos * theta^(-2i/head_dim)
-    radians per position (RoFormer, Llama). The first pairs turn fast and tell near
-    positions apart, the last turn slowly and span the context."""
-    return theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-
-
 def precompute_rope(config: LMConfig):
-    """cos and sin of every (position, pair) angle: two (max_seq_len, head_dim // 2) tables."""
-    freqs = rope_frequencies(config.dim // config.n_heads, config.rope_theta)
+    """cos and sin of every (position, pair) angle: two (max_seq_len, head_dim // 2) tables.
+    Pair i of a head turns by theta^(-2i/head_dim) radians per position (RoFormer, Llama):
+    the first pairs turn fast and tell near positions apart, the last span the context."""
+    head_dim = config.dim // config.n_heads
+    freqs = config.rope_theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
     return angles.cos().float(), angles.sin().float()
 
@@ -97,9 +93,8 @@ def repeat_kv(x, n_rep: int):
 
 
 class KVCache:
-    """Keys and values of one layer for every token seen so far, in buffers preallocated for
-    `capacity` tokens (doubled if more come): a new token attends to the whole history
-    without recomputing it."""
+    """Keys and values of one layer for every token so far, in buffers for `capacity` tokens
+    (doubled if more come): a new token attends to the history without recomputing it."""
 
     def __init__(self, capacity: int):
         self.capacity, self.length = capacity, 0  # slots to allocate first, slots filled
@@ -314,9 +309,8 @@ class Transformer(nn.Module):
         return total
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) plus
-        12 * layers * heads * head_dim * seq_len for attention scores and values
-        (PaLM, appendix B; nanoGPT's estimate_mfu). N counts active parameters."""
+        """Training FLOPs per token: 6N (N active parameters; forward 2N, backward 4N) plus
+        12 * layers * dim * seq_len for attention scores and values (PaLM, appendix B)."""
         c = self.config
         return 6 * self.num_params(active=True) + 12 * c.n_layers * c.dim * seq_len
 
@@ -325,10 +319,14 @@ class Transformer(nn.Module):
         row, so a left-padded prompt starts at 0 just as it would alone."""
         T = input_ids.shape[1]
         if attention_mask is None:  # the last position is known on the host: no device sync
-            check_position(past_len + T - 1, self.config.max_seq_len)
-            return torch.arange(past_len, past_len + T, device=input_ids.device)[None]
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
-        check_position(int(positions.max()) if positions.numel() else -1, self.config.max_seq_len)
+            positions = torch.arange(past_len, past_len + T, device=input_ids.device)[None]
+            last = past_len + T - 1
+        else:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            last = int(positions.max()) if positions.numel() else -1
+        if last >= self.config.max_seq_len:
+            raise ValueError(f"position {last} asked for, but max_seq_len is "
+                             f"{self.config.max_seq_len}; shorten the input or raise it")
         return positions
 
     def _attention_mask(self, attention_mask, T, past_len, device):
@@ -467,12 +465,6 @@ def decode_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token
     finally:
         if decoder is not None:
             decoder.in_use = False
-
-
-def check_position(last: int, max_seq_len: int):
-    if last >= max_seq_len:
-        raise ValueError(f"position {last} asked for, but max_seq_len is {max_seq_len}; "
-                         "shorten the input or raise max_seq_len")
 
 
 def check_config(c: LMConfig):

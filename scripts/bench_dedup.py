@@ -1,6 +1,6 @@
 """Near-dedup quality: how many edited copies the rule finds (recall), and how many distinct
 documents that share a form it removes (false removal), by language, document length and
-kind of edit, for the default threshold and two others. Prints the README's table.
+kind of edit, for the default threshold and two others. Prints the table of docs/data.md.
 
     python scripts/bench_dedup.py --zh_poetry DIR --fortunes DIR
 

@@ -1,4 +1,4 @@
-"""The faults a real run meets, tried one by one (README, Reliability): non-finite steps,
+"""The faults a real run meets, tried one by one (docs/reliability.md): non-finite steps,
 precision changes, crashes mid-write, a full disk, a second run in the same directory,
 corrupt files, ranks that die. Each test says the fault and checks that nothing is lost."""
 

@@ -232,7 +232,7 @@ def test_a_run_without_matplotlib_trains_and_reports_in_tables(corpus, tmp_path,
     assert not list((tmp_path / "reports").glob("*/*.png"))
 def test_the_shipped_reference_is_found_for_the_quick_start_only():
     reference = json.loads((ROOT / "reference" / "quickstart_builtin.json").read_text())
-    # the quick start's run record, as train_pretrain.py writes it: README's first command
+    # the quick start's run record, as train_pretrain.py writes it: the README's first command
     args = vars(parse_args(train_pretrain.QUICK_FLAGS.split()))
     start = {"kind": "run", "step": 0, "world_size": 1, "args": args,
              "config": {"dim": 192, "n_layers": 4, "vocab_size": 6400},
