@@ -118,14 +118,18 @@ def save_checkpoint(weights_path, resume_path, model, optimizer, scaler, run_fie
 @dataclass
 class RunState:
     """Where a run is: everything that changes from step to step, saved in the resume file
-    and restored from it as one (the names are the resume file's keys)."""
+    and restored from it as one (the names are the resume file's keys).
+
+    The three bad-step counts are ints when saved, but between two `settle` calls they are
+    0-dim tensors on the training device: each step adds to them there (`advance`), so the
+    host never waits for a step to finish just to count it."""
     step: int = 0  # optimizer steps done
     epoch: int = 0
     samples_in_epoch: int = 0  # samples of this epoch that all ranks together have read
     tokens_seen: int = 0
-    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
-    bad_in_a_row: int = 0
-    longest_bad_run: int = 0  # the most bad steps in a row since the last `settle`
+    bad_steps: "int | torch.Tensor" = 0  # steps skipped for a non-finite loss or gradient
+    bad_in_a_row: "int | torch.Tensor" = 0
+    longest_bad_run: "int | torch.Tensor" = 0  # the most in a row since the last `settle`
     rng: list = field(default_factory=list)  # per rank {"cpu", "cuda"}, as of the last save
     log_path: str = ""
 
