@@ -184,7 +184,7 @@ def save_run(run, state: RunState):
 
 
 def restore_run(path, args, config, tok, data_fingerprint, world_size, rank, device, model,
-            optimizer, scaler, dtype_name):
+                optimizer, scaler, dtype_name):
     """The run's state from resume file `path`, with weights, optimizer, loss scaler and
     (with the same world size) every rank's RNG put back as they were. Another precision
     continues too: only float16 has a loss scaler, which then starts fresh or is dropped."""
@@ -351,7 +351,9 @@ def check_state_dict(state, config: LMConfig, name: str, flags: str):
 def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, world_size,
                  warn):
     asked, saved = asdict(config), state["config"]
-    differ = [k for k in asked if asked[k] != saved.get(k)]
+    # dropout and the attention kernel change how a model trains, not the model: they may
+    # change between a run and its continuation
+    differ = [k for k in asked if asked[k] != saved.get(k) and k not in ("dropout", "flash_attn")]
     if differ:
         raise ValueError(
             f"{path} holds a model with " + ", ".join(f"{k} {saved.get(k)}" for k in differ) +

@@ -1,5 +1,5 @@
 """Raw text: where it comes from, and how it is cleaned. The first two steps of the data
-pipeline (dataset.py prepares the rest, dedup.py removes copies):
+pipeline (prepare.py runs the rest, dedup.py removes copies):
 
     1. read   .jsonl / .txt files (gzip too), streaming, line by line, so a corpus larger than
               memory never has to fit in it; or the built-in corpus, text that ships with

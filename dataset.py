@@ -131,10 +131,6 @@ class ShardedSampler(Sampler):
         self.epoch = epoch
         self.start = start
 
-    def set_epoch(self, epoch, start=0):
-        self.epoch = epoch
-        self.start = start
-
     def __len__(self):
         return max(self.num_samples - self.start, 0) // self.world_size
 

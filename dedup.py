@@ -299,7 +299,7 @@ def candidate_pairs(hashes, eligible, window=BUCKET_WINDOW):
 
 def likely_pairs(pairs, sketches, threshold):
     """The candidate pairs whose MinHash signatures (sketches: their low 16 bits, which
-    dataset.py keeps per document) agree on enough of their values. The share that agrees
+    prepare.py keeps per document) agree on enough of their values. The share that agrees
     estimates the pair's similarity with a standard deviation of at most 0.5 / sqrt(values)
     (0.044 for 128); a pair is set aside when its estimate is SKETCH_SDS of those below the
     threshold, which a pair at the threshold is with P < 0.03%. Most candidates from
@@ -386,7 +386,7 @@ def near_duplicates(pairs, get_shingles, threshold, progress=None):
 
 
 def find_near_duplicates(texts, threshold=DEDUP_THRESHOLD, num_perm=128):
-    """near_duplicates over a list of texts in memory, through the steps dataset.py runs
+    """near_duplicates over a list of texts in memory, through the steps prepare.py runs
     on a corpus (shingles, MinHash, LSH bands, candidates, the rule): (ids to drop, report)."""
     doc_shingles = [shingles(t) for t in texts]
     bands, rows = lsh_bands(num_perm, threshold)

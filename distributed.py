@@ -95,7 +95,9 @@ class StopSignal:
     def __exit__(self, *exc):
         for sig, handler in self.old_handlers.items():
             signal.signal(sig, handler)
-        if self.pending is not None:  # every rank launched it: every rank completes it
+        # every rank launched it, so every rank completes it; not on the way out of an error,
+        # where a rank that died would make the wait last until the group's timeout
+        if self.pending is not None and exc[0] is None:
             self.pending[1].wait()
 
     def agreed(self):

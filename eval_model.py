@@ -25,6 +25,7 @@ from device import device_error, pick_device
 from evaluator import (batches_of, evaluate, load_probes, print_probe_report, run_probes,
                        sample_prompts, text_windows)
 from flags import add_device_flags, add_model_flags, add_out_dir_flag, add_tokenizer_flag
+from model import LMConfig
 from prepare import check_tokenizer
 from tokenizer import load_tokenizer, token_byte_counts
 
@@ -32,10 +33,17 @@ MINIMIND_MODES = {0: "pretrain", 1: "full_sft", 2: "rlhf", 3: "reason", 4: "ppo_
                   5: "grpo"}
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, where it has one (None: set by the file or the run)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Generate text with a pretrained MyLLM model, evaluate it, probe it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelp)
     model = add_model_flags(parser, from_file=True)  # the "model" group of flags
     model.add_argument("--hidden_size", dest="dim", type=int, help=argparse.SUPPRESS)
     model.add_argument("--num_hidden_layers", dest="n_layers", type=int, help=argparse.SUPPRESS)
@@ -147,7 +155,7 @@ def run(args):
         path = Path(args.ckpt)
         dim, n_layers = args.dim, args.n_layers
     else:
-        dim, n_layers = args.dim or 512, args.n_layers or 8
+        dim, n_layers = args.dim or LMConfig.dim, args.n_layers or LMConfig.n_layers
         path = checkpoint_paths(args.out_dir, dim, bool(args.use_moe))[0]
     model = load_model(path, tok.get_vocab_size(), args.device, dim, n_layers, args.use_moe,
                        args.n_heads, args.n_kv_heads)

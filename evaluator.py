@@ -8,7 +8,8 @@ eval_model.py (--eval, --probe) share.
 - Probes: a prompt and a few choices, one right; the model scores each choice by its
   log-probability given the prompt.
 - The sample prompts a run continues at every evaluation, in the corpus language.
-validate() is what a training run does at every --eval_interval.
+
+validate() is what a training run does at every --eval_interval: all three.
 """
 
 import contextlib

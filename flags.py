@@ -3,6 +3,8 @@ defaults cannot drift apart between scripts (MiniMind's names where it has them)
 
 import argparse
 
+from model import LMConfig
+
 DEFAULT_TOKENIZER = "out/tokenizer.json"  # where tokenizer.py writes and dataset.py reads
 
 
@@ -25,7 +27,8 @@ def add_model_flags(parser, from_file=False):
     def default(value):
         return (None, f" (default {value}; with --ckpt, read from the file)") if from_file \
             else (value, "")
-    (dim, dim_note), (layers, layers_note), (moe, moe_note) = map(default, (512, 8, False))
+    (dim, dim_note), (layers, layers_note), (moe, moe_note) = map(
+        default, (LMConfig.dim, LMConfig.n_layers, LMConfig.use_moe))
     group = parser.add_argument_group("model")
     group.add_argument("--dim", type=int, default=dim, help=f"model width{dim_note}")
     group.add_argument("--n_layers", type=int, default=layers, help=f"layers{layers_note}")
@@ -67,7 +70,7 @@ def add_tokenizer_flag(parser):
 
 
 def add_prepare_flags(parser):
-    """How dataset.prepare() turns sources into token files (dataset.py and training)."""
+    """How prepare.prepare() turns sources into token files (dataset.py and training)."""
     add_tokenizer_flag(parser)
     parser.add_argument("--weights", nargs="+", type=float, default=None,
                         help="one per --data_path entry: how often its documents appear in "

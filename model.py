@@ -438,7 +438,8 @@ def decode_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token
     B, penalty = ids.shape[0], sampling.pop("repetition_penalty")
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
-    if decoder is not None:
+    if decoder is not None:  # checked again: another stream may have started since the call
+        decoder.check_call(B, attention_mask, ids.shape[1] + max_new_tokens)
         decoder.in_use = True  # until this stream ends, or is closed or collected
     try:
         for i in range(max_new_tokens):

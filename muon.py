@@ -144,8 +144,10 @@ def step_where(optimizer, apply):
             optimizer.step()
         return
     optimizer.found_inf = (~apply).float()  # float32, as the kernel reads it
-    optimizer.step()
-    del optimizer.found_inf
+    try:
+        optimizer.step()
+    finally:  # a flag left behind would skip or apply a later step by this one's verdict
+        del optimizer.found_inf
 
 
 def muon_param_groups(model, learning_rate, muon_lr, weight_decay):

@@ -63,7 +63,8 @@ SENTENCE_ENDS = (".", "!", "?", "\n", "。", "！", "？", "…")
 
 
 def sentence_end_ids(tok):
-    """Ids of the tokens that end a sentence; padded mode cuts long documents after them."""
+    """Ids of the tokens that end a sentence, kept in meta.json: MiniMind-style padded
+    samples (scripts/bench_data.py) cut long documents after them."""
     vocab = tok.get_vocab_size()
     texts = tok.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
     return sorted({i for i, t in enumerate(texts) if t.endswith(SENTENCE_ENDS)} | {EOS_ID})

@@ -10,12 +10,13 @@ continues, {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "token
 "warning", "step", "check", "message"} when a check of health.py fires; {"kind": "end",
 "step", "tokens", "stopped_by"} when the run ends, finished or stopped by a signal (a run
 that crashed has none). Each record also has "time" (seconds since 1970). Only rank 0
-writes; the others stay silent. Every line is
-strict JSON: what was not measured is null, never NaN (the loss of an interval whose every
-step was skipped as non-finite, a non-finite gradient norm).
+writes; the others stay silent. Every line is strict JSON: what was not measured is null,
+never NaN (the loss of an interval whose every step was skipped as non-finite, a
+non-finite gradient norm).
 
 tokens/s measures training alone: time spent inside `paused()` (evaluation, saving) is
-taken off the clock.
+taken off the clock. At the end: the glue that opens a run's log (describe, open_log) and
+writes its report (report_run: report.py, at the end of every run).
 """
 
 import json

@@ -199,12 +199,12 @@ def sample_texts(texts, total_bytes, max_bytes, held_out_every=20, held_out_byte
 def read_sample(sources, max_bytes=50_000_000, text_field="text", skip_bad_lines=False,
                 verbose=True):
     """Clean a deterministic sample of about max_bytes from sources (files, globs, 'builtin'
-    or None) as dataset.py would; returns (train_texts, held_out_texts)."""
+    or None) as prepare.py would; returns (train_texts, held_out_texts)."""
     paths = expand_paths(sources)
     # The built-in corpus (~2.5 MB) is read whole, so it counts as 0 here.
     total_bytes = sum(source_bytes(p) for p in paths if p != "builtin")
     texts = iter_texts(paths, text_field, skip_bad_lines)
-    # Train on the text as dataset.py cleans it, so no merges are spent on junk.
+    # Train on the text as prepare.py cleans it, so no merges are spent on junk.
     cleaned = (t for t in (clean_text(t, markers=SPECIAL_TOKENS[1:])[0] for t in texts)
                if t is not None)
     with tqdm(desc="reading sample", total=total_bytes or None, unit="B", unit_scale=True,

@@ -6,9 +6,9 @@
         --rdzv_backend c10d --rdzv_endpoint HOST:29500 train_pretrain.py   # on every node
 
 The story, top to bottom: flags -> learning-rate schedule, loss and optimizer -> the plan
-and the data -> one optimizer step `train_step` -> what follows a step (log, evaluate, save,
-stop on a signal) -> the loop `train_loop` -> `pretrain(args)`, which sets a run up and runs
-the loop. The machinery is imported: distributed.py (process group, stop signal),
+and the data -> one optimizer step `train_step` -> what stays fixed in a run (`Run`) -> what
+follows a step (stop on a signal, log, evaluate, save) -> the loop `train_loop` ->
+`start_run` (model, optimizer, state) -> `pretrain(args)`, which sets a run up and runs it. The machinery is imported: distributed.py (process group, stop signal),
 checkpoint.py (files, the run's state), runlog.py (log, report), evaluator.py, prepare.py.
 """
 
@@ -312,7 +312,7 @@ class Run:
     first_step: int  # the step this process started at (0, or where it resumed)
     dtype_name: str  # the precision it trains in (device.mixed_precision)
     byte_counts: list  # UTF-8 bytes of every token id (tokenizer.token_bytes)
-    probes: list  # scored at every evaluation (eval_model.load_probes); [] for none
+    probes: list  # scored at every evaluation (evaluator.load_probes); [] for none
     prompts: list  # continued greedily at every evaluation, in the corpus language
     data_meta: dict  # the prepared data's meta.json, with its cleaning report
 
@@ -322,8 +322,8 @@ class Run:
 
 
 def after_step(run: Run, state: RunState, lr, grad_norm):
-    """Log, evaluate, stop on a signal, save: what follows an optimizer step. Returns the
-    name of the signal that stops the run, or None."""
+    """What follows an optimizer step: agree on a stop signal, log, evaluate, save. Returns
+    the name of the signal that stops the run, or None."""
     args, step = run.args, state.step
     if step == run.first_step + 1 and run.device.type == "cpu":
         check_cpu_time(run, state)

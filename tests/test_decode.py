@@ -164,3 +164,19 @@ def test_an_expert_that_gets_no_tokens_still_has_a_zero_gradient():
         for idle in experts[1:]:
             for p in idle.parameters():
                 assert p.grad is not None and p.grad.abs().sum() == 0
+
+
+def test_two_streams_made_before_either_is_read_do_not_share_a_decoder():
+    """Both calls pass the check at the call (neither stream has started); the second to
+    start is refused, so they never overwrite each other's caches."""
+    model = tiny_model()
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randint(3, 300, (1, 6), generator=g), torch.randint(3, 300, (1, 6), generator=g)
+    decoder = StaticDecoder(model, 1, 16)
+    stream_a = model.generate(a, max_new_tokens=5, temperature=0, stream=True, decoder=decoder)
+    stream_b = model.generate(b, max_new_tokens=5, temperature=0, stream=True, decoder=decoder)
+    first = next(stream_a)
+    with pytest.raises(ValueError, match="in use by an unfinished"):
+        next(stream_b)
+    assert [first.item()] + [t.item() for t in stream_a] == \
+        model.generate(a, max_new_tokens=5, temperature=0)[0, 6:].tolist()

@@ -809,3 +809,13 @@ def test_tokens_per_second_leaves_out_evaluation_and_saving(corpus, tmp_path, mo
     assert [r["step"] for r in train] == [1, 2]  # the first step is always logged
     seconds = 4 * 32 / train[1]["tokens_per_sec"]  # step 2: 4 sequences of 32 tokens
     assert seconds < 500  # not the 1000 s evaluation (nor the save) after step 1
+
+
+def test_dropout_and_the_attention_kernel_may_change_when_a_run_resumes(corpus, tmp_path):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "2"))
+    resumed = pretrain(run_args(corpus, tmp_path, "--max_steps", "3", "--flash_attn", "0",
+                                "--dropout", "0.1"))
+    config = resumed["model"].config
+    assert resumed["step"] == 3 and (config.flash_attn, config.dropout) == (False, 0.1)
+    with pytest.raises(ValueError, match="n_layers 2"):  # the model's shape may not
+        pretrain(run_args(corpus, tmp_path, "--max_steps", "4", "--n_layers", "3"))
