@@ -20,8 +20,8 @@ from torch.utils.data import Dataset, Sampler
 from corpus import MIN_CHARS
 from dedup import DEDUP_THRESHOLD
 from flags import DEFAULT_TOKENIZER, add_prepare_flags, add_source_flags
-from prepare import (damaged, format_report, load_meta, padding_share, prepare,
-                     prepare_options)
+from prepare import (check_source_flags, damaged, format_report, load_meta, padding_share,
+                     prepare, prepare_options)
 from tokenizer import PAD_ID
 
 
@@ -159,7 +159,9 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_len", type=int, default=512,
                         help="tokens per training sequence, for the padding figure of the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_source_flags(parser, args)
+    return args
 
 
 def main(argv=None):

@@ -195,7 +195,7 @@ class MoEGate(nn.Module):
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
 
     def forward(self, x):  # x: (B, T, D)
-        B, T, _ = x.shape
+        B = x.shape[0]
         # router probabilities in float32: small logit gaps decide the routing
         scores = F.linear(x, self.weight).softmax(dim=-1, dtype=torch.float32)  # (B, T, E)
         weights, experts = torch.topk(scores, self.top_k, dim=-1)  # (B, T, k) each
@@ -204,17 +204,15 @@ class MoEGate(nn.Module):
 
         aux_loss = scores.new_zeros(())
         if self.training and self.alpha > 0:
-            # slots routed to each expert per sequence (B, E); unlike bincount, scatter_add_
-            # knows its output's size without reading the expert ids (a host sync on a GPU)
-            ones = torch.ones_like(experts.flatten(1), dtype=scores.dtype)
-            load = scores.new_zeros(B, self.n_experts).scatter_add_(1, experts.flatten(1), ones)
-            if self.seq_aux:  # per sequence, then averaged over the batch
-                load = load / (T * self.top_k / self.n_experts)  # (B, E), uniform -> 1
-                aux_loss = (load * scores.mean(dim=1)).sum(dim=1).mean()
-            else:  # over all tokens of the batch
-                load = load.sum(0) / (B * T * self.top_k / self.n_experts)  # (E,), uniform -> 1
-                aux_loss = (load * scores.mean(dim=(0, 1))).sum()
-            aux_loss = aux_loss * self.alpha
+            # per sequence, then averaged; or (seq_aux False) the whole batch as one sequence
+            groups = B if self.seq_aux else 1
+            probs, routed = scores.reshape(groups, -1, self.n_experts), experts.reshape(groups, -1)
+            # slots routed to each expert (groups, E); unlike bincount, scatter_add_ knows its
+            # output's size without reading the expert ids (a host sync on a GPU)
+            load = probs.new_zeros(groups, self.n_experts).scatter_add_(
+                1, routed, torch.ones_like(routed, dtype=probs.dtype))
+            load = load / (probs.shape[1] * self.top_k / self.n_experts)  # uniform -> 1
+            aux_loss = self.alpha * (load * probs.mean(dim=1)).sum(dim=1).mean()
         return experts, weights.type_as(x), aux_loss
 
 

@@ -618,3 +618,18 @@ def check_tokenizer(prepared_dir, tok):
         raise ValueError(f"{prepared_dir} was tokenized by another tokenizer ({made_with[:12]}, "
                          f"not {given[:12]}); pass the tokenizer it was made with, or prepare "
                          f"the data again with this one")
+
+
+def check_source_flags(parser, args):
+    """Usage errors for --data_path and --weights that cannot work together."""
+    if args.data_path and any(is_prepared_dir(path) for path in args.data_path):
+        if len(args.data_path) > 1:
+            parser.error("--data_path: a directory prepared by dataset.py is used alone; "
+                         "prepare several sources together with `python dataset.py "
+                         "--data_path A B`")
+        if args.weights:
+            parser.error("--weights applies to raw sources; a prepared directory has its "
+                         "weights")
+    if args.weights and len(args.weights) != len(args.data_path or [None]):
+        parser.error(f"--weights: {len(args.weights)} weights for "
+                     f"{len(args.data_path or [None])} --data_path entries; give one per entry")

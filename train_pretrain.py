@@ -36,7 +36,7 @@ from dataset import PretrainDataset, ShardedSampler
 from evaluator import default_probes, load_probes, sample_prompts, validate
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups, step_where
-from prepare import MINIMIND_DATA, is_prepared_dir, load_meta, prepare_for_run
+from prepare import MINIMIND_DATA, check_source_flags, load_meta, prepare_for_run
 from runlog import RunLog, describe, open_log, report_run
 from tokenizer import token_byte_counts
 
@@ -498,15 +498,7 @@ def check_args(p, args):
         p.error(f"model shape: {e}")
     if args.device is not None and (problem := device_error(args.device)):
         p.error(problem)
-    if args.data_path and any(is_prepared_dir(path) for path in args.data_path):
-        if len(args.data_path) > 1:
-            p.error("--data_path: a directory prepared by dataset.py is used alone; prepare "
-                    "several sources together with `python dataset.py --data_path A B`")
-        if args.weights:
-            p.error("--weights applies to raw sources; a prepared directory has its weights")
-    if args.weights and len(args.weights) != len(args.data_path or [None]):
-        p.error(f"--weights: {len(args.weights)} weights for "
-                f"{len(args.data_path or [None])} --data_path entries; give one per entry")
+    check_source_flags(p, args)
     if args.probe not in ("auto", "none"):
         try:
             load_probes(args.probe)

@@ -841,6 +841,12 @@ def test_cli_prints_the_report(tmp_path, tok_path, capsys):
     assert re.search(r"padding\s+\d+\.\d% .* max_seq_len 64", out)
 
 
+def test_cli_refuses_weights_that_do_not_match_the_sources(capsys):
+    with pytest.raises(SystemExit):
+        dataset.parse_args(["--data_path", "a.jsonl", "b.jsonl", "--weights", "1"])
+    assert "--weights: 1 weights for 2 --data_path entries" in capsys.readouterr().err
+
+
 def test_verbose_prepare_prints_the_report_also_when_reusing(tmp_path, tok_path, capsys):
     source = write_jsonl(tmp_path / "d.jsonl", ["a document that is long enough to keep"] * 2)
     for _ in range(2):
