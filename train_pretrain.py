@@ -8,8 +8,9 @@
 The story, top to bottom: flags -> learning-rate schedule, loss and optimizer -> the plan
 and the data -> one optimizer step `train_step` -> what stays fixed in a run (`Run`) -> what
 follows a step (stop on a signal, log, evaluate, save) -> the loop `train_loop` ->
-`start_run` (model, optimizer, state) -> `pretrain(args)`, which sets a run up and runs it. The machinery is imported: distributed.py (process group, stop signal),
-checkpoint.py (files, the run's state), runlog.py (log, report), evaluator.py, prepare.py.
+`start_run` (model, optimizer, state) -> `pretrain(args)`, which sets a run up and runs it.
+The machinery is imported: distributed.py (process group, stop signal), checkpoint.py
+(files, the run's state), runlog.py (log, report), evaluator.py, prepare.py (the data).
 """
 
 import argparse
