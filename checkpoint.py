@@ -350,13 +350,15 @@ def check_state_dict(state, config: LMConfig, name: str, flags: str):
 
 def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, world_size,
                  warn):
-    asked, saved = asdict(config), state["config"]
-    # dropout and the attention kernel change how a model trains, not the model: they may
-    # change between a run and its continuation
-    differ = [k for k in asked if asked[k] != saved.get(k) and k not in ("dropout", "flash_attn")]
+    # A file written before a config field existed holds a model with that field's default.
+    # Dropout and the attention kernel change how a model trains, not the model: they may
+    # change between a run and its continuation.
+    asked = asdict(config)
+    saved = {f.name: state["config"].get(f.name, f.default) for f in fields(LMConfig)}
+    differ = [k for k in asked if asked[k] != saved[k] and k not in ("dropout", "flash_attn")]
     if differ:
         raise ValueError(
-            f"{path} holds a model with " + ", ".join(f"{k} {saved.get(k)}" for k in differ) +
+            f"{path} holds a model with " + ", ".join(f"{k} {saved[k]}" for k in differ) +
             "; this run asks " + ", ".join(f"{k} {asked[k]}" for k in differ) +
             "; pass the same flags, or --resume none to start over")
     if state["tokenizer_fingerprint"] != tok_fingerprint:

@@ -819,3 +819,12 @@ def test_dropout_and_the_attention_kernel_may_change_when_a_run_resumes(corpus, 
     assert resumed["step"] == 3 and (config.flash_attn, config.dropout) == (False, 0.1)
     with pytest.raises(ValueError, match="n_layers 2"):  # the model's shape may not
         pretrain(run_args(corpus, tmp_path, "--max_steps", "4", "--n_layers", "3"))
+
+
+def test_a_resume_file_older_than_a_config_field_continues_with_its_default(corpus, tmp_path):
+    pretrain(run_args(corpus, tmp_path, "--max_steps", "2"))
+    resume = tmp_path / "pretrain_32_resume.pth"
+    saved = torch.load(resume, weights_only=True)
+    del saved["config"]["norm_eps"], saved["config"]["seq_aux"]  # as if they came later
+    torch.save(saved, resume)
+    assert pretrain(run_args(corpus, tmp_path, "--max_steps", "3"))["step"] == 3
