@@ -38,9 +38,10 @@ Near (Broder 1997; Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch.
 - Banding (LSH): cut the signature into `bands` bands of `rows` values. Documents that agree
   on a whole band land in one bucket and become candidates (lsh_bands); candidates whose
   signatures agree on too few values are set aside (likely_pairs), the others confirmed by
-  the rule, and clustered (union-find): a cluster keeps its first document.
+  the rule, and clustered (union-find): a cluster keeps its first document (prepare.py
+  orders them so that the first is in the source of the highest weight).
   near_duplicates also reports how the cut fell: a histogram of the checked pairs'
-  similarity and the pairs closest to the threshold, which dataset.py prints.
+  similarity and the pairs closest to the threshold, which prepare.py's report prints.
 
 The plain definitions come first, written as simply as Python allows (`*_plain`); the fast
 path below them computes the same values with numpy over whole batches, and a test checks
