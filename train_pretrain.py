@@ -29,12 +29,12 @@ from torch.utils.data import DataLoader
 
 from checkpoint import (DiskFull, RunState, checkpoint_paths, find_resume_file, lock_out_dir,
                         restore_run, save_run)
+from dataset import PretrainDataset, ShardedSampler
 from device import device_error, mixed_precision, peak_flops_per_second, pick_device
 from distributed import StopSignal, check_same_data, ranks, setup_distributed, teardown
+from evaluator import default_probes, load_probes, sample_prompts, validate
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                    add_source_flags, str_to_bool)
-from dataset import PretrainDataset, ShardedSampler
-from evaluator import default_probes, load_probes, sample_prompts, validate
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups, step_where
 from prepare import MINIMIND_DATA, check_source_flags, load_meta, prepare_for_run
