@@ -88,20 +88,28 @@ def fresh(state=None):
     return model, optimizer
 
 
-def test_muon_continued_from_a_saved_state_equals_an_uninterrupted_run():
-    g = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, 320, (2, 9), generator=g) for _ in range(6)]
+def straight_and_resumed(seed, n_batches, split, edit_saved=lambda saved: None):
+    """(uninterrupted (model, optimizer), the same run saved after `split` batches, the
+    saved state passed through edit_saved, loaded back and continued)."""
+    g = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(0, 320, (2, 9), generator=g) for _ in range(n_batches)]
     straight, straight_opt = fresh()
     train(straight, straight_opt, batches)
-
     first, first_opt = fresh()
-    train(first, first_opt, batches[:3])
+    train(first, first_opt, batches[:split])
     buffer = io.BytesIO()  # as a resume file stores them
     torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, buffer)
     buffer.seek(0)
-    resumed, resumed_opt = fresh(torch.load(buffer, weights_only=True))
+    saved = torch.load(buffer, weights_only=True)
+    edit_saved(saved)
+    resumed, resumed_opt = fresh(saved)
     assert resumed_opt.state_dict()["state"]  # momentum and AdamW moments came back
-    train(resumed, resumed_opt, batches[3:])
+    train(resumed, resumed_opt, batches[split:])
+    return (straight, straight_opt), (resumed, resumed_opt)
+
+
+def test_muon_continued_from_a_saved_state_equals_an_uninterrupted_run():
+    (straight, _), (resumed, _) = straight_and_resumed(seed=1, n_batches=6, split=3)
     for name, p in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], p), name  # bit-exact on the CPU
 
@@ -247,20 +255,14 @@ def test_adamw_groups_step_as_adamw_written_out_with_python_float_bias_correctio
 
 def test_a_resume_file_with_an_int_step_count_continues_exactly():
     """Resume files written before the AdamW step count was a tensor hold a Python int."""
-    g = torch.Generator().manual_seed(3)
-    batches = [torch.randint(0, 320, (2, 9), generator=g) for _ in range(4)]
-    straight, straight_opt = fresh()
-    train(straight, straight_opt, batches)
+    def as_an_older_muon_saved_it(saved):
+        counts = [s for s in saved["optimizer"]["state"].values() if "step" in s]
+        assert counts
+        for s in counts:
+            s["step"] = int(s["step"])
 
-    first, first_opt = fresh()
-    train(first, first_opt, batches[:2])
-    saved = {"model": first.state_dict(), "optimizer": copy.deepcopy(first_opt.state_dict())}
-    counts = [s for s in saved["optimizer"]["state"].values() if "step" in s]
-    assert counts
-    for s in counts:
-        s["step"] = int(s["step"])  # as an older muon.py saved it
-    resumed, resumed_opt = fresh(saved)
-    train(resumed, resumed_opt, batches[2:])
+    (straight, straight_opt), (resumed, resumed_opt) = straight_and_resumed(
+        seed=3, n_batches=4, split=2, edit_saved=as_an_older_muon_saved_it)
     for name, p in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], p), name
     assert_same_state(resumed_opt.state_dict()["state"], straight_opt.state_dict()["state"])
