@@ -41,10 +41,10 @@ def newton_schulz(G, steps: int = 5, eps: float = 1e-7, dtype=torch.float32):
     return X.T if tall else X
 
 
-def unless_skipped(value, keep, skipped_value=0.0):
-    """value; on a skipped step (keep, a 0-dim device tensor, is 0) skipped_value instead,
-    chosen on the device. keep None: no step is skipped."""
-    return value if keep is None else torch.where(keep.bool(), value, skipped_value)
+def unless_skipped(value, apply, skipped_value=0.0):
+    """value; on a skipped step (apply, a 0-dim bool on the device, is False) skipped_value
+    instead, chosen on the device. apply None: no step is skipped."""
+    return value if apply is None else torch.where(apply, value, skipped_value)
 
 
 def step_dtype(device):
@@ -75,27 +75,27 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         found_inf = getattr(self, "found_inf", None)  # set only for this call, by step_where
-        keep = None if found_inf is None else 1 - found_inf  # 1: apply, 0: skip (not read here)
+        apply = None if found_inf is None else found_inf == 0  # a device bool, not read here
         for group in self.param_groups:
             update = self.muon_update if group["use_muon"] else self.adamw_update
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if keep is not None:
+                if apply is not None:
                     # A skipped step's gradient may hold NaN or inf, and 0 * NaN is NaN: it
                     # is zeroed in place (it is discarded after the step anyway). Then every
                     # state update below moves by a weight that is 0 on a skipped step.
-                    p.grad.masked_fill_(keep == 0, 0.0)
+                    p.grad.masked_fill_(~apply, 0.0)
                 decay = 1 - group["lr"] * group["weight_decay"]  # decoupled weight decay
-                p.mul_(unless_skipped(decay, keep, 1.0))
-                p.add_(unless_skipped(update(p, group, keep), keep), alpha=-group["lr"])
+                p.mul_(unless_skipped(decay, apply, 1.0))
+                p.add_(unless_skipped(update(p, group, apply), apply), alpha=-group["lr"])
 
-    def muon_update(self, p, group, keep):
+    def muon_update(self, p, group, apply):
         state, beta = self.state[p], group["momentum"]
         if not state:
             state["momentum_buffer"] = torch.zeros_like(p)
         buf = state["momentum_buffer"]
-        buf.lerp_(p.grad, unless_skipped(1 - beta, keep))  # beta * buf + (1 - beta) * grad
+        buf.lerp_(p.grad, unless_skipped(1 - beta, apply))  # beta * buf + (1 - beta) * grad
         nesterov = p.grad.lerp(buf, beta)  # look one momentum step ahead
         # weights are (out, in); an orthogonal (r, c) matrix has RMS 1/sqrt(max(r, c)), and
         # the reference scales tall ones up by sqrt(r / c), as the lr of 0.02 assumes
@@ -106,16 +106,16 @@ class Muon(torch.optim.Optimizer):
         orthogonal = newton_schulz(nesterov, dtype=self.ns_dtype).to(p.dtype)
         return orthogonal * max(1.0, rows / cols) ** 0.5 * moved
 
-    def adamw_update(self, p, group, keep):
+    def adamw_update(self, p, group, apply):
         state, (beta1, beta2) = self.state[p], group["betas"]
         if not state:
             # the step count is a tensor on the parameter's device, so that a skipped step
             # can leave it as it was without the host reading the flag
             state.update(step=torch.zeros((), dtype=step_dtype(p.device), device=p.device),
                          exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        state["step"] += unless_skipped(1.0, keep)
-        state["exp_avg"].lerp_(p.grad, unless_skipped(1 - beta1, keep))
-        state["exp_avg_sq"].lerp_(p.grad.square(), unless_skipped(1 - beta2, keep))
+        state["step"] += unless_skipped(1.0, apply)
+        state["exp_avg"].lerp_(p.grad, unless_skipped(1 - beta1, apply))
+        state["exp_avg_sq"].lerp_(p.grad.square(), unless_skipped(1 - beta2, apply))
         # bias correction: both averages start at zero. (A first step that is skipped leaves
         # the count at 0: at least 1 here keeps 0 / 0 out of the update it discards.)
         step = state["step"].clamp(min=1)
