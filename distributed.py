@@ -103,18 +103,19 @@ class StopSignal:
     def agreed(self):
         """The name of the signal that stops the run after this step, or None; under
         torchrun the same answer on every rank at every step."""
-        if self.group is None:
-            return signal.Signals(self.signum).name if self.signum else None
-        if self.pending is not None:
-            flag, work = self.pending
-            work.wait()
-            self.pending = None
-            if flag.item():  # the signal of some rank, as of the step before this one
-                return signal.Signals(int(flag.item())).name
-        flag = torch.tensor([self.signum or 0])  # on the CPU, for the gloo group
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
-        self.pending = (flag, work)
-        return None
+        signum = self.signum
+        if self.group is not None:
+            signum = 0
+            if self.pending is not None:  # the signal of some rank, as of the step before
+                flag, work = self.pending
+                work.wait()
+                signum, self.pending = int(flag.item()), None
+            if not signum:
+                flag = torch.tensor([self.signum or 0])  # on the CPU, for the gloo group
+                work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group,
+                                       async_op=True)
+                self.pending = (flag, work)
+        return signal.Signals(signum).name if signum else None
 
 
 def check_same_data(fingerprint, world_size):
