@@ -154,6 +154,17 @@ class RunState:
         self.longest_bad_run = self.bad_in_a_row
         return longest
 
+    def check_bad_steps(self, max_bad_steps: int, resume_path):
+        """Settle the counts; FloatingPointError if max_bad_steps in a row were bad since the
+        last check (a streak that has ended since still counts)."""
+        longest = self.settle()
+        if longest >= max_bad_steps:
+            raise FloatingPointError(
+                f"{longest} optimizer steps in a row had a non-finite loss or gradient (step "
+                f"{self.step}); likely causes: a learning rate too high (lower "
+                "--learning_rate, lengthen --warmup_iters), float16 overflow (use --dtype "
+                f"bfloat16), or corrupt data. The last good checkpoint is kept: {resume_path}")
+
     def next_epoch(self):
         self.epoch, self.samples_in_epoch = self.epoch + 1, 0
 

@@ -87,6 +87,13 @@ class PretrainDataset(Dataset):
     def __len__(self):
         return self.n_samples
 
+    def check_enough(self, world_size):
+        """ValueError unless every rank gets at least one sequence."""
+        if self.n_samples < world_size:
+            raise ValueError(f"{self.prepared_dir} has {self.n_samples} {self.split} sequences "
+                             f"of {self.max_seq_len} tokens, fewer than the {world_size} ranks; "
+                             "add data or lower --max_seq_len")
+
     def window(self, i):
         """The tokens of sample i: up to max_seq_len + 1."""
         start = i * self.max_seq_len

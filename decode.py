@@ -11,6 +11,7 @@ This file builds on model.py and tokenizer.py; model.py imports nothing from her
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -173,6 +174,16 @@ class StaticDecoder:
             raise ValueError(f"this decoder holds {self.batch_size} rows of {self.capacity} "
                              f"tokens, but the call needs {batch_size} of {longest}; make a "
                              "decoder that fits")
+
+    @contextmanager
+    def serving(self, batch_size, attention_mask, longest):
+        """Held by one generate() stream from its first step to its end, or its close."""
+        self.check_call(batch_size, attention_mask, longest)
+        self.in_use = True
+        try:
+            yield self
+        finally:
+            self.in_use = False
 
     def _forward(self, ids):
         """Logits (B, vocab) after ids (B, T) written at slots pos .. pos + T - 1: positions

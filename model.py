@@ -1,16 +1,14 @@
-"""The MyLLM decoder: a Llama-style transformer, written to be read top to bottom.
-
-LMConfig -> RMSNorm -> RoPE -> repeat_kv -> KVCache -> Attention -> FeedForward (SwiGLU)
--> MoEGate -> MoEFeedForward -> Block -> Transformer (forward, generate) -> the sampling
-filters and generate's loop. This file imports nothing from the project; decode.py builds
-fast decoding (static caches, CUDA graphs) on it.
-
-Parameter names and shapes follow MiniMind (2025), so its `.pth` files load with strict=True.
-Shapes in comments: B batch, T new tokens, S tokens attended to (cached + new), D model dim,
-H query heads, Hkv key/value heads, hd head dim, E routed experts, k experts per token.
+"""The MyLLM decoder: a Llama-style transformer, written to be read top to bottom: LMConfig
+-> RMSNorm -> RoPE -> KVCache -> Attention -> FeedForward (SwiGLU) -> MoE -> Block ->
+Transformer (forward, generate) -> sampling and generate's loop. It imports nothing from the
+project; decode.py builds fast decoding (static caches, CUDA graphs) on it. Parameter names
+follow MiniMind (2025), so its `.pth` files load with strict=True. Shapes: B batch, T new
+tokens, S tokens attended to (cached + new), D model dim, H query heads, Hkv key/value
+heads, hd head dim, E routed experts, k experts per token.
 """
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -46,7 +44,13 @@ class LMConfig:
         if self.hidden_dim is None:
             # ceil((8 * dim / 3) / multiple_of) * multiple_of, in integers: 1408 for dim 512
             self.hidden_dim = -(-8 * self.dim // (3 * self.multiple_of)) * self.multiple_of
-        check_config(self)
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}) "
+                             f"and n_heads by n_kv_heads ({self.n_kv_heads})")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
+        if self.use_moe and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
+            raise ValueError("num_experts_per_tok must be between 1 and n_routed_experts")
 
 
 class RMSNorm(nn.Module):
@@ -64,9 +68,8 @@ class RMSNorm(nn.Module):
 
 
 def precompute_rope(config: LMConfig):
-    """cos and sin of every (position, pair) angle: two (max_seq_len, head_dim // 2) tables.
-    Pair i of a head turns by theta^(-2i/head_dim) radians per position (RoFormer, Llama):
-    the first pairs turn fast and tell near positions apart, the last span the context."""
+    """cos, sin tables (max_seq_len, head_dim // 2). Pair i of a head turns theta^(-2i/head_dim)
+    radians per position (RoFormer): the first pairs tell near positions apart, the last far."""
     head_dim = config.dim // config.n_heads
     freqs = config.rope_theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
@@ -74,11 +77,9 @@ def precompute_rope(config: LMConfig):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, T, heads, hd) by cos/sin (B, T, hd/2).
-
-    This is Meta's reference Llama (and MiniMind) layout. transformers' Llama pairs x[i] with
-    x[i + hd/2] instead; the two agree once the rows of wq and wk are permuted.
-    """
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, T, heads, hd) by cos/sin (B, T, hd/2):
+    Meta's Llama (and MiniMind) layout. transformers' Llama pairs x[i] with x[i + hd/2]
+    instead; the two agree once the rows of wq and wk are permuted."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, heads, hd/2, 2)
     even, odd = pairs.unbind(-1)
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # broadcast over heads
@@ -98,17 +99,18 @@ class KVCache:
 
     def __init__(self, capacity: int):
         self.capacity, self.length = capacity, 0  # slots to allocate first, slots filled
-        self.k = self.v = None  # (B, Hkv, capacity, hd), allocated by the first update
+        self.k = self.v = None  # (B, Hkv, slots, hd), allocated by the first update
 
     def update(self, k, v):
-        end, n, old = self.length + k.shape[2], self.length, (self.k, self.v)
+        """Append k, v (B, Hkv, T, hd); return every key and value so far (B, Hkv, S, hd)."""
+        n, end = self.length, self.length + k.shape[2]
         if self.k is None or end > self.k.shape[2]:  # empty: slots past `length` are never read
             size = max(end, self.capacity, 2 * n)
-            self.k, self.v = (k.new_empty(*k.shape[:2], size, k.shape[3]) for _ in range(2))
+            grown = [x.new_empty(*x.shape[:2], size, x.shape[3]) for x in (k, v)]
             if n:
-                self.k[:, :, :n], self.v[:, :, :n] = old[0][:, :, :n], old[1][:, :, :n]
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
+                grown[0][:, :, :n], grown[1][:, :, :n] = self.k[:, :, :n], self.v[:, :, :n]
+            self.k, self.v = grown
+        self.k[:, :, n:end], self.v[:, :, n:end] = k, v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
@@ -127,9 +129,8 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
-        """mask: a boolean (B or 1, 1, T, S) tensor, True where a query may attend to a key;
-        None where every query attends to every key up to itself: causal attention without
-        cached tokens, or one new token (decoding) attending to all of them."""
+        """mask: boolean (B or 1, 1, T, S), True where a query may attend to a key; None where
+        each query attends to every key up to itself (no cache, or one new token)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -140,15 +141,14 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)  # (B, Hkv, S, hd)
         dropout = self.dropout if self.training else 0.0
 
-        # enable_gqa serves each key/value head's n_rep query heads without repeat_kv's copy,
-        # where a fused kernel takes it (CPU; a GPU's FlashAttention: half precision, no mask)
+        # enable_gqa: no repeat_kv copy, where a fused kernel takes it (CPU; FlashAttention)
         fused_gqa = mask is None and (
             x.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16))
         if self.flash:
             if not fused_gqa:
                 k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, H, S, hd)
-            # is_causal puts the triangle top-left, right when T == S (no cache); a single
-            # new token attends to every key and needs no mask.
+            # is_causal's triangle is top-left: right when T == S (no cache); one new token
+            # needs no mask
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                  is_causal=mask is None and T > 1,
                                                  enable_gqa=fused_gqa)
@@ -189,13 +189,12 @@ class MoEGate(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
         self.top_k, self.n_experts = config.num_experts_per_tok, config.n_routed_experts
-        self.norm_topk_prob, self.seq_aux, self.alpha = (config.norm_topk_prob, config.seq_aux,
-                                                         config.aux_loss_alpha)
+        self.norm_topk_prob, self.seq_aux = config.norm_topk_prob, config.seq_aux
+        self.alpha = config.aux_loss_alpha
         # a bias-free Linear(dim, n_experts), held as a bare weight to keep MiniMind's key
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
 
     def forward(self, x):  # x: (B, T, D)
-        B = x.shape[0]
         # router probabilities in float32: small logit gaps decide the routing
         scores = F.linear(x, self.weight).softmax(dim=-1, dtype=torch.float32)  # (B, T, E)
         weights, experts = torch.topk(scores, self.top_k, dim=-1)  # (B, T, k) each
@@ -205,7 +204,7 @@ class MoEGate(nn.Module):
         aux_loss = scores.new_zeros(())
         if self.training and self.alpha > 0:
             # per sequence, then averaged; or (seq_aux False) the whole batch as one sequence
-            groups = B if self.seq_aux else 1
+            groups = x.shape[0] if self.seq_aux else 1
             probs, routed = scores.reshape(groups, -1, self.n_experts), experts.reshape(groups, -1)
             # slots routed to each expert (groups, E); unlike bincount, scatter_add_ knows its
             # output's size without reading the expert ids (a host sync on a GPU)
@@ -217,13 +216,11 @@ class MoEGate(nn.Module):
 
 
 class MoEFeedForward(nn.Module):
-    """Routed experts (k of E per token) plus always-on shared experts.
-
-    Every routed expert runs on every token, and each token keeps its k experts' outputs,
-    weighted by the gate (0 for the others): E / k times the work of routing each token to
-    its experts only, but no shape depends on the routing, so nothing waits for the host,
-    torch.compile makes one graph, and every expert has a gradient, as DDP requires.
-    """
+    """Routed experts (k of E per token) plus always-on shared experts. Every routed expert
+    runs on every token, and each token keeps its k experts' outputs weighted by the gate (0
+    for the others): E / k times the work of routing tokens to their experts only, but no
+    shape depends on the routing, so nothing waits for the host, torch.compile makes one
+    graph, and every expert has a gradient, as DDP requires."""
 
     def __init__(self, config: LMConfig):
         super().__init__()
@@ -282,8 +279,7 @@ class Transformer(nn.Module):
         for module in self.modules():  # every matrix ~ normal(0, 0.02); norms start at 1
             if isinstance(module, (nn.Linear, nn.Embedding, MoEGate)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        # GPT-2 / nanoGPT: the projections that write into the residual stream are scaled
-        # down so that the stream's variance does not grow with depth.
+        # GPT-2: what writes into the residual stream is scaled so its variance holds with depth
         for name, p in self.named_parameters():
             if name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
@@ -298,19 +294,12 @@ class Transformer(nn.Module):
         return self
 
     def num_params(self, active: bool = False) -> int:
-        """Parameters counted once (the tied embedding too). active=True counts what one
-        token uses: k of the E routed experts."""
+        """Parameters, the tied embedding once; active: what one token uses (k of E experts)."""
         c, total = self.config, sum(p.numel() for p in self.parameters())
         if active and c.use_moe:
             per_expert = sum(p.numel() for p in self.layers[0].feed_forward.experts[0].parameters())
             total -= c.n_layers * per_expert * (c.n_routed_experts - c.num_experts_per_tok)
         return total
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6N (N active parameters; forward 2N, backward 4N) plus
-        12 * layers * dim * seq_len for attention scores and values (PaLM, appendix B)."""
-        c = self.config
-        return 6 * self.num_params(active=True) + 12 * c.n_layers * c.dim * seq_len
 
     def _positions(self, input_ids, attention_mask, past_len):
         """Position of every new token (B or 1, T): the count of real tokens before it in its
@@ -328,10 +317,9 @@ class Transformer(nn.Module):
         return positions
 
     def _attention_mask(self, attention_mask, T, past_len, device):
-        """Boolean (B or 1, 1, T, S) mask, or None where Attention needs none (no padding, and
-        no cache or a single new token). A query attends to real tokens at or before it, and
-        always to itself: a padding query would otherwise have no key, and a softmax over an
-        empty row is 0/0 = NaN, in the gradient too."""
+        """Boolean (B or 1, 1, T, S) mask, or None where Attention needs none. A query attends
+        to real tokens at or before it, and always to itself: a padding query would otherwise
+        have no key, and a softmax over an empty row is 0/0 = NaN, in the gradient too."""
         if attention_mask is None and (past_len == 0 or T == 1):
             return None
         S = past_len + T
@@ -346,8 +334,8 @@ class Transformer(nn.Module):
     def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False,
                 logits_to_keep: int = 0):
         """input_ids (B, T); attention_mask (B, S): 1 for real tokens, 0 for padding, cached
-        and new; past_key_values from an earlier call with use_cache. logits_to_keep > 0:
-        the last that many positions only (generate needs one)."""
+        and new; past_key_values from an earlier call with use_cache; logits_to_keep > 0:
+        logits of the last that many positions only."""
         if use_cache and past_key_values is None:
             past_key_values = [KVCache(input_ids.shape[1]) for _ in self.layers]
         past_len = past_key_values[0].length if past_key_values is not None else 0
@@ -375,8 +363,8 @@ class Transformer(nn.Module):
         """Continue each prompt of input_ids (B, T), left-padded where attention_mask is 0.
         temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; rows that end
         (eos_token_id) repeat it until all have. Returns (B, T + new) ids, or with stream=True
-        an iterator of (B,) tensors. use_cache=False recomputes the whole sequence each step.
-        decoder: a decode.StaticDecoder the caller keeps (static caches, a CUDA graph)."""
+        an iterator of (B,) tensors. use_cache=False recomputes everything at each step;
+        decoder: a decode.StaticDecoder (static caches, a CUDA graph)."""
         B, T = input_ids.shape
         longest = max_new_tokens + (T if attention_mask is None else
                                     int(attention_mask.sum(-1).max()))
@@ -387,23 +375,20 @@ class Transformer(nn.Module):
         decoder = decoder if use_cache else None
         if decoder is not None:
             decoder.check_call(B, attention_mask, longest)
-        caches = [KVCache(T + max_new_tokens) for _ in self.layers] \
-            if use_cache and decoder is None else None
+        caches = [KVCache(T + max_new_tokens) for _ in self.layers] if use_cache and not decoder \
+            else None
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, generator=generator)
         steps = decode_steps(self, input_ids, attention_mask, max_new_tokens, sampling,
                              eos_token_id, caches, decoder)
-        if stream:
-            return steps
-        return torch.cat([input_ids] + [token[:, None] for token in steps], dim=1)
+        return steps if stream else torch.cat([input_ids, *(t[:, None] for t in steps)], dim=1)
 
 
 def apply_repetition_penalty(logits, ids, attention_mask, penalty: float):
     """Make every token already in the row less likely (CTRL, Keskar et al. 2019): divide a
     positive logit by the penalty, multiply a negative one by it. Padding is not counted."""
-    seen = ids
-    if attention_mask is not None:
-        seen = torch.where(attention_mask.bool(), ids, ids[:, -1:])  # pads -> a real token
+    # a pad counts as the row's last token, which is real (prompts are left-padded)
+    seen = ids if attention_mask is None else torch.where(attention_mask.bool(), ids, ids[:, -1:])
     picked = logits.gather(1, seen)
     picked = torch.where(picked > 0, picked / penalty, picked * penalty)
     return logits.scatter(1, seen, picked)
@@ -430,16 +415,15 @@ def sample_next_token(logits, temperature: float, top_k: int, top_p: float, gene
 
 def decode_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token_id,
                  caches=None, decoder=None):
-    """generate's loop: yields the (B,) new tokens of each step. The first step runs the
-    prompt; each later step runs only the token just chosen, whose keys and values join the
-    caches (KVCache, or the decoder's); with neither, the whole sequence again."""
+    """generate's loop, yielding each step's (B,) new tokens. The first step runs the prompt,
+    each later one only the token just chosen (into KVCaches or the decoder's), or without
+    caches the whole sequence again."""
     B, penalty = ids.shape[0], sampling.pop("repetition_penalty")
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     unseen = ids  # the tokens the caches have not seen yet: the prompt, then one per step
-    if decoder is not None:  # checked again: another stream may have started since the call
-        decoder.check_call(B, attention_mask, ids.shape[1] + max_new_tokens)
-        decoder.in_use = True  # until this stream ends, or is closed or collected
-    try:
+    # a decoder serves one stream at a time (checked again: another may have begun since)
+    longest = ids.shape[1] + max_new_tokens
+    with decoder.serving(B, attention_mask, longest) if decoder is not None else nullcontext():
         for i in range(max_new_tokens):
             with torch.inference_mode():
                 if decoder is not None:
@@ -461,18 +445,4 @@ def decode_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token
             yield token
             if eos_token_id is not None and bool(done.all()):
                 return
-    finally:
-        if decoder is not None:
-            decoder.in_use = False
-
-
-def check_config(c: LMConfig):
-    """ValueError for a shape the network cannot have."""
-    if c.dim % c.n_heads or c.n_heads % c.n_kv_heads:
-        raise ValueError(f"dim ({c.dim}) must be divisible by n_heads ({c.n_heads}) and "
-                         f"n_heads by n_kv_heads ({c.n_kv_heads})")
-    if (c.dim // c.n_heads) % 2:
-        raise ValueError(f"head dim {c.dim // c.n_heads} must be even for RoPE")
-    if c.use_moe and not 1 <= c.num_experts_per_tok <= c.n_routed_experts:
-        raise ValueError("num_experts_per_tok must be between 1 and n_routed_experts")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from device import default_dtype, sync as sync_device
+from device import default_dtype, peak_flops_per_second, sync as sync_device
 from health import Health
 from report import write_report
 
@@ -175,3 +175,29 @@ def report_run(run, state):
     except Exception as e:  # noqa: BLE001 (an extra: whatever goes wrong, the run is done)
         print(f"warning: no report written ({type(e).__name__}: {e}); rerun "
               f"`python report.py {state.log_path}` to see why", file=sys.stderr)
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token of a Transformer: 6N (N active parameters; forward 2N,
+    backward 4N) plus 12 * layers * dim * seq_len for attention scores and values (PaLM,
+    appendix B)."""
+    c = model.config
+    return 6 * model.num_params(active=True) + 12 * c.n_layers * c.dim * seq_len
+
+
+def mfu_of(run):
+    """tokens/s -> model FLOP utilisation of a train_pretrain.Run, or None where the device's
+    peak is unknown (CPUs, unlisted GPUs)."""
+    peak = peak_flops_per_second(run.device)
+    if not peak:
+        return None
+    flops = flops_per_token(run.raw_model, run.args.max_seq_len)
+    return lambda tokens_per_sec: flops * tokens_per_sec / run.world_size / peak
+
+
+def warn_cpu_time(run, state, quick_command):
+    """After the first step on a CPU: the GPU-sized defaults would take hours; say so."""
+    eta = (time.perf_counter() - run.log.last_time) * (run.plan.total_steps - state.step)
+    if eta > 1800:
+        run.log.say(f"on this CPU the run needs about {eta / 3600:.1f} h; for a quick run "
+                    f"try: {quick_command}")

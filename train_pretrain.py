@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from checkpoint import (DiskFull, RunState, checkpoint_paths, find_resume_file, lock_out_dir,
                         restore_run, save_run)
 from dataset import PretrainDataset, ShardedSampler
-from device import device_error, mixed_precision, peak_flops_per_second, pick_device
+from device import device_error, mixed_precision, pick_device
 from distributed import StopSignal, check_same_data, ranks, setup_distributed, teardown
 from evaluator import default_probes, load_probes, sample_prompts, validate
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
@@ -38,7 +38,7 @@ from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prep
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups, step_where
 from prepare import MINIMIND_DATA, check_source_flags, load_meta, prepare_for_run
-from runlog import RunLog, describe, open_log, report_run
+from runlog import RunLog, describe, mfu_of, open_log, report_run, warn_cpu_time
 from tokenizer import token_byte_counts
 
 SAMPLES = 3  # the sample prompts (evaluator.sample_prompts) continued at every evaluation
@@ -181,11 +181,9 @@ def masked_lm_loss(logits, targets, loss_mask):
 
 def make_optimizer(model, learning_rate, weight_decay, device, name="adamw", muon_lr=0.02,
                    dtype_name="float32"):
-    """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains). The
-    fused kernel updates all parameters in one launch (CUDA and CPU); elsewhere the foreach
-    kernels do the same a tensor list at a time. name "muon": Muon at muon_lr for the
-    hidden matrices and a plain AdamW of these betas for the rest, one optimizer (muon.py);
-    a bfloat16 run (dtype_name) orthogonalises in bfloat16, the others in float32."""
+    """AdamW, betas (0.9, 0.95), weight decay on matrices only (not on norm gains), fused
+    into one kernel launch where it can be. name "muon": Muon at muon_lr for the hidden
+    matrices, AdamW for the rest (muon.py), orthogonalising in bfloat16 in a bf16 run."""
     if name == "muon":
         ns_dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
         return Muon(muon_param_groups(model, learning_rate, muon_lr, weight_decay),
@@ -238,19 +236,17 @@ def load_data(args, local_rank, world_size, log):
     tok, prepared = prepare_for_run(args, local_rank, log)
     train_ds = PretrainDataset(prepared, "train", args.max_seq_len)
     val_ds = PretrainDataset(prepared, "val", args.max_seq_len)
-    check_enough_data(prepared, train_ds, args, world_size)
+    train_ds.check_enough(world_size)
     return tok, train_ds, val_ds
 
 
 def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, device,
                grad_clip):
-    """One optimizer step on the next n_micro micro-batches of `batches`.
-
-    Returns (loss, grad_norm, samples, good): the loss averaged over the micro-steps (and
-    over the ranks), the gradient norm before clipping, the samples this rank read, and
-    whether the step was good; a bad step (non-finite loss or gradient) is not applied.
-    Loss, norm and `good` are device tensors; with make_optimizer's fused AdamW nothing
-    here waits for the device."""
+    """One optimizer step on the next n_micro micro-batches of `batches`. Returns (loss,
+    grad_norm, samples, good): the loss averaged over micro-steps and ranks, the gradient
+    norm before clipping, the samples this rank read, and whether the step was good (a bad
+    one, with a non-finite loss or gradient, is not applied). Loss, norm and `good` are
+    device tensors: nothing here waits for the device."""
     ddp = isinstance(model, DistributedDataParallel)
     step_loss = torch.zeros((), device=device)
     samples = 0
@@ -317,28 +313,23 @@ class Run:
     prompts: list  # continued greedily at every evaluation, in the corpus language
     data_meta: dict  # the prepared data's meta.json, with its cleaning report
 
-    def mfu_of(self, tokens_per_sec):
-        flops = self.raw_model.flops_per_token(self.args.max_seq_len) * tokens_per_sec
-        return flops / self.world_size / peak_flops_per_second(self.device)
-
 
 def after_step(run: Run, state: RunState, lr, grad_norm):
     """What follows an optimizer step: agree on a stop signal, log, evaluate, save. Returns
     the name of the signal that stops the run, or None."""
     args, step = run.args, state.step
     if step == run.first_step + 1 and run.device.type == "cpu":
-        check_cpu_time(run, state)
+        warn_cpu_time(run, state, f"python train_pretrain.py {QUICK_FLAGS}")
     # the first step too: its loss says whether the initialisation is right (health.py)
     logging = step % args.log_interval == 0 or step in (run.first_step + 1, run.plan.total_steps)
     evaluating = step % args.eval_interval == 0 or step == run.plan.total_steps
     saving = step % args.save_interval == 0 and step < run.plan.total_steps
     stopped = run.stop.agreed()  # a signal's name, the same on every rank
     if logging or saving or stopped:  # the only steps where the host reads the bad-step counts
-        check_bad_steps(state.settle(), state, args, run.resume_path)
+        state.check_bad_steps(args.max_bad_steps, run.resume_path)
     if logging:
         run.log.train_record(step, state.tokens_seen, lr, grad_norm,
-                             {"epoch": state.epoch, "bad_steps": state.bad_steps},
-                             run.mfu_of if peak_flops_per_second(run.device) else None)
+                             {"epoch": state.epoch, "bad_steps": state.bad_steps}, mfu_of(run))
     if evaluating:
         with run.log.paused(run.device):  # not training time
             validate(run, state)
@@ -472,9 +463,9 @@ def pretrain(args):
 
 
 def summary(run: Run, state: RunState, stopped_by):
-    return {"model": run.raw_model, "step": state.step, "tokens_seen": state.tokens_seen,
-            "bad_steps": state.bad_steps, "weights_path": run.weights_path,
-            "log_path": Path(state.log_path), "stopped_by": stopped_by}
+    return dict(model=run.raw_model, step=state.step, tokens_seen=state.tokens_seen,
+                bad_steps=state.bad_steps, weights_path=run.weights_path,
+                log_path=Path(state.log_path), stopped_by=stopped_by)
 
 
 def main(argv=None):
@@ -505,30 +496,6 @@ def check_args(p, args):
             load_probes(args.probe)
         except (ValueError, FileNotFoundError) as e:
             p.error(f"--probe: {e}")
-
-
-def check_enough_data(prepared, train_ds, args, world_size):
-    if len(train_ds) < world_size:
-        raise ValueError(f"{prepared} has {len(train_ds)} training sequences of "
-                         f"{args.max_seq_len} tokens, fewer than the {world_size} ranks; "
-                         "add data or lower --max_seq_len")
-
-
-def check_bad_steps(longest_bad_run: int, state: RunState, args, resume_path):
-    if longest_bad_run >= args.max_bad_steps:
-        raise FloatingPointError(
-            f"{longest_bad_run} optimizer steps in a row had a non-finite loss or gradient "
-            f"(step {state.step}); likely causes: a learning rate too high (lower "
-            "--learning_rate, lengthen --warmup_iters), float16 overflow (use --dtype "
-            f"bfloat16), or corrupt data. The last good checkpoint is kept: {resume_path}")
-
-
-def check_cpu_time(run: Run, state: RunState):
-    """After the first step on a CPU: the GPU-sized defaults would take hours; say so."""
-    eta = (time.perf_counter() - run.log.last_time) * (run.plan.total_steps - state.step)
-    if eta > 1800:
-        run.log.say(f"on this CPU the run needs about {eta / 3600:.1f} h; for a quick run try: "
-                    f"python train_pretrain.py {QUICK_FLAGS}")
 
 
 if __name__ == "__main__":

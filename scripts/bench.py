@@ -7,7 +7,7 @@ train_step and generate() that users run.
     python scripts/bench_data.py                     # data pipeline; packed vs padded
 
 Every figure is the median over --repeats timed windows; things compared take turns
-(timed_rounds), so a busy machine slows each alike. FLOPs: flops_per_token; GPU
+(timed_rounds), so a busy machine slows each alike. FLOPs: runlog.flops_per_token; GPU
 peaks: device.PEAK_BF16_FLOPS, as in the training log. Every decode run also checks the
 static-cache decoder's logits against a full forward. Decoding runs in the weights' dtype
 (float32), without autocast.
@@ -31,6 +31,7 @@ from device import (allow_tf32, mixed_precision, peak_flops_per_second, pick_dev
                     sync)
 from flags import add_device_flags, add_model_flags  # noqa: E402
 from model import LMConfig, Transformer  # noqa: E402
+from runlog import flops_per_token  # noqa: E402
 from train_pretrain import (default_optimizer, make_optimizer, masked_lm_loss,  # noqa: E402
                             train_step)
 
@@ -169,14 +170,14 @@ def measure_training(models, args, device, dtype_name):
     windows = {name: (lambda s=s: [s(itertools.repeat(batch)) for _ in range(args.steps)])
                for name, s in steps.items()}
     runs = timed_rounds(windows, args.repeats, device)
-    # one architecture, one FLOP count (see Transformer.flops_per_token)
-    flops_per_token = next(iter(models.values())).flops_per_token(args.max_seq_len)
+    # one architecture, one FLOP count (runlog.flops_per_token)
+    token_flops = flops_per_token(next(iter(models.values())), args.max_seq_len)
     peak_flops = peak_flops_per_second(device)
     figures = {}
     for name, (seconds, memory) in runs.items():
         step_seconds = statistics.median(seconds) / args.steps
         tokens_per_sec = args.batch_size * args.max_seq_len / step_seconds
-        flops = flops_per_token * tokens_per_sec
+        flops = token_flops * tokens_per_sec
         figures[name] = {"tokens_per_sec": tokens_per_sec, "ms_per_step": 1e3 * step_seconds,
                          "gflops_per_sec": flops / 1e9, "peak_memory_mib": memory,
                          "mfu": flops / peak_flops if peak_flops else None}
