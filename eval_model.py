@@ -4,6 +4,7 @@
     echo "The for statement" | python eval_model.py --dim 512 --n_layers 8 --temperature 0
     python eval_model.py --dim 512 --n_layers 8 --eval     # loss, perplexity, bits per byte
     python eval_model.py --dim 512 --n_layers 8 --probe probes/builtin_en.jsonl
+    python eval_model.py --dim 512 --n_layers 8 --bench all   # benchmarks.py
 
 A pretrained model only continues text: every prompt starts a new document (<s> prompt) and
 the model writes what it expects to come next, until </s> or --max_new_tokens. What --eval
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 import dataset
+from benchmarks import add_bench_flags, bench_cli, check_tasks
 from checkpoint import checkpoint_paths, load_model
 from corpus import iter_texts
 from decode import StaticDecoder, complete, fast_decoding
@@ -87,6 +89,12 @@ def parse_args(argv=None):
                     "(0 = all)")
     ev.add_argument("--probe", default=None,
                     help='.jsonl of {"prompt", "choices", "answer"} lines, e.g. probes/*.jsonl')
+    bench = add_bench_flags(parser)
+    bench.add_argument("--bench_data", default=None,
+                       help="held-out text for heldout_cloze: a prepared folder (its validation "
+                            "split; its training split is searched for contamination) or a "
+                            ".jsonl/.txt file")
+    bench.add_argument("--bench_out", default=None, help="FILE.jsonl: one record per item")
     args = parser.parse_args(argv)
     args.device = args.device or str(pick_device())  # a name, checked below
     check_flag_values(parser, args)
@@ -178,7 +186,10 @@ def run(args):
     if args.probe:
         probes = load_probes(args.probe)
         print_probe_report(probes, run_probes(model, tok, probes), sys.stdout)
-    if (args.eval or args.eval_data or args.probe) and args.prompt is None:
+    if args.bench:
+        bench_cli(model, tok, check_tasks(args.bench), args.bench_items, args.bench_data,
+                  args.text_field, args.bench_out)
+    if (args.eval or args.eval_data or args.probe or args.bench) and args.prompt is None:
         return
 
     generator = None
@@ -216,7 +227,7 @@ def check_flag_values(parser, args):
     """Stop with a usage error on a flag value that cannot work (comparisons written so that
     nan fails them too)."""
     minimum = dict(n_heads=1, eval_seq_len=1, batch_size=1, max_new_tokens=0, top_k=0,
-                   eval_iters=0, dim=1, n_layers=1, n_kv_heads=1)
+                   eval_iters=0, dim=1, n_layers=1, n_kv_heads=1, bench_items=1)
     for name, low in minimum.items():
         value = getattr(args, name)
         if value is not None and value < low:  # dim, n_layers and n_kv_heads may be unset

@@ -9,7 +9,8 @@ eval_model.py (--eval, --probe) share.
   log-probability given the prompt.
 - The sample prompts a run continues at every evaluation, in the corpus language.
 
-validate() is what a training run does at every --eval_interval: all three.
+validate() is what a training run does at every --eval_interval: all three, and the
+benchmarks of --bench (benchmarks.py).
 """
 
 import contextlib
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from benchmarks import format_result
 from dataset import ShardedSampler
 from decode import complete
 from tokenizer import BOS_ID, PAD_ID, frame_document, token_bytes
@@ -167,7 +169,8 @@ def val_metrics(model, val_ds, byte_counts, args, rank, world_size, device, auto
 
 def validate(run, state):
     """What training logs at every --eval_interval (a train_pretrain.Run at RunState state):
-    the validation loss on every rank; then, on rank 0, the probes and greedy samples."""
+    the validation loss and the benchmarks on every rank; then, on rank 0, the probes and
+    greedy samples."""
     result = val_metrics(run.raw_model, run.val_ds, run.byte_counts, run.args, run.rank,
                          run.world_size, run.device, run.autocast)
     at = {"step": state.step, "tokens": state.tokens_seen}
@@ -176,11 +179,18 @@ def validate(run, state):
                        "val_ppl": result["perplexity"], "val_bpb": result["bits_per_byte"]})
         run.log.say(f"step {state.step}: val loss {result['loss']:.4f}, ppl "
                     f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits per byte")
+    def eager():  # a compiled model would compile a new graph for every new length
+        return torch.compiler.set_stance("force_eager") if run.args.compile else \
+            contextlib.nullcontext()
+
+    if run.bench is not None:  # every rank scores its share of the items
+        with eager():
+            for r in run.bench.score(run.raw_model, run.rank, run.world_size, run.autocast):
+                run.log.write({"kind": "bench", **at, **r})
+                run.log.say(f"step {state.step}: {format_result(r).splitlines()[0]}")
     if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
         model = run.raw_model.eval()
-        # a compiled model would compile a new graph for every new length
-        with torch.compiler.set_stance("force_eager") if run.args.compile else \
-                contextlib.nullcontext():
+        with eager():
             if run.probes:  # the numbers eval_model.py --probe gives for these weights
                 summary = probe_summary(run.probes, run_probes(model, run.tok, run.probes))
                 run.log.write({"kind": "probe", **at, **summary})

@@ -14,6 +14,8 @@ several logs make one report that overlays their runs. The pictures, against tok
                     tokenizers
     grad_norm.png   the gradient norm before clipping (log scale)
     probes.png      probe accuracy, and each probe's log p(answer) (eval_model.py --probe)
+    bench.png       benchmark accuracy with its 95% interval and the chance line, one panel
+                    per task (train_pretrain.py --bench; benchmarks.py)
     throughput.png  training tokens/s (evaluation and saving excluded)
     mfu.png         model FLOPs utilisation, where the GPU's peak is known
 Then tables: the validation figures, the health verdicts of health.py with their evidence,
@@ -59,7 +61,8 @@ def read_log(path, strict=True):
     of a write leaves, is listed in "skipped" instead of being an error.
     """
     by_step = {kind: {} for kind in REQUIRED}
-    log = {"name": Path(path).stem, "starts": [], "end": None, "warning": {}, "skipped": []}
+    log = {"name": Path(path).stem, "starts": [], "end": None, "warning": {}, "skipped": [],
+           "bench": {}}
     segments = []  # [first time, last time, GPUs] of each start
     for where, record in read_records(path, None if strict else log["skipped"]):
         kind = record.get("kind")
@@ -81,6 +84,8 @@ def read_log(path, strict=True):
             log["end"] = record
         elif kind == "warning":
             log["warning"][record.get("step"), record.get("check")] = record
+        elif kind == "bench" and {"step", "tokens", "task"} <= record.keys():
+            log["bench"][record["step"], record["task"]] = record
         time = record.get("time")
         if segments and isinstance(time, (int, float)):
             segment = segments[-1]
@@ -94,6 +99,7 @@ def read_log(path, strict=True):
     log["gpu_hours"] = (sum(s * gpus for s, gpus in timed) / 3600
                         if any(gpus for _, gpus in timed) else None)
     log["warning"] = list(log["warning"].values())
+    log["bench"] = [log["bench"][key] for key in sorted(log["bench"])]
     return {**log, **{kind: [rs[s] for s in sorted(rs)] for kind, rs in by_step.items()}}
 
 
@@ -253,6 +259,51 @@ def probes_figure(runs):
     return fig
 
 
+def bench_figure(runs):
+    """Accuracy against tokens seen for every accuracy task, one panel each: the 95%
+    interval shaded, chance dashed, the fewest-tokens baseline dotted."""
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for _, log in runs for r in log["bench"]
+                               if "accuracy" in r))
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for color, (name, log) in zip(colors(), runs):
+            rs = [r for r in log["bench"] if r["task"] == task]
+            tokens = [r["tokens"] for r in rs]
+            ax.plot(tokens, [r["accuracy"] for r in rs], "o-", markersize=3, color=color,
+                    label=name)
+            ax.fill_between(tokens, [r["low"] for r in rs], [r["high"] for r in rs],
+                            color=color, alpha=0.2)
+            ax.plot(tokens, [r.get("fewest_tokens") for r in rs], ":", color=color)
+            ax.axhline(rs[-1]["chance"], color="gray", linestyle="--", label="chance")
+        ax.set_title(task, fontsize="medium")
+        ax.set_ylim(0, 1)
+        finish(ax, "accuracy")
+    return fig
+
+
+def bench_rows(runs):
+    """The last evaluation's benchmarks of each run (benchmarks.py explains the columns)."""
+    rows = ["| run | task | step | accuracy (95% interval) | chance | fewest tokens | p above "
+            "the higher | contamination |", "|---|---|---|---|---|---|---|---|"]
+    for name, log in runs:
+        last = {r["task"]: r for r in log["bench"]}
+        for task, r in last.items():
+            if "accuracy" not in r:  # hsk_bpb: bits per byte by level
+                levels = ", ".join(f"{k}: {v:.3f}" for k, v in r.get("bpb", {}).items())
+                rows.append(f"| {name} | {task} | {r['step']} | bits per byte {levels} "
+                            "| | | | |")
+                continue
+            rows.append(f"| {name} | {task} | {r['step']} | {r['accuracy']:.1%} "
+                        f"({r['low']:.1%}–{r['high']:.1%}) | {r['chance']:.1%} | "
+                        f"{fmt(r.get('fewest_tokens'), '.1%')} | {fmt(r.get('p_value'), '.2g')} "
+                        f"| {fmt(r.get('contamination'), '.1%')} |")
+    return rows if len(rows) > 2 else []
+
+
 def colors():
     import matplotlib.pyplot as plt
     return itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
@@ -288,6 +339,8 @@ def pictures(runs, reference, out_dir):
         ("grad_norm.png", "gradient norm before clipping",
          figure_of(runs, None, "grad_norm", "train", "gradient norm", logy=True)),
         ("probes.png", "probe accuracy and log p(answer)", probes_figure(runs)),
+        ("bench.png", "benchmark accuracy, its 95% interval (shaded), chance (dashed), "
+         "fewest tokens (dotted)", bench_figure(runs)),
         ("throughput.png", "training tokens/s",
          figure_of(runs, None, "tokens_per_sec", "train", "tokens/s")),
         ("mfu.png", "model FLOPs utilisation", figure_of(runs, None, "mfu", "train", "MFU")),
@@ -484,6 +537,8 @@ def write_report(paths, out_dir):
     lines += [f"Skipped, not whole records: {problem}" for _, log in runs
               for problem in log["skipped"]]
     lines += ["## Validation", ""] + validation_rows(runs) + [""]
+    if bench := bench_rows(runs):
+        lines += ["## Benchmarks (last evaluation; docs/benchmarks.md)", ""] + bench + [""]
     for (name, log), ref in zip(runs, references):
         lines += [f"## {name}", "", "### Health", ""] + health_lines(log, ref) + [""]
         lines += ["### Samples (greedy, at evaluations)", ""] + sample_lines(log) + [""]

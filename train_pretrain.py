@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from benchmarks import Tracker, add_bench_flags, check_tasks
 from checkpoint import (DiskFull, RunState, checkpoint_paths, find_resume_file, lock_out_dir,
                         restore_run, save_run)
 from dataset import PretrainDataset, ShardedSampler
@@ -116,6 +117,7 @@ def parse_args(argv=None):
                         "the shipped set in the corpus language; none: no probes")
     p.add_argument("--no_report", action="store_true",
                    help="no OUT_DIR/reports/<run>/report.md at the end (report.py)")
+    add_bench_flags(p)  # --bench NAMES: scored at every evaluation
     args = p.parse_args(argv)
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(args.dim)
@@ -311,6 +313,7 @@ class Run:
     byte_counts: list  # UTF-8 bytes of every token id (tokenizer.token_bytes)
     probes: list  # scored at every evaluation (evaluator.load_probes); [] for none
     prompts: list  # continued greedily at every evaluation, in the corpus language
+    bench: Tracker | None  # the benchmarks scored at every evaluation (--bench)
     data_meta: dict  # the prepared data's meta.json, with its cleaning report
 
 
@@ -410,7 +413,8 @@ def start_run(args, rank, world_size, device, log, data):
               plan=plan, log=log, stop=StopSignal(world_size), weights_path=weights_path,
               resume_path=resume_path, first_step=state.step, dtype_name=dtype_name,
               byte_counts=token_byte_counts(tok), data_meta=load_meta(train_ds.prepared_dir),
-              prompts=sample_prompts(tok)[:SAMPLES],
+              prompts=sample_prompts(tok)[:SAMPLES], bench=Tracker(
+                  args.bench, args.bench_items, tok, train_ds.prepared_dir) if args.bench else None,
               probes=[] if args.probe == "none" else load_probes(
                   default_probes(tok) if args.probe == "auto" else args.probe))
     describe(run, found)
@@ -479,7 +483,8 @@ def main(argv=None):
 def check_args(p, args):
     """Usage errors for flags that cannot work, before minutes of data preparation."""
     for name in ("epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval",
-                 "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers"):
+                 "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers",
+                 "bench_items"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     if not 0 <= args.decay_frac <= 1:
@@ -491,6 +496,10 @@ def check_args(p, args):
     if args.device is not None and (problem := device_error(args.device)):
         p.error(problem)
     check_source_flags(p, args)
+    try:
+        args.bench = check_tasks(args.bench) if args.bench else []
+    except ValueError as e:
+        p.error(f"--bench: {e}")
     if args.probe not in ("auto", "none"):
         try:
             load_probes(args.probe)
