@@ -6,7 +6,9 @@ Records: {"kind": "run" | "resume", ...flags, config, data report} when a run st
 continues, {"kind": "train", "step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec",
 ...} every --log_interval steps; every --eval_interval steps {"kind": "val", "step",
 "tokens", "val_loss", "val_ppl", "val_bpb"}, {"kind": "probe", ..., "accuracy",
-"answer_logprob"} and {"kind": "sample", ..., "samples": [{"prompt", "text"}]}; {"kind":
+"answer_logprob"}, {"kind": "bench", ..., "task", "accuracy", "low", "high", "chance",
+"items", ...} per task of --bench (benchmarks.py) and {"kind": "sample", ..., "samples":
+[{"prompt", "text"}]}; {"kind":
 "warning", "step", "check", "message"} when a check of health.py fires; {"kind": "end",
 "step", "tokens", "stopped_by"} when the run ends, finished or stopped by a signal (a run
 that crashed has none). Each record also has "time" (seconds since 1970). Only rank 0

@@ -148,8 +148,9 @@ def test_full_path_on_minimind_format_data(tmp_path):
             assert "reusing out/data/pretrain_hq-" in out  # dataset.py made it: not redone
             if "--resume" in command:
                 assert "resumed from" in out
-        elif "eval_model.py" in command:
-            run(command, tmp_path, extra=["--max_new_tokens", "4"], stdin="")
+        elif "eval_model.py" in command:  # a few benchmark items: the scoring is tested apart
+            run(command, tmp_path, extra=["--max_new_tokens", "4", "--bench_items", "3"],
+                stdin="")
         else:
             run(command, tmp_path)
     weights = tmp_path / "out" / "pretrain_512.pth"
@@ -245,11 +246,41 @@ def test_quality_commands_parse(tmp_path, monkeypatch):
     assert "muon" in speedrun.parse_args(shlex.split(commands[0])[2:]).variants
 
 
+def test_benchmark_commands(tmp_path):
+    """docs/benchmarks.md's commands, as written but for a few items per task and a tiny
+    training run, on a 512 x 8 model of random weights."""
+    from model import LMConfig, Transformer
+    from tokenizer import save_tokenizer, train_tokenizer
+
+    (tmp_path / "dataset").mkdir()
+    bench_data.write_corpus(tmp_path / "dataset" / "pretrain_hq.jsonl", 20_000)
+    texts = [json.loads(line)["text"] for line in
+             (tmp_path / "dataset" / "pretrain_hq.jsonl").read_text("utf-8").splitlines()]
+    tok = train_tokenizer(texts, vocab_size=400)
+    save_tokenizer(tok, tmp_path / "out" / "tokenizer.json")
+    torch.save(Transformer(LMConfig(vocab_size=tok.get_vocab_size())).state_dict(),
+               tmp_path / "out" / "pretrain_512.pth")
+    commands = bash_blocks("docs/benchmarks.md")
+    assert commands[0] == "pip install -r requirements-eval.txt"  # CI has installed it
+    tiny = ["--dim", "64", "--n_layers", "2", "--max_seq_len", "64", "--batch_size", "2",
+            "--accumulation_steps", "1", "--max_steps", "1", "--eval_iters", "1"]
+    for command in commands[1:]:
+        training = command.startswith("python train_pretrain.py")
+        out = run(command, tmp_path, extra=(tiny if training else []) + ["--bench_items", "3"])
+        if "--bench_data" in command:
+            assert "heldout_cloze: accuracy" in out, out
+            assert len((tmp_path / "out" / "items.jsonl").read_text("utf-8").splitlines()) == 3
+        elif not training:
+            assert re.search(r"^\w+: accuracy [\d.]+% \(95% interval", out, flags=re.M), out
+    (log,) = (tmp_path / "out" / "logs").glob("*.jsonl")
+    assert '"kind": "bench"' in log.read_text(encoding="utf-8")
+
+
 def test_every_page_with_commands_has_its_test():
     """A new ```bash block in a page no test reads would be a command nobody runs."""
     tested = {"README.md", "README_zh.md", "docs/flags.md", "docs/report.md",
               "docs/performance.md", "docs/quality.md", "docs/compatibility.md",
-              "docs/data.md"}
+              "docs/data.md", "docs/benchmarks.md"}
     with_commands = {page for page in PAGES if bash_blocks(page)}
     assert with_commands <= tested, sorted(with_commands - tested)
     # data.md's first block downloads the benchmark's texts; the second is run above
