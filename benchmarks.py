@@ -485,8 +485,8 @@ def run_benchmarks(model, tok, tasks, rank=0, world_size=1, autocast=None, progr
     model.eval()
     for name, items in tasks.items():
         if not items:
-            notes.append(f"{name}: skipped, no held-out text (pass --bench_data)"
-                         if items is None else f"{name}: skipped, no items")
+            notes.append(f"{name}: skipped, no held-out text (eval_model.py: pass --bench_data)"
+                         if items is None else f"{name}: skipped, too little text for its items")
             continue
         mine = items[rank::world_size]
         scores = score_items(model, tok, mine, autocast=autocast,
@@ -541,13 +541,17 @@ class Tracker:
         self.contamination = None
 
     def score(self, model, rank, world_size, autocast=None):
-        """Results (verdict, or hsk_bpb's levels) with each task's contamination share."""
-        if self.contamination is None:
+        """(results, notes): each result (verdict, or hsk_bpb's levels) with its task's
+        contamination share; notes, the tasks skipped, at the first evaluation only."""
+        first = self.contamination is None
+        if first:
             texts = split_texts(self.prepared_dir, "train", self.tok, rank, world_size)
             self.contamination = contamination(self.tasks, texts, world_size,
                                                model.tok_embeddings.weight.device)
-        results, _ = run_benchmarks(model, self.tok, self.tasks, rank, world_size, autocast)
-        return [{**r, "contamination": self.contamination.get(r["task"])} for r in results]
+        results, notes = run_benchmarks(model, self.tok, self.tasks, rank, world_size,
+                                        autocast)
+        return ([{**r, "contamination": self.contamination.get(r["task"])} for r in results],
+                notes if first else [])
 
 
 def bench_cli(model, tok, names, max_items, data=None, text_field="text", out_path=None):

@@ -185,7 +185,11 @@ def validate(run, state):
 
     if run.bench is not None:  # every rank scores its share of the items
         with eager():
-            for r in run.bench.score(run.raw_model, run.rank, run.world_size, run.autocast):
+            results, notes = run.bench.score(run.raw_model, run.rank, run.world_size,
+                                             run.autocast)
+            for note in notes:
+                run.log.say(f"benchmarks: {note}")
+            for r in results:
                 run.log.write({"kind": "bench", **at, **r})
                 run.log.say(f"step {state.step}: {format_result(r).splitlines()[0]}")
     if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
