@@ -540,16 +540,18 @@ class Tracker:
         self.tasks = build_tasks(names, max_items, heldout)
         self.contamination = None
 
-    def score(self, model, rank, world_size, autocast=None):
+    def score(self, model, rank, world_size, autocast=None, share=True):
         """(results, notes): each result (verdict, or hsk_bpb's levels) with its task's
-        contamination share; notes, the tasks skipped, at the first evaluation only."""
+        contamination share; notes, the tasks skipped, at the first evaluation only.
+        share False (a sharded model, whose every forward pass needs every rank): each
+        rank scores every item."""
         first = self.contamination is None
         if first:
             texts = split_texts(self.prepared_dir, "train", self.tok, rank, world_size)
             self.contamination = contamination(self.tasks, texts, world_size,
                                                model.tok_embeddings.weight.device)
-        results, notes = run_benchmarks(model, self.tok, self.tasks, rank, world_size,
-                                        autocast)
+        results, notes = run_benchmarks(model, self.tok, self.tasks, rank if share else 0,
+                                        world_size if share else 1, autocast)
         return ([{**r, "contamination": self.contamination.get(r["task"])} for r in results],
                 notes if first else [])
 

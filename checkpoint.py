@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 
 from files import write_atomic
+from fsdp import (RUN_FILE, gathered_weights, is_sharded, load_sharded, resume_dir,
+                  save_sharded)
 from model import LMConfig, Transformer
 from tokenizer import tokenizer_fingerprint
 
@@ -184,12 +186,20 @@ def save_run(run, state: RunState):
     if run.world_size > 1:
         state.rng = [None] * run.world_size
         dist.all_gather_object(state.rng, rng)
-    if run.rank == 0:
+    run_fields = {**asdict(state), "args": vars(run.args),
+                  "tokenizer_fingerprint": tokenizer_fingerprint(run.tok),
+                  "data_fingerprint": run.train_ds.fingerprint,
+                  "world_size": run.world_size, "dtype": run.dtype_name}
+    if is_sharded(run.raw_model):  # every rank takes part in gathering and writing
+        weights = gathered_weights(run.raw_model)
+        if run.rank == 0:
+            save_torch(weights, run.weights_path)
+        save_sharded(run.resume_path, run.raw_model, run.optimizer,
+                     {**run_fields, "config": asdict(run.raw_model.config), "scaler": {}},
+                     run.rank)
+    elif run.rank == 0:
         save_checkpoint(run.weights_path, run.resume_path, run.raw_model, run.optimizer,
-                        run.scaler, {**asdict(state), "args": vars(run.args),
-                                     "tokenizer_fingerprint": tokenizer_fingerprint(run.tok),
-                                     "data_fingerprint": run.train_ds.fingerprint,
-                                     "world_size": run.world_size, "dtype": run.dtype_name})
+                        run.scaler, run_fields)
     if run.world_size > 1:
         dist.barrier()  # nobody trains on while the files are half written
 
@@ -202,8 +212,11 @@ def restore_run(path, args, config, tok, data_fingerprint, world_size, rank, dev
     warn = print if rank == 0 else (lambda message: None)  # shown even with --quiet
     saved = load_resume(path, args, config, tokenizer_fingerprint(tok), data_fingerprint,
                         world_size, warn)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    if is_sharded(model):  # a directory of shards (fsdp.py)
+        load_sharded(path, model, optimizer)
+    else:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
     # files from before the precision was saved: only a float16 run's scaler has a state
     saved_dtype = saved.get("dtype") or ("float16" if saved["scaler"] else "bfloat16/float32")
     if bool(saved["scaler"]) != scaler.is_enabled():
@@ -305,14 +318,24 @@ def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=
     return model.to(device).eval()
 
 
-def find_resume_file(resume, resume_path, world_size, device):
+def find_resume_file(resume, resume_path, world_size, device, sharded=False):
     """The resume file to continue from (--resume auto / none / PATH), or None for a fresh
-    run. Every rank must see the same answer: on several nodes --out_dir has to be a
-    filesystem they share."""
+    run; sharded (--fsdp): resume_path is the resume directory (fsdp.py). Every rank must
+    see the same answer: on several nodes --out_dir has to be a filesystem they share."""
     if resume == "none":
         return None
     path = resume_path if resume == "auto" else Path(resume)
-    found = path.is_file()
+    other = resume_path.with_suffix(".pth") if sharded else resume_dir(resume_path)
+    if resume == "auto" and not path.exists() and other.exists():
+        raise ValueError(f"{other} was written by a{' plain or DDP' if sharded else 'n --fsdp'}"
+                         f" run, and this run is{'' if sharded else ' not'} sharded: continue "
+                         f"it {'without' if sharded else 'with'} --fsdp (the two forms do not "
+                         "convert yet), or pass --resume none to start over")
+    if path.is_dir() != sharded and path.exists():
+        raise ValueError(f"--resume {path}: {'a file' if sharded else 'a directory'}, but "
+                         f"{'--fsdp' if sharded else 'a plain or DDP run'} continues from "
+                         f"{'a directory of shards' if sharded else 'a .pth file'}")
+    found = path.exists()
     if world_size > 1:
         seen_by = torch.tensor([int(found)], device=device)
         dist.all_reduce(seen_by)  # how many ranks see the file
@@ -329,8 +352,10 @@ def find_resume_file(resume, resume_path, world_size, device):
 def load_resume(path, args, config, tok_fingerprint, data_fingerprint, world_size, warn):
     """The state saved in resume file `path`, checked against this run; warn(message)
     reports what continues but changes (the tokens per step, the world size)."""
-    state = load_torch(path, "resume file")
-    if not isinstance(state, dict) or not {"optimizer", "config", "args"} <= state.keys():
+    sharded = Path(path).is_dir()  # an --fsdp run's: the run's fields beside the shards
+    state = load_torch(Path(path) / RUN_FILE if sharded else path, "resume file")
+    if not isinstance(state, dict) or not {"config", "args"} <= state.keys() or not (
+            sharded or "optimizer" in state):
         raise ValueError(f"{path} is not a resume file (a weights file?); pass a "
                          "*_resume.pth written by train_pretrain.py, or --resume none")
     check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, world_size, warn)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from benchmarks import format_result
 from dataset import ShardedSampler
+from fsdp import is_sharded
 from decode import complete
 from tokenizer import BOS_ID, PAD_ID, frame_document, token_bytes
 
@@ -183,16 +184,18 @@ def validate(run, state):
         return torch.compiler.set_stance("force_eager") if run.args.compile else \
             contextlib.nullcontext()
 
-    if run.bench is not None:  # every rank scores its share of the items
+    # a sharded model's forward pass is collective: every rank runs every one (fsdp.py)
+    sharded = is_sharded(run.raw_model)
+    if run.bench is not None:  # every rank scores its share of the items, or all of them
         with eager():
             results, notes = run.bench.score(run.raw_model, run.rank, run.world_size,
-                                             run.autocast)
+                                             run.autocast, share=not sharded)
             for note in notes:
                 run.log.say(f"benchmarks: {note}")
             for r in results:
                 run.log.write({"kind": "bench", **at, **r})
                 run.log.say(f"step {state.step}: {format_result(r).splitlines()[0]}")
-    if run.rank == 0:  # the other ranks wait for it at the next step's all-reduce
+    if run.rank == 0 or sharded:  # the others wait for it at the next step's all-reduce
         model = run.raw_model.eval()
         with eager():
             if run.probes:  # the numbers eval_model.py --probe gives for these weights

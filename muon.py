@@ -19,6 +19,7 @@ whose loss or gradient is not finite is skipped, decided on the device.
 """
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def newton_schulz(G, steps: int = 5, eps: float = 1e-7, dtype=torch.float32):
@@ -96,15 +97,22 @@ class Muon(torch.optim.Optimizer):
             state["momentum_buffer"] = torch.zeros_like(p)
         buf = state["momentum_buffer"]
         buf.lerp_(p.grad, unless_skipped(1 - beta, apply))  # beta * buf + (1 - beta) * grad
-        nesterov = p.grad.lerp(buf, beta)  # look one momentum step ahead
+        grad, nesterov = p.grad, p.grad.lerp(buf, beta)  # look one momentum step ahead
+        if isinstance(p, DTensor):
+            # a shard of the matrix (--fsdp, fsdp.py): every rank orthogonalises the whole
+            # matrix and keeps its own part (on a shard, any() below would see only a part)
+            grad, nesterov = grad.full_tensor(), nesterov.full_tensor()
         # weights are (out, in); an orthogonal (r, c) matrix has RMS 1/sqrt(max(r, c)), and
         # the reference scales tall ones up by sqrt(r / c), as the lr of 0.02 assumes
         rows, cols = p.shape
         # an MoE expert that got no token has a zero gradient; orthogonalising its decaying
         # momentum would still move it a full step, so it does not move (decided on the device)
-        moved = p.grad.ne(0).any()
+        moved = grad.ne(0).any()
         orthogonal = newton_schulz(nesterov, dtype=self.ns_dtype).to(p.dtype)
-        return orthogonal * max(1.0, rows / cols) ** 0.5 * moved
+        update = orthogonal * max(1.0, rows / cols) ** 0.5 * moved
+        if isinstance(p, DTensor):  # this rank's part, cut where p's shard is: no message
+            update = distribute_tensor(update, p.device_mesh, p.placements, src_data_rank=None)
+        return update
 
     def adamw_update(self, p, group, apply):
         state, (beta1, beta2) = self.state[p], group["betas"]

@@ -36,6 +36,8 @@ from distributed import StopSignal, check_same_data, ranks, setup_distributed, t
 from evaluator import default_probes, load_probes, sample_prompts, validate
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                    add_source_flags, str_to_bool)
+from fsdp import check_fsdp_flags, full_value, is_sharded, resume_dir, shard_model
+from memory import add_memory_flags, checkpoint_blocks, dry_run, peak_line, plan_lines
 from model import LMConfig, Transformer
 from muon import Muon, muon_param_groups, step_where
 from prepare import MINIMIND_DATA, check_source_flags, load_meta, prepare_for_run
@@ -118,6 +120,7 @@ def parse_args(argv=None):
     p.add_argument("--no_report", action="store_true",
                    help="no OUT_DIR/reports/<run>/report.md at the end (report.py)")
     add_bench_flags(p)  # --bench NAMES: scored at every evaluation
+    add_memory_flags(p)  # --grad_checkpoint; --dry_run --nproc N prints the memory plan
     args = p.parse_args(argv)
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(args.dim)
@@ -249,7 +252,7 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
     norm before clipping, the samples this rank read, and whether the step was good (a bad
     one, with a non-finite loss or gradient, is not applied). Loss, norm and `good` are
     device tensors: nothing here waits for the device."""
-    ddp = isinstance(model, DistributedDataParallel)
+    ddp, sharded = isinstance(model, DistributedDataParallel), is_sharded(model)
     step_loss = torch.zeros((), device=device)
     samples = 0
     for micro in range(n_micro):
@@ -260,6 +263,8 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
         # DDP averages gradients across ranks during backward; that is only needed once per
         # optimizer step, on the last micro-step
         last = micro == n_micro - 1
+        if sharded:  # the same for sharded gradients: reduce-scattered on the last alone
+            model.set_requires_gradient_sync(last)
         with model.no_sync() if ddp and not last else contextlib.nullcontext():
             with autocast:
                 out = model(X)
@@ -268,12 +273,12 @@ def train_step(model, optimizer, scaler, batches, n_micro, loss_fn, autocast, de
             scaler.scale((loss + out.aux_loss) / n_micro).backward()
         step_loss += loss.detach()
     step_loss /= n_micro
-    if ddp:  # every rank then logs the same loss, and judges the step alike
+    if ddp or sharded:  # every rank then logs the same loss, and judges the step alike
         dist.all_reduce(step_loss)
         step_loss /= dist.get_world_size()
 
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     # A step with a non-finite loss or gradient is not applied, decided on the device: the
     # host never waits for the step to finish. With float16, gradients that overflow are
     # routine (the scaler lowers its scale, below), so there only a non-finite loss makes
@@ -323,6 +328,8 @@ def after_step(run: Run, state: RunState, lr, grad_norm):
     args, step = run.args, state.step
     if step == run.first_step + 1 and run.device.type == "cpu":
         warn_cpu_time(run, state, f"python train_pretrain.py {QUICK_FLAGS}")
+    elif step == run.first_step + 1 and (peak := peak_line(run.device)):
+        run.log.say(peak)
     # the first step too: its loss says whether the initialisation is right (health.py)
     logging = step % args.log_interval == 0 or step in (run.first_step + 1, run.plan.total_steps)
     evaluating = step % args.eval_interval == 0 or step == run.plan.total_steps
@@ -383,13 +390,19 @@ def start_run(args, rank, world_size, device, log, data):
     config = model_config(args, tok.get_vocab_size())
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     raw_model = Transformer(config).to(device)
+    if args.grad_checkpoint:
+        checkpoint_blocks(raw_model)
     dtype_name, autocast, scaler = mixed_precision(device, args.dtype)
+    if args.fsdp:  # the sharding's precision policy takes autocast's place (fsdp.py)
+        shard_model(raw_model, dtype_name, world_size)
+        autocast = contextlib.nullcontext()
     optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device,
                                args.optimizer, args.muon_lr, dtype_name)
     weights_path, resume_path = checkpoint_paths(args.out_dir, args.dim, args.use_moe)
+    resume_path = resume_dir(resume_path) if args.fsdp else resume_path  # a directory
     state = RunState(log_path=str(Path(args.out_dir) / "logs" / (
         f"{weights_path.stem}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl")))
-    found = find_resume_file(args.resume, resume_path, world_size, device)
+    found = find_resume_file(args.resume, resume_path, world_size, device, args.fsdp)
     if found is None:
         torch.manual_seed(args.seed + rank)  # dropout differs per rank, weights do not
     else:
@@ -403,7 +416,7 @@ def start_run(args, rank, world_size, device, log, data):
         # all-reduce overlaps backward). In place, the state_dict keys stay unprefixed.
         raw_model.compile()
         loss_fn = torch.compile(masked_lm_loss)  # fuses the fp32 upcast into cross-entropy
-    if world_size > 1:
+    if world_size > 1 and not args.fsdp:
         model = DistributedDataParallel(
             raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     plan = plan_steps(args, len(train_ds), world_size)
@@ -418,6 +431,9 @@ def start_run(args, rank, world_size, device, log, data):
               probes=[] if args.probe == "none" else load_probes(
                   default_probes(tok) if args.probe == "auto" else args.probe))
     describe(run, found)
+    if rank == 0:  # what the run will need on each GPU, and what to try if it does not fit
+        log.say("\n".join(plan_lines(raw_model, args, world_size, dtype_name, masked_lm_loss,
+                                      device)))
     return run, state
 
 
@@ -474,6 +490,9 @@ def summary(run: Run, state: RunState, stopped_by):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(args, model_config(args, args.vocab_size), masked_lm_loss,
+                       pick_device(args.device))
     try:
         return pretrain(args)
     except (ValueError, FileNotFoundError, FloatingPointError, DiskFull) as e:
@@ -484,7 +503,7 @@ def check_args(p, args):
     """Usage errors for flags that cannot work, before minutes of data preparation."""
     for name in ("epochs", "batch_size", "accumulation_steps", "log_interval", "save_interval",
                  "eval_interval", "eval_iters", "max_seq_len", "dim", "n_layers",
-                 "bench_items"):
+                 "bench_items", "nproc"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     if not 0 <= args.decay_frac <= 1:
@@ -500,11 +519,13 @@ def check_args(p, args):
         args.bench = check_tasks(args.bench) if args.bench else []
     except ValueError as e:
         p.error(f"--bench: {e}")
+    check_fsdp_flags(p, args)
     if args.probe not in ("auto", "none"):
         try:
             load_probes(args.probe)
         except (ValueError, FileNotFoundError) as e:
             p.error(f"--probe: {e}")
+
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import prepare  # noqa: E402
+from fsdp import is_sharded  # noqa: E402
 import train_pretrain  # noqa: E402
 
 RANK = int(os.environ.get("RANK", 0))
@@ -122,4 +123,5 @@ if __name__ == "__main__":
     out_dir = Path(train_pretrain.parse_args().out_dir)
     if READS:
         (out_dir / f"reads_rank{RANK}.json").write_text(json.dumps(READS))
-    torch.save(result["model"].state_dict(), out_dir / f"rank{RANK}.pt")
+    if not is_sharded(result["model"]):  # a sharded run's weights file is the whole model
+        torch.save(result["model"].state_dict(), out_dir / f"rank{RANK}.pt")

@@ -276,11 +276,23 @@ def test_benchmark_commands(tmp_path):
     assert '"kind": "bench"' in log.read_text(encoding="utf-8")
 
 
+def test_memory_plan_commands(tmp_path):
+    """docs/memory.md's dry runs, as written: the plan for 8 GPUs, printed without data."""
+    commands = bash_blocks("docs/memory.md")
+    assert len(commands) == 2 and all("--dry_run --nproc 8" in c for c in commands)
+    plans = [run(command, tmp_path) for command in commands]
+    for out in plans:
+        assert out.startswith("memory plan per GPU (8 ranks, adamw, bfloat16"), out
+    total = [float(re.search(r"total +([\d.]+) GiB", out).group(1)) for out in plans]
+    assert total[1] < total[0] / 2  # --grad_checkpoint
+    assert not any(tmp_path.iterdir())
+
+
 def test_every_page_with_commands_has_its_test():
     """A new ```bash block in a page no test reads would be a command nobody runs."""
     tested = {"README.md", "README_zh.md", "docs/flags.md", "docs/report.md",
               "docs/performance.md", "docs/quality.md", "docs/compatibility.md",
-              "docs/data.md", "docs/benchmarks.md"}
+              "docs/data.md", "docs/benchmarks.md", "docs/memory.md"}
     with_commands = {page for page in PAGES if bash_blocks(page)}
     assert with_commands <= tested, sorted(with_commands - tested)
     # data.md's first block downloads the benchmark's texts; the second is run above

@@ -309,6 +309,27 @@ def test_a_rank_that_dies_stops_the_others_and_a_restart_ends_with_the_same_weig
     assert [r["step"] for r in log if r["kind"] == "resume"] == [4]
 
 
+def test_a_sharded_run_that_crashes_continues_from_its_shards_to_the_same_weights(
+        corpus, tmp_path):
+    """--fsdp: every rank writes its shards into OUT_DIR/pretrain_32_resume/; rank 1 dies in
+    step 5, and torchrun's restart continues from the shards of step 4."""
+    flags = (*RESTART_FLAGS, "--fsdp", "--optimizer", "muon")
+    straight = faulty("none", tmp_path / "straight", corpus, *flags, nproc=2)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    done = faulty("crash:1:5", tmp_path / "restarted", corpus, *flags, nproc=2, restarts=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "injected failure on rank 1" in done.stderr
+    same_weights(tmp_path / "straight" / "pretrain_32.pth",
+                 tmp_path / "restarted" / "pretrain_32.pth")
+    log = read_log(next((tmp_path / "restarted" / "logs").iterdir()))
+    assert [r["step"] for r in log if r["kind"] == "resume"] == [4]
+    assert (tmp_path / "restarted" / "pretrain_32_resume" / ".metadata").is_file()
+    assert not (tmp_path / "restarted" / "pretrain_32_resume.pth").exists()
+    # a plain run finds the sharded state and says how to continue it, in one line
+    with pytest.raises(ValueError, match="continue it with --fsdp"):
+        pretrain(run_args(corpus, tmp_path / "restarted", *RESTART_FLAGS))
+
+
 def test_nan_on_one_rank_only_makes_every_rank_skip_that_step(corpus, tmp_path):
     done = faulty("nan:1:3", tmp_path, corpus, "--max_steps", "4", "--accumulation_steps", "1",
                   nproc=2)

@@ -413,10 +413,12 @@ def run_script(*argv, **kwargs):
 
 
 # Muon too: DDP averages the gradients before step(), so each rank's own Muon update is the
-# one-process update, with no communication of its own
+# one-process update, with no communication of its own; under --fsdp each rank holds half
+# of each matrix, and Muon orthogonalises the whole matrix (muon.py)
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, tmp_path,
-                                                                        optimizer):
+                                                                        optimizer, sharding):
     data, tok = corpus
     common = TINY_FLAGS + ["--data_path", str(data), "--tokenizer", str(tok),
                            "--max_steps", "3", "--device", "cpu", "--optimizer", optimizer]
@@ -431,7 +433,8 @@ def test_two_process_ddp_equals_one_process_with_twice_the_accumulation(corpus, 
     pretrain(parse_args(common + ["--accumulation_steps", "4", "--out_dir", str(tmp_path / "one")]))
     done = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2",
                       "--master_port", str(free_port()), str(ROOT / "train_pretrain.py"),
-                      *common, "--accumulation_steps", "2", "--out_dir", str(tmp_path / "two"))
+                      *common, "--accumulation_steps", "2", "--out_dir", str(tmp_path / "two"),
+                      *["--fsdp"] * (sharding == "fsdp"))
     assert done.returncode == 0, done.stderr[-3000:]
     one = torch.load(tmp_path / "one" / "pretrain_32.pth", weights_only=True)
     two = torch.load(tmp_path / "two" / "pretrain_32.pth", weights_only=True)

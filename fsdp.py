@@ -1,0 +1,118 @@
+"""Sharded data parallelism (train_pretrain.py --fsdp): each of N GPUs holds 1/N of the
+weights, gradients and optimizer state, where DDP holds all of them on every GPU (ZeRO
+stage 3; PyTorch's FSDP2, `fully_shard`, as torchtitan uses it).
+
+Every block is sharded on its own, then the root (the embedding, the tied output head, the
+last norm): a block's weights are gathered just before it runs and freed after, so a GPU
+holds the whole of one block at a time. The tied embedding must stay in the root's group:
+sharded alone, its two users would see two different copies. The precision is a policy of
+the sharding (weights gathered in bf16, gradients reduced in float32) in place of autocast.
+
+A forward pass of a sharded model is collective: every rank must run it, with the same
+number of calls, or the others wait forever. So evaluation, probes, samples and benchmarks
+run on every rank under --fsdp (rank 0 writes what they give).
+
+Checkpoints: the weights file is gathered onto rank 0, MiniMind's single .pth as under DDP.
+The resume state is a directory, OUT_DIR/pretrain_{dim}{_moe}_resume/, that every rank
+writes its shard of with torch.distributed.checkpoint, and that a run of another world size
+reads back resharded. It is written under a temporary name and put in place by a rename, so
+a crash mid-save leaves the previous directory whole.
+"""
+
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_state_dict, set_state_dict)
+from torch.distributed.checkpoint.state_dict_loader import load as load_shards
+from torch.distributed.checkpoint.state_dict_saver import save as save_shards
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+RUN_FILE = "run.pt"  # beside the shards: the run's state, flags and fingerprints
+
+
+def check_fsdp_flags(parser, args):
+    """Usage errors for --fsdp with a flag it does not work with (yet)."""
+    if args.fsdp and args.compile:
+        parser.error("--fsdp with --compile is not supported yet: drop one of them")
+    if args.fsdp and args.dtype == "float16":
+        parser.error("--fsdp trains in bfloat16 or float32: float16 would need a sharded "
+                     "loss scaler")
+
+
+def shard_model(model, dtype_name, world_size):
+    """fully_shard every block, then the root, in place; returns the model."""
+    if world_size < 2:
+        raise ValueError("--fsdp shards over the ranks of torchrun: run it with "
+                         "torchrun --nproc_per_node N (N of 2 or more)")
+    if dtype_name == "float16":
+        raise ValueError("--fsdp trains in bfloat16 or float32, and this GPU has no bfloat16: "
+                         "pass --dtype float32, or train without --fsdp")
+    param_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype_name)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.layers:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def is_sharded(model):
+    return isinstance(model, FSDPModule)
+
+
+def full_value(tensor):
+    """A DTensor's whole value (a sharded gradient norm), or the tensor itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def gathered_weights(model):
+    """The whole state dict on rank 0's CPU (every rank must call this; the others get an
+    empty dict), with the tied embedding stored once, as a plain model saves it."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    if state:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    return state
+
+
+def resume_dir(resume_path):
+    """OUT_DIR/pretrain_512_resume/ for OUT_DIR/pretrain_512_resume.pth."""
+    return Path(resume_path).with_suffix("")
+
+
+def save_sharded(path, model, optimizer, run_fields, rank):
+    """Every rank writes its shards of weights and optimizer state into directory `path`
+    (atomically: a new directory, then a rename); rank 0 writes run_fields beside them."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # left by a crash mid-save
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    save_shards({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
+    if rank == 0:
+        torch.save(run_fields, tmp / RUN_FILE)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_run_fields(path):
+    """The run's state saved beside the shards (plain values: read with weights_only)."""
+    return torch.load(Path(path) / RUN_FILE, map_location="cpu", weights_only=True)
+
+
+def load_sharded(path, model, optimizer):
+    """Put the shards of directory `path` back into a sharded model and its optimizer (of
+    any world size: the checkpoint reader reshards)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    load_shards(state, checkpoint_id=Path(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
