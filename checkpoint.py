@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 
 from files import write_atomic
-from fsdp import (RUN_FILE, gathered_weights, is_sharded, load_sharded, resume_dir,
-                  save_sharded)
+from fsdp import (RUN_FILE, gathered_weights, is_sharded, load_plain_into_sharded,
+                  load_shards_into_plain, load_sharded, resume_dir, save_sharded)
 from model import LMConfig, Transformer
 from tokenizer import tokenizer_fingerprint
 
@@ -212,8 +212,13 @@ def restore_run(path, args, config, tok, data_fingerprint, world_size, rank, dev
     warn = print if rank == 0 else (lambda message: None)  # shown even with --quiet
     saved = load_resume(path, args, config, tokenizer_fingerprint(tok), data_fingerprint,
                         world_size, warn)
-    if is_sharded(model):  # a directory of shards (fsdp.py)
+    # a directory of shards (an --fsdp run's, fsdp.py) or a file, into either kind of run
+    if is_sharded(model) and Path(path).is_dir():
         load_sharded(path, model, optimizer)
+    elif is_sharded(model):
+        load_plain_into_sharded(model, optimizer, saved["model"], saved["optimizer"])
+    elif Path(path).is_dir():
+        load_shards_into_plain(path, model, optimizer)
     else:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -320,21 +325,16 @@ def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=
 
 def find_resume_file(resume, resume_path, world_size, device, sharded=False):
     """The resume file to continue from (--resume auto / none / PATH), or None for a fresh
-    run; sharded (--fsdp): resume_path is the resume directory (fsdp.py). Every rank must
-    see the same answer: on several nodes --out_dir has to be a filesystem they share."""
+    run; sharded (--fsdp): resume_path is the resume directory (fsdp.py). auto takes the
+    other form where this run's is not there: a plain file continues under --fsdp, and a
+    directory of shards without it. Every rank must see the same answer: on several nodes
+    --out_dir has to be a filesystem they share."""
     if resume == "none":
         return None
     path = resume_path if resume == "auto" else Path(resume)
     other = resume_path.with_suffix(".pth") if sharded else resume_dir(resume_path)
     if resume == "auto" and not path.exists() and other.exists():
-        raise ValueError(f"{other} was written by a{' plain or DDP' if sharded else 'n --fsdp'}"
-                         f" run, and this run is{'' if sharded else ' not'} sharded: continue "
-                         f"it {'without' if sharded else 'with'} --fsdp (the two forms do not "
-                         "convert yet), or pass --resume none to start over")
-    if path.is_dir() != sharded and path.exists():
-        raise ValueError(f"--resume {path}: {'a file' if sharded else 'a directory'}, but "
-                         f"{'--fsdp' if sharded else 'a plain or DDP run'} continues from "
-                         f"{'a directory of shards' if sharded else 'a .pth file'}")
+        path = other  # the other form (a run with or without --fsdp) continues too
     found = path.exists()
     if world_size > 1:
         seen_by = torch.tensor([int(found)], device=device)

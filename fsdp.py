@@ -20,6 +20,7 @@ a crash mid-save leaves the previous directory whole.
 """
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_state_dict, set_state_dict)
 from torch.distributed.checkpoint.state_dict_loader import load as load_shards
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.state_dict_saver import save as save_shards
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -116,3 +118,56 @@ def load_sharded(path, model, optimizer):
     load_shards(state, checkpoint_id=Path(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"])
+
+
+# ---- between the two forms: a directory of shards, and a plain resume file ----
+# A plain optimizer state numbers its parameters 0, 1, ... in the order of its groups; the
+# sharded form names them (layers.0.attention.wq.weight, ...). Each form converts to the
+# other with the model's own names, so either run continues the other's state.
+
+def param_names(model, optimizer):
+    """The name of each of the optimizer's parameters, in its numbering."""
+    names = {p: name for name, p in model.named_parameters()}  # the tied head once
+    return [names[p] for group in optimizer.param_groups for p in group["params"]]
+
+
+def named_optimizer_state(state, names):
+    """A plain optimizer state dict with parameter names in place of numbers."""
+    return {"state": {names[i]: s for i, s in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                             for g in state["param_groups"]]}
+
+
+def numbered_optimizer_state(state, names):
+    """named_optimizer_state's inverse."""
+    number = {name: i for i, name in enumerate(names)}
+    return {"state": {number[n]: s for n, s in state["state"].items()},
+            "param_groups": [{**g, "params": [number[n] for n in g["params"]]}
+                             for g in state["param_groups"]]}
+
+
+def read_shards(path):
+    """{"model", "optimizer"} of a directory of shards, whole, in one process and without
+    a process group (through a temporary torch.save file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(Path(path), Path(tmp) / "whole.pt")
+        return torch.load(Path(tmp) / "whole.pt", map_location="cpu", weights_only=True)
+
+
+def load_plain_into_sharded(model, optimizer, model_state, optimizer_state):
+    """A plain resume file's weights and optimizer state into a sharded model (each rank
+    keeps its shards of the whole)."""
+    named = named_optimizer_state(optimizer_state, param_names(model, optimizer))
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=named,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def load_shards_into_plain(path, model, optimizer):
+    """A directory of shards into a plain (or DDP) model and its optimizer."""
+    whole = read_shards(path)
+    weights = whole["model"]
+    weights.setdefault("output.weight", weights["tok_embeddings.weight"])  # tied: one tensor
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(numbered_optimizer_state(whole["optimizer"],
+                                                       param_names(model, optimizer)))
+

@@ -25,6 +25,7 @@ import contextlib
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from device import mixed_precision
@@ -60,7 +61,7 @@ def saved_bytes(fn, exclude=()):
     return sum(kept.values()), out
 
 
-def activation_bytes(config, seq_len, dtype, loss_fn):
+def activation_bytes(config, seq_len, dtype):
     """Activation bytes of one sequence of seq_len tokens: (one block, the head and loss),
     measured on a block and a head of `config` built on the CPU for the purpose."""
     torch.manual_seed(0)
@@ -73,9 +74,11 @@ def activation_bytes(config, seq_len, dtype, loss_fn):
     with torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 \
             else contextlib.nullcontext():
         per_block, _ = saved_bytes(lambda: block(x, cos, sin), params)
-        # the head: the last norm, the output projection, the loss (its float32 logits)
-        per_head, _ = saved_bytes(lambda: loss_fn(head(norm(x)), targets,
-                                                  torch.ones(1, seq_len)), params)
+        # the head: the last norm, the output projection, and the loss, which keeps float32
+        # logits (as train_pretrain.masked_lm_loss does)
+        per_head, _ = saved_bytes(lambda: F.cross_entropy(
+            head(norm(x)).flatten(0, 1).float(), targets.flatten(), reduction="none").sum(),
+            params)
     return per_block, per_head
 
 
@@ -87,7 +90,7 @@ def count_params(model):
     return model.num_params(), hidden
 
 
-def memory_plan(model, batch_size, seq_len, world_size, optimizer, dtype, loss_fn,
+def memory_plan(model, batch_size, seq_len, world_size, optimizer, dtype,
                 grad_checkpoint=False, sharded=False):
     """The bytes per rank, by what holds them: {name: bytes}, in the order printed.
     sharded (--fsdp): weights, gradients and optimizer state are split over the ranks, and
@@ -103,7 +106,7 @@ def memory_plan(model, batch_size, seq_len, world_size, optimizer, dtype, loss_f
         block = sum(p.numel() for p in model.layers[0].parameters())
         plan["gathered blocks"] = 2 * block * torch.finfo(dtype).bits // 8
     config = model.config
-    per_block, per_head = activation_bytes(config, seq_len, dtype, loss_fn)
+    per_block, per_head = activation_bytes(config, seq_len, dtype)
     if grad_checkpoint:  # each block keeps its float32 input; one block is redone at a time
         per_sequence = config.n_layers * 4 * seq_len * config.dim + per_block + per_head
     else:
@@ -157,10 +160,10 @@ def add_memory_flags(parser):
                         help="--dry_run: the number of GPUs (ranks) to plan for")
 
 
-def plan_lines(model, args, world_size, dtype_name, loss_fn, device):
+def plan_lines(model, args, world_size, dtype_name, device):
     """The memory plan a run prints first: per GPU, by part, and whether it fits."""
     plan = memory_plan(model, args.batch_size, args.max_seq_len, world_size, args.optimizer,
-                       getattr(torch, dtype_name), loss_fn, args.grad_checkpoint, args.fsdp)
+                       getattr(torch, dtype_name), args.grad_checkpoint, args.fsdp)
     device_bytes = (torch.cuda.get_device_properties(device).total_memory
                     if device.type == "cuda" else None)
     checkpointing = ", --grad_checkpoint" * args.grad_checkpoint + ", --fsdp" * args.fsdp
@@ -181,11 +184,11 @@ def peak_line(device):
             "reserved by the allocator)")
 
 
-def dry_run(args, config, loss_fn, device):
+def dry_run(args, config, device):
     """train_pretrain.py --dry_run: print the plan for --nproc ranks; no data is read."""
     with torch.device("meta"):  # shapes only: no memory, no time
         model = Transformer(config)
     # planned for GPUs: in their precision (bf16 unless --dtype says otherwise)
     dtype_name = args.dtype or (mixed_precision(device, None)[0] if device.type == "cuda"
                                 else "bfloat16")
-    print("\n".join(plan_lines(model, args, args.nproc, dtype_name, loss_fn, device)))
+    print("\n".join(plan_lines(model, args, args.nproc, dtype_name, device)))

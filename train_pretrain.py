@@ -432,8 +432,7 @@ def start_run(args, rank, world_size, device, log, data):
                   default_probes(tok) if args.probe == "auto" else args.probe))
     describe(run, found)
     if rank == 0:  # what the run will need on each GPU, and what to try if it does not fit
-        log.say("\n".join(plan_lines(raw_model, args, world_size, dtype_name, masked_lm_loss,
-                                      device)))
+        log.say("\n".join(plan_lines(raw_model, args, world_size, dtype_name, device)))
     return run, state
 
 
@@ -491,8 +490,7 @@ def summary(run: Run, state: RunState, stopped_by):
 def main(argv=None):
     args = parse_args(argv)
     if args.dry_run:
-        return dry_run(args, model_config(args, args.vocab_size), masked_lm_loss,
-                       pick_device(args.device))
+        return dry_run(args, model_config(args, args.vocab_size), pick_device(args.device))
     try:
         return pretrain(args)
     except (ValueError, FileNotFoundError, FloatingPointError, DiskFull) as e:

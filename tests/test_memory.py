@@ -31,12 +31,21 @@ def test_plan_of_weights_gradients_and_optimizer_state_is_counted_by_hand(optimi
     # 2 x (2*4096 + 2*1024 + 3*12288) for Muon, + 300*64 + 5*64 (as tests/test_bench.py counts)
     assert (n, muon) == (113_728, 94_208)
     model = Transformer(LMConfig(**SHAPE))
-    plan = memory_plan(model, 4, 32, 2, optimizer, torch.float32, masked_lm_loss)
+    plan = memory_plan(model, 4, 32, 2, optimizer, torch.float32)
     optimizer_bytes = 8 * n if optimizer == "adamw" else 4 * muon + 8 * (n - muon)
     assert plan["parameters"] == plan["gradients"] == plan["DDP buckets"] == 4 * n
     assert plan["optimizer state"] == optimizer_bytes
-    assert "DDP buckets" not in memory_plan(model, 4, 32, 1, optimizer, torch.float32,
-                                            masked_lm_loss)
+    assert "DDP buckets" not in memory_plan(model, 4, 32, 1, optimizer, torch.float32)
+
+
+def test_a_sharded_plan_splits_the_model_states_over_the_ranks():
+    n, _ = hand_counts()
+    model = Transformer(LMConfig(**SHAPE))
+    plan = memory_plan(model, 4, 32, 4, "adamw", torch.bfloat16, sharded=True)
+    assert plan["parameters"] == plan["gradients"] == 4 * n // 4
+    assert plan["optimizer state"] == 8 * n // 4 and "DDP buckets" not in plan
+    # two blocks gathered whole in bf16: 47,104 matrix weights and two norm gains of 64
+    assert plan["gathered blocks"] == 2 * (47_104 + 2 * 64) * 2
 
 
 def test_saved_bytes_are_what_autograd_keeps_for_a_hand_example():
@@ -57,8 +66,8 @@ def test_planned_activations_add_up_to_what_a_whole_model_keeps(use_moe):
     ids = torch.randint(0, 300, (3, 48))
     whole, _ = saved_bytes(lambda: masked_lm_loss(model(ids).logits, ids,
                                                   torch.ones(3, 48)), list(model.parameters()))
-    per_block, per_head = activation_bytes(config, 48, torch.float32, masked_lm_loss)
-    planned = memory_plan(model, 3, 48, 1, "adamw", torch.float32, masked_lm_loss)
+    per_block, per_head = activation_bytes(config, 48, torch.float32)
+    planned = memory_plan(model, 3, 48, 1, "adamw", torch.float32)
     assert planned["activations"] == 3 * (2 * per_block + per_head)
     # they differ by the RoPE rows only, which the whole model shares among its blocks and
     # sequences and the plan counts for each

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import dcp_to_pth
 import files
 import train_pretrain
 from checkpoint import lock_out_dir
 from eval_model import main as eval_main
+from model import LMConfig, Transformer
 from test_train import (ROOT, TINY_FLAGS, argv_of, corpus,  # noqa: F401 (corpus: a fixture)
                         losses, read_log, run_args)
 from tokenizer import load_tokenizer
@@ -325,9 +327,33 @@ def test_a_sharded_run_that_crashes_continues_from_its_shards_to_the_same_weight
     assert [r["step"] for r in log if r["kind"] == "resume"] == [4]
     assert (tmp_path / "restarted" / "pretrain_32_resume" / ".metadata").is_file()
     assert not (tmp_path / "restarted" / "pretrain_32_resume.pth").exists()
-    # a plain run finds the sharded state and says how to continue it, in one line
-    with pytest.raises(ValueError, match="continue it with --fsdp"):
-        pretrain(run_args(corpus, tmp_path / "restarted", *RESTART_FLAGS))
+    # the offline converter gives the weights file the run wrote
+    dcp_to_pth.main([str(tmp_path / "restarted" / "pretrain_32_resume"),
+                     str(tmp_path / "converted.pth")])
+    same_weights(tmp_path / "restarted" / "pretrain_32.pth", tmp_path / "converted.pth")
+    state = torch.load(tmp_path / "converted.pth", weights_only=True)
+    vocab = state["tok_embeddings.weight"].shape[0]
+    Transformer(LMConfig(dim=32, n_layers=2, vocab_size=vocab)).load_state_dict(state)
+
+    # the sharded state of step 4 continues in a plain run, one process accumulating what
+    # the two ranks read: it ends with the sharded run's weights
+    died = faulty("crash:1:5", tmp_path / "plain", corpus, *flags, nproc=2)
+    assert died.returncode != 0
+    result = pretrain(run_args(corpus, tmp_path / "plain", *RESTART_FLAGS, "--optimizer",
+                               "muon", "--accumulation_steps", "2"))
+    assert result["step"] == 6
+    same_weights(tmp_path / "straight" / "pretrain_32.pth", tmp_path / "plain" / "pretrain_32.pth",
+                 atol=1e-5)
+
+
+def test_a_ddp_resume_file_continues_under_fsdp(corpus, tmp_path, two_process_run):
+    died = faulty("crash:1:5", tmp_path, corpus, *RESTART_FLAGS, nproc=2)
+    assert died.returncode != 0 and (tmp_path / "pretrain_32_resume.pth").is_file()
+    done = faulty("none", tmp_path, corpus, *RESTART_FLAGS, "--fsdp", nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = read_log(next((tmp_path / "logs").iterdir()))
+    assert [r["step"] for r in log if r["kind"] == "resume"] == [4]
+    same_weights(two_process_run, tmp_path / "pretrain_32.pth", atol=1e-5)
 
 
 def test_nan_on_one_rank_only_makes_every_rank_skip_that_step(corpus, tmp_path):
