@@ -24,17 +24,18 @@ def ranks():
             int(os.environ.get("WORLD_SIZE", 1)))
 
 
-def setup_distributed(device_arg, local_rank, world_size):
+def setup_distributed(device_arg, local_rank, world_size, sharded=False):
     """The device; under torchrun also the process group: NCCL moves gradients between GPUs,
-    gloo between CPU processes. Called once the data is ready, so that preparing a large
-    corpus never meets the group's timeout (10 minutes for NCCL)."""
+    gloo between CPU processes. sharded (--fsdp): a group even of one rank, which sharding
+    needs (torchrun --nproc_per_node 1). Called once the data is ready, so that preparing a
+    large corpus never meets the group's timeout (10 minutes for NCCL)."""
     device = pick_device(device_arg)
     if device.type == "cuda" and (world_size > 1 or device.index is None):
         device = torch.device("cuda", local_rank)  # one GPU per process; set_device needs an index
     if device.type == "cuda":
         torch.cuda.set_device(device)
         allow_tf32()
-    if world_size > 1:
+    if world_size > 1 or (sharded and "RANK" in os.environ):
         backend = "nccl" if device.type == "cuda" else "gloo"
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         one_machine = os.environ.get("LOCAL_WORLD_SIZE") == str(world_size)

@@ -45,11 +45,11 @@ def check_fsdp_flags(parser, args):
                      "loss scaler")
 
 
-def shard_model(model, dtype_name, world_size):
+def shard_model(model, dtype_name):
     """fully_shard every block, then the root, in place; returns the model."""
-    if world_size < 2:
+    if not dist.is_initialized():
         raise ValueError("--fsdp shards over the ranks of torchrun: run it with "
-                         "torchrun --nproc_per_node N (N of 2 or more)")
+                         "torchrun --nproc_per_node N (N GPUs, 1 or more)")
     if dtype_name == "float16":
         raise ValueError("--fsdp trains in bfloat16 or float32, and this GPU has no bfloat16: "
                          "pass --dtype float32, or train without --fsdp")

@@ -394,7 +394,7 @@ def start_run(args, rank, world_size, device, log, data):
         checkpoint_blocks(raw_model)
     dtype_name, autocast, scaler = mixed_precision(device, args.dtype)
     if args.fsdp:  # the sharding's precision policy takes autocast's place (fsdp.py)
-        shard_model(raw_model, dtype_name, world_size)
+        shard_model(raw_model, dtype_name)
         autocast = contextlib.nullcontext()
     optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device,
                                args.optimizer, args.muon_lr, dtype_name)
@@ -446,7 +446,7 @@ def pretrain(args):
         lock = lock_out_dir(args.out_dir) if rank == 0 else None
         log = RunLog(rank, args.quiet)
         data = load_data(args, local_rank, world_size, log)
-        device = setup_distributed(args.device, local_rank, world_size)
+        device = setup_distributed(args.device, local_rank, world_size, args.fsdp)
         # 2. the model, the optimizer and the run's state: fresh, or from the resume file
         run, state = start_run(args, rank, world_size, device, log, data)
         stopped = None

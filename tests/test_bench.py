@@ -2,6 +2,9 @@
 figures, never wall-clock speed."""
 
 import json
+import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -140,3 +143,21 @@ def test_side_by_side_with_transformers_prints_both_models_and_their_ratio(capsy
                   "first token ms, 8-token prompt"):
         row = next(line for line in out.splitlines() if line.startswith(label))
         assert row.rstrip().endswith("x")
+
+
+def test_gpu_check_script_parses_and_says_in_one_line_when_there_is_no_gpu(tmp_path):
+    """scripts/gpu_check.sh runs only where a GPU is lent: here its shell must parse, its
+    commands' flags must be flags of bench.py and train_pretrain.py, and without a GPU it
+    must stop with one line."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = re.sub(r"\\\n\s*", " ", script.read_text())
+    bench.parse_args(shlex.split(re.search(r"scripts/bench\.py (.*?) 2>&1", text).group(1)))
+    flags = re.search(r"FLAGS=\((.*?)\)", text, flags=re.S).group(1).replace("\n", " ")
+    flags = flags.replace('"$WORK/$MODE"', str(tmp_path))
+    train_pretrain.parse_args(shlex.split(flags) + ["--fsdp"])
+    if not torch.cuda.is_available():
+        done = subprocess.run(["bash", str(script), str(tmp_path / "out.txt")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        assert done.stderr.strip() == "error: no CUDA GPU here; run this on a machine with one"
