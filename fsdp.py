@@ -96,7 +96,8 @@ def save_sharded(path, model, optimizer, run_fields, rank):
     model_state, optim_state = get_state_dict(model, optimizer)
     save_shards({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
     if rank == 0:
-        torch.save(run_fields, tmp / RUN_FILE)
+        with open(tmp / RUN_FILE, "wb") as f:
+            torch.save(run_fields, f)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             path.rename(old)

@@ -9,6 +9,8 @@ processes (torchrun, SIGKILL). Run it as the script itself, with the same flags:
     FAULT=kill:1:5          the same, but rank 1 is killed with SIGKILL
     FAULT=nan:1:5           rank 1's loss is NaN in its 5th micro-step
     FAULT=kill_in_save:3    SIGKILL in the middle of the 3rd torch.save, half the file written
+    FAULT=kill_after_shards:2  --fsdp: rank 0 is killed once the 2nd save's shards are
+                            written, before their directory takes the resume directory's name
     FAULT=kill_in_prepare   SIGKILL during data preparation: the token files written, their
                             index files not yet
     FAULT=count_reads       no fault: every read of a tensor's value on the host (item,
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+import fsdp  # noqa: E402
 import prepare  # noqa: E402
 from fsdp import is_sharded  # noqa: E402
 import train_pretrain  # noqa: E402
@@ -89,6 +92,15 @@ def inject(name, *numbers):
                 os.kill(os.getpid(), signal.SIGKILL)
             real_save(obj, f)
         torch.save = killed_save
+    elif name == "kill_after_shards":
+        real_save_shards, calls = fsdp.save_shards, {"n": 0}
+
+        def save_then_die(*a, **kw):  # the shards are written, the directory not yet renamed
+            real_save_shards(*a, **kw)
+            calls["n"] += 1
+            if calls["n"] == numbers[0] and RANK == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+        fsdp.save_shards = save_then_die
     elif name == "kill_in_prepare":  # _apply_weights runs once train.bin holds the tokens
         prepare._apply_weights = lambda *a: killed(None)
     elif name == "count_reads":

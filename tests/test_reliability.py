@@ -382,6 +382,24 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_loses_only_the_steps_since_
     assert not list(out.glob(".*.tmp"))
 
 
+def test_sigkill_in_the_middle_of_a_sharded_save_keeps_the_previous_shards(corpus, tmp_path):
+    """--fsdp: rank 0 is killed once step 4's shards are written, before their directory is
+    renamed into place: the directory of step 2 is whole, and the run continues from it."""
+    flags = (*RESTART_FLAGS, "--fsdp")
+    straight = faulty("none", tmp_path / "straight", corpus, *flags, nproc=2)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "killed"
+    done = faulty("kill_after_shards:2", out, corpus, *flags, nproc=2)  # saves: steps 2, 4
+    assert done.returncode != 0
+    assert (out / ".pretrain_32_resume.tmp" / ".metadata").is_file()
+    assert not (out / ".pretrain_32_resume.tmp" / "run.pt").exists()
+    assert torch.load(out / "pretrain_32_resume" / "run.pt", weights_only=True)["step"] == 2
+    resumed = faulty("none", out, corpus, *flags, nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_weights(tmp_path / "straight" / "pretrain_32.pth", out / "pretrain_32.pth")
+    assert not (out / ".pretrain_32_resume.tmp").exists()
+
+
 def test_sigkill_during_data_preparation_leaves_nothing_that_a_rerun_uses(corpus, tmp_path):
     clean = pretrain(run_args(corpus, tmp_path / "clean", "--max_steps", "1"))
     out = tmp_path / "killed"
