@@ -277,9 +277,9 @@ def test_benchmark_commands(tmp_path):
 
 
 def test_memory_plan_commands(tmp_path):
-    """docs/memory.md's dry runs, as written: the plan for 8 GPUs, printed without data;
-    then its --fsdp command on 2 processes and a tiny shape (the first, which differs only by
-    --grad_checkpoint, must parse)."""
+    """docs/memory.md's dry runs, as written: the plan for 8 GPUs, printed without data.
+    Its --fsdp commands are for 8 GPUs: here they must parse (tests/test_reliability.py runs
+    --fsdp under torchrun)."""
     commands, sharded = bash_blocks("docs/memory.md", per_block=True)
     assert len(commands) == 2 and all("--dry_run --nproc 8" in c for c in commands)
     plans = [run(command, tmp_path) for command in commands]
@@ -289,12 +289,10 @@ def test_memory_plan_commands(tmp_path):
     assert total[1] < total[0] / 2  # --grad_checkpoint
     assert not any(tmp_path.iterdir())
     assert len(sharded) == 2 and all("--fsdp" in c for c in sharded)
-    train_pretrain.parse_args(shlex.split(sharded[0])[4:])
-    out = run(sharded[1].replace("--nproc_per_node 8", "--nproc_per_node 2"), tmp_path,
-              extra=["--dim", "32", "--n_layers", "2", "--max_seq_len", "32", "--max_steps", "2",
-                     "--batch_size", "2", "--accumulation_steps", "1", "--eval_iters", "1"])
-    assert "--grad_checkpoint, --fsdp" in out and (tmp_path / "out" / "pretrain_32.pth").exists()
-    assert (tmp_path / "out" / "pretrain_32_resume" / ".metadata").is_file()
+    for command in sharded:
+        argv = shlex.split(command)
+        assert argv[:4] == ["torchrun", "--nproc_per_node", "8", "train_pretrain.py"]
+        assert train_pretrain.parse_args(argv[4:]).fsdp
 
 
 def test_every_page_with_commands_has_its_test():

@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,18 +312,29 @@ def test_a_rank_that_dies_stops_the_others_and_a_restart_ends_with_the_same_weig
     assert [r["step"] for r in log if r["kind"] == "resume"] == [4]
 
 
+SHARDED_FLAGS = (*RESTART_FLAGS, "--fsdp")  # Muon: the default at this width
+
+
+@pytest.fixture(scope="module")
+def sharded_run(corpus, tmp_path_factory):
+    """OUT_DIR of an uninterrupted 2-process --fsdp run of SHARDED_FLAGS."""
+    out = tmp_path_factory.mktemp("sharded")
+    done = faulty("none", out, corpus, *SHARDED_FLAGS, nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
 def test_a_sharded_run_that_crashes_continues_from_its_shards_to_the_same_weights(
-        corpus, tmp_path):
+        corpus, tmp_path, sharded_run):
     """--fsdp: every rank writes its shards into OUT_DIR/pretrain_32_resume/; rank 1 dies in
-    step 5, and torchrun's restart continues from the shards of step 4."""
-    flags = (*RESTART_FLAGS, "--fsdp", "--optimizer", "muon")
-    straight = faulty("none", tmp_path / "straight", corpus, *flags, nproc=2)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    step 5, and torchrun's restart continues from the shards of step 4. Those shards also
+    continue on 4 ranks of 2 sequences (the reader reshards) and in one process that
+    accumulates what the two ranks read: every way ends with the same weights."""
+    flags = SHARDED_FLAGS
     done = faulty("crash:1:5", tmp_path / "restarted", corpus, *flags, nproc=2, restarts=1)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "injected failure on rank 1" in done.stderr
-    same_weights(tmp_path / "straight" / "pretrain_32.pth",
-                 tmp_path / "restarted" / "pretrain_32.pth")
+    same_weights(sharded_run / "pretrain_32.pth", tmp_path / "restarted" / "pretrain_32.pth")
     log = read_log(next((tmp_path / "restarted" / "logs").iterdir()))
     assert [r["step"] for r in log if r["kind"] == "resume"] == [4]
     assert (tmp_path / "restarted" / "pretrain_32_resume" / ".metadata").is_file()
@@ -335,15 +347,29 @@ def test_a_sharded_run_that_crashes_continues_from_its_shards_to_the_same_weight
     vocab = state["tok_embeddings.weight"].shape[0]
     Transformer(LMConfig(dim=32, n_layers=2, vocab_size=vocab)).load_state_dict(state)
 
-    # the sharded state of step 4 continues in a plain run, one process accumulating what
-    # the two ranks read: it ends with the sharded run's weights
     died = faulty("crash:1:5", tmp_path / "plain", corpus, *flags, nproc=2)
     assert died.returncode != 0
-    result = pretrain(run_args(corpus, tmp_path / "plain", *RESTART_FLAGS, "--optimizer",
-                               "muon", "--accumulation_steps", "2"))
-    assert result["step"] == 6
-    same_weights(tmp_path / "straight" / "pretrain_32.pth", tmp_path / "plain" / "pretrain_32.pth",
+    shutil.copytree(tmp_path / "plain", tmp_path / "four")
+    four = faulty("none", tmp_path / "four", corpus, *flags, "--batch_size", "2", nproc=4)
+    assert four.returncode == 0, four.stderr[-3000:]
+    same_weights(sharded_run / "pretrain_32.pth", tmp_path / "four" / "pretrain_32.pth",
                  atol=1e-5)
+    result = pretrain(run_args(corpus, tmp_path / "plain", *RESTART_FLAGS,
+                               "--accumulation_steps", "2"))
+    assert result["step"] == 6
+    same_weights(sharded_run / "pretrain_32.pth", tmp_path / "plain" / "pretrain_32.pth",
+                 atol=1e-5)
+
+
+def test_bf16_sharded_steps_are_finite_and_track_float32(corpus, tmp_path, sharded_run):
+    """The sharding's precision policy: weights gathered in bf16, gradients reduced in
+    float32; the losses stay near the float32 run's."""
+    done = faulty("none", tmp_path, corpus, *SHARDED_FLAGS, "--dtype", "bfloat16", nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [[r["loss"] for r in read_log(next((out / "logs").iterdir())) if r["kind"] == "train"]
+            for out in (sharded_run, tmp_path)]
+    assert len(runs[1]) == 6 and all(math.isfinite(x) for x in runs[1])
+    assert runs[1] == pytest.approx(runs[0], abs=0.05)
 
 
 def test_a_ddp_resume_file_continues_under_fsdp(corpus, tmp_path, two_process_run):
@@ -382,12 +408,11 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_loses_only_the_steps_since_
     assert not list(out.glob(".*.tmp"))
 
 
-def test_sigkill_in_the_middle_of_a_sharded_save_keeps_the_previous_shards(corpus, tmp_path):
+def test_sigkill_in_the_middle_of_a_sharded_save_keeps_the_previous_shards(corpus, tmp_path,
+                                                                           sharded_run):
     """--fsdp: rank 0 is killed once step 4's shards are written, before their directory is
     renamed into place: the directory of step 2 is whole, and the run continues from it."""
-    flags = (*RESTART_FLAGS, "--fsdp")
-    straight = faulty("none", tmp_path / "straight", corpus, *flags, nproc=2)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    flags = SHARDED_FLAGS
     out = tmp_path / "killed"
     done = faulty("kill_after_shards:2", out, corpus, *flags, nproc=2)  # saves: steps 2, 4
     assert done.returncode != 0
@@ -396,7 +421,7 @@ def test_sigkill_in_the_middle_of_a_sharded_save_keeps_the_previous_shards(corpu
     assert torch.load(out / "pretrain_32_resume" / "run.pt", weights_only=True)["step"] == 2
     resumed = faulty("none", out, corpus, *flags, nproc=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    same_weights(tmp_path / "straight" / "pretrain_32.pth", out / "pretrain_32.pth")
+    same_weights(sharded_run / "pretrain_32.pth", out / "pretrain_32.pth")
     assert not (out / ".pretrain_32_resume.tmp").exists()
 
 
