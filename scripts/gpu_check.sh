@@ -8,7 +8,7 @@
 # 3. a short real train_pretrain.py under torchrun on every GPU present, with DDP and with
 #    --fsdp (NCCL, also for a single GPU: --fsdp makes a process group of one rank), each
 #    giving its tokens/s, MFU, and memory plan against the peak it measured.
-# It takes about 5 minutes on one H100, so that a rerun fits a short loan of the machine.
+# It takes about 5 minutes on one H100: short enough to run twice in a quarter of an hour.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu_check.txt}

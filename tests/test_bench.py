@@ -146,7 +146,7 @@ def test_side_by_side_with_transformers_prints_both_models_and_their_ratio(capsy
 
 
 def test_gpu_check_script_parses_and_says_in_one_line_when_there_is_no_gpu(tmp_path):
-    """scripts/gpu_check.sh runs only where a GPU is lent: here its shell must parse, its
+    """scripts/gpu_check.sh runs only where there is a GPU: here its shell must parse, its
     commands' flags must be flags of bench.py and train_pretrain.py, and without a GPU it
     must stop with one line."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
