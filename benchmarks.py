@@ -353,10 +353,11 @@ def score_batch(model, rows, autocast=None):
     return (-(nll.view(len(rows), length) * scored).sum(dim=1)).tolist()
 
 
-def score_items(model, tok, items, batch_rows=64, autocast=None, progress=None):
+def score_items(model, tok, items, batch_rows=64, autocast=None, progress=None, max_len=None):
     """For each item: (totals, per_byte, n_tokens), one value per candidate. Items go to the
-    model in batches of about batch_rows candidates, one forward pass per batch."""
-    max_len = model.config.max_seq_len
+    model in batches of about batch_rows candidates, one forward pass per batch; contexts are
+    cut to max_len tokens with their candidate (default: the model's RoPE tables)."""
+    max_len = max_len or model.config.max_seq_len
     encoded = [encode_item(tok, item, max_len) for item in items]
     rows = [(context, c) for context, candidates in encoded for c in candidates]
     bar = tqdm(total=len(rows), desc=progress or "", unit="candidate", file=sys.stderr,
@@ -474,8 +475,18 @@ def build_tasks(names, max_items=DEFAULT_ITEMS, heldout_texts=None):
     return tasks
 
 
+def fitting(tasks, tok, max_len):
+    """The tasks without the items that a context of max_len tokens cannot hold: a candidate
+    that long leaves no room for its context (a model trained on short sequences)."""
+    def fits(item):
+        return max(len(tok.encode(c, add_special_tokens=False).ids)
+                   for c in item.candidates) < max_len
+    return {name: None if items is None else [i for i in items if fits(i)]
+            for name, items in tasks.items()}
+
+
 def run_benchmarks(model, tok, tasks, rank=0, world_size=1, autocast=None, progress=False,
-                   item_records=None):
+                   item_records=None, max_len=None):
     """Score the tasks of build_tasks; returns (results, notes). Under DDP every rank scores
     its share of the items (rank r: items r, r + world_size, ...) and the counts are summed,
     so no rank waits for a whole benchmark in a collective. item_records: a list that gets
@@ -489,7 +500,7 @@ def run_benchmarks(model, tok, tasks, rank=0, world_size=1, autocast=None, progr
                          if items is None else f"{name}: skipped, too little text for its items")
             continue
         mine = items[rank::world_size]
-        scores = score_items(model, tok, mine, autocast=autocast,
+        scores = score_items(model, tok, mine, autocast=autocast, max_len=max_len,
                              progress=name if progress and rank == 0 else None)
         counts = bpb_tally(mine, scores) if name == "hsk_bpb" else tally(mine, scores)
         if world_size > 1:
@@ -533,11 +544,11 @@ class Tracker:
     of each task's items found verbatim in the run's training split is measured at the first
     evaluation (every rank searching its share of the documents)."""
 
-    def __init__(self, names, max_items, tok, prepared_dir):
-        self.tok, self.prepared_dir = tok, prepared_dir
+    def __init__(self, names, max_items, tok, prepared_dir, max_len):
+        self.tok, self.prepared_dir, self.max_len = tok, prepared_dir, max_len
         heldout = list(split_texts(prepared_dir, "val", tok)) if "heldout_cloze" in names \
             else None
-        self.tasks = build_tasks(names, max_items, heldout)
+        self.tasks = fitting(build_tasks(names, max_items, heldout), tok, max_len)
         self.contamination = None
 
     def score(self, model, rank, world_size, autocast=None, share=True):
@@ -551,12 +562,14 @@ class Tracker:
             self.contamination = contamination(self.tasks, texts, world_size,
                                                model.tok_embeddings.weight.device)
         results, notes = run_benchmarks(model, self.tok, self.tasks, rank if share else 0,
-                                        world_size if share else 1, autocast)
+                                        world_size if share else 1, autocast,
+                                        max_len=self.max_len)
         return ([{**r, "contamination": self.contamination.get(r["task"])} for r in results],
                 notes if first else [])
 
 
-def bench_cli(model, tok, names, max_items, data=None, text_field="text", out_path=None):
+def bench_cli(model, tok, names, max_items, data=None, text_field="text", out_path=None,
+              max_len=None):
     """eval_model.py --bench: print each task's lines; --bench_data, a prepared directory
     (its validation split for heldout_cloze, its training split for contamination) or a
     .jsonl/.txt file (held-out text); --bench_out, one JSON record per item."""
@@ -571,9 +584,11 @@ def bench_cli(model, tok, names, max_items, data=None, text_field="text", out_pa
         else:
             raise FileNotFoundError(f"--bench_data {path} not found; pass a prepared folder "
                                     "or a .jsonl/.txt file")
-    tasks = build_tasks(names, max_items, heldout)
+    max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
+    tasks = fitting(build_tasks(names, max_items, heldout), tok, max_len)
     records = [] if out_path else None
-    results, notes = run_benchmarks(model, tok, tasks, progress=True, item_records=records)
+    results, notes = run_benchmarks(model, tok, tasks, progress=True, item_records=records,
+                                    max_len=max_len)
     for note in notes:
         print(note, file=sys.stderr)
     shares = contamination(tasks, split_texts(train, "train", tok)) if train else {}

@@ -188,7 +188,7 @@ def run(args):
         print_probe_report(probes, run_probes(model, tok, probes), sys.stdout)
     if args.bench:
         bench_cli(model, tok, check_tasks(args.bench), args.bench_items, args.bench_data,
-                  args.text_field, args.bench_out)
+                  args.text_field, args.bench_out, args.eval_seq_len)
     if (args.eval or args.eval_data or args.probe or args.bench) and args.prompt is None:
         return
 

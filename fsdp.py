@@ -4,8 +4,9 @@ stage 3; PyTorch's FSDP2, `fully_shard`, as torchtitan uses it).
 
 Every block is sharded on its own, then the root (the embedding, the tied output head, the
 last norm): a block's weights are gathered just before it runs and freed after, so a GPU
-holds the whole of one block at a time. The tied embedding must stay in the root's group:
-sharded alone, its two users would see two different copies. The precision is a policy of
+holds one or two whole blocks at a time (the next is gathered ahead). The tied embedding
+must stay in the root's group: sharded alone, its two users would see two different
+copies. The precision is a policy of
 the sharding (weights gathered in bf16, gradients reduced in float32) in place of autocast.
 
 A forward pass of a sharded model is collective: every rank must run it, with the same
@@ -19,6 +20,7 @@ reads back resharded. It is written under a temporary name and put in place by a
 a crash mid-save leaves the previous directory whole.
 """
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,7 +39,11 @@ RUN_FILE = "run.pt"  # beside the shards: the run's state, flags and fingerprint
 
 
 def check_fsdp_flags(parser, args):
-    """Usage errors for --fsdp with a flag it does not work with (yet)."""
+    """Usage errors for --fsdp outside torchrun, or with a flag it does not work with (yet),
+    before minutes of data preparation."""
+    if args.fsdp and not args.dry_run and "RANK" not in os.environ:
+        parser.error("--fsdp shards over the ranks of torchrun: run it as torchrun "
+                     "--nproc_per_node N train_pretrain.py ... (N GPUs, 1 or more)")
     if args.fsdp and args.compile:
         parser.error("--fsdp with --compile is not supported yet: drop one of them")
     if args.fsdp and args.dtype == "float16":
@@ -89,16 +95,20 @@ def save_sharded(path, model, optimizer, run_fields, rank):
     """Every rank writes its shards of weights and optimizer state into directory `path`
     (atomically: a new directory, then a rename); rank 0 writes run_fields beside them."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if rank == 0 and tmp.exists():
-        shutil.rmtree(tmp)  # left by a crash mid-save
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    if rank == 0:  # what a crash mid-save left
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():  # between the two renames: put it back
+            old.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     save_shards({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp)
     if rank == 0:
         with open(tmp / RUN_FILE, "wb") as f:
             torch.save(run_fields, f)
-        old = path.with_name(f".{path.name}.old")
+            f.flush()
+            os.fsync(f.fileno())
         if path.exists():
             path.rename(old)
         tmp.rename(path)

@@ -62,24 +62,32 @@ def saved_bytes(fn, exclude=()):
 
 
 def activation_bytes(config, seq_len, dtype):
-    """Activation bytes of one sequence of seq_len tokens: (one block, the head and loss),
-    measured on a block and a head of `config` built on the CPU for the purpose."""
+    """What one block keeps, and what the head and loss keep, for sequences of seq_len
+    tokens: each as (bytes kept once a micro-batch, bytes kept per sequence). Measured on a
+    block and a head of `config` built on the CPU, at 1 and at 2 sequences: what does not
+    grow with the batch (under autocast, the bf16 copy of each weight; the RoPE rows) is
+    kept once."""
     torch.manual_seed(0)
     block, norm = Block(config), RMSNorm(config.dim, config.norm_eps)
     head = torch.nn.Linear(config.dim, config.vocab_size, bias=False)
     params = [*block.parameters(), *norm.parameters(), *head.parameters()]
     cos, sin = (table[torch.arange(seq_len)][None] for table in precompute_rope(config))
-    x = torch.randn(1, seq_len, config.dim, requires_grad=True)
-    targets = torch.zeros(1, seq_len, dtype=torch.long)
-    with torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 \
-            else contextlib.nullcontext():
-        per_block, _ = saved_bytes(lambda: block(x, cos, sin), params)
-        # the head: the last norm, the output projection, and the loss, which keeps float32
-        # logits (as train_pretrain.masked_lm_loss does)
-        per_head, _ = saved_bytes(lambda: F.cross_entropy(
-            head(norm(x)).flatten(0, 1).float(), targets.flatten(), reduction="none").sum(),
-            params)
-    return per_block, per_head
+
+    def measure(batch):
+        x = torch.randn(batch, seq_len, config.dim, requires_grad=True)
+        targets = torch.zeros(batch, seq_len, dtype=torch.long)
+        with torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 \
+                else contextlib.nullcontext():
+            in_block, _ = saved_bytes(lambda: block(x, cos, sin), params)
+            # the head: the last norm, the output projection, and the loss, which keeps
+            # float32 logits (as train_pretrain.masked_lm_loss does)
+            in_head, _ = saved_bytes(lambda: F.cross_entropy(
+                head(norm(x)).flatten(0, 1).float(), targets.flatten(), reduction="none").sum(),
+                params)
+        return in_block, in_head
+
+    (block_1, head_1), (block_2, head_2) = measure(1), measure(2)
+    return (2 * block_1 - block_2, block_2 - block_1), (2 * head_1 - head_2, head_2 - head_1)
 
 
 def count_params(model):
@@ -106,12 +114,14 @@ def memory_plan(model, batch_size, seq_len, world_size, optimizer, dtype,
         block = sum(p.numel() for p in model.layers[0].parameters())
         plan["gathered blocks"] = 2 * block * torch.finfo(dtype).bits // 8
     config = model.config
-    per_block, per_head = activation_bytes(config, seq_len, dtype)
+    (block_once, block_each), (head_once, head_each) = activation_bytes(config, seq_len, dtype)
+    one_block = block_once + batch_size * block_each
+    head = head_once + batch_size * head_each
     if grad_checkpoint:  # each block keeps its float32 input; one block is redone at a time
-        per_sequence = config.n_layers * 4 * seq_len * config.dim + per_block + per_head
+        inputs = config.n_layers * batch_size * 4 * seq_len * config.dim
+        plan["activations"] = inputs + one_block + head
     else:
-        per_sequence = config.n_layers * per_block + per_head
-    plan["activations"] = batch_size * per_sequence
+        plan["activations"] = config.n_layers * one_block + head
     return plan
 
 

@@ -427,7 +427,8 @@ def start_run(args, rank, world_size, device, log, data):
               resume_path=resume_path, first_step=state.step, dtype_name=dtype_name,
               byte_counts=token_byte_counts(tok), data_meta=load_meta(train_ds.prepared_dir),
               prompts=sample_prompts(tok)[:SAMPLES], bench=Tracker(
-                  args.bench, args.bench_items, tok, train_ds.prepared_dir) if args.bench else None,
+                  args.bench, args.bench_items, tok, train_ds.prepared_dir,
+                  args.max_seq_len) if args.bench else None,
               probes=[] if args.probe == "none" else load_probes(
                   default_probes(tok) if args.probe == "auto" else args.probe))
     describe(run, found)

@@ -145,7 +145,8 @@ def test_side_by_side_with_transformers_prints_both_models_and_their_ratio(capsy
         assert row.rstrip().endswith("x")
 
 
-def test_gpu_check_script_parses_and_says_in_one_line_when_there_is_no_gpu(tmp_path):
+def test_gpu_check_script_parses_and_says_in_one_line_when_there_is_no_gpu(tmp_path,
+                                                                           monkeypatch):
     """scripts/gpu_check.sh runs only where there is a GPU: here its shell must parse, its
     commands' flags must be flags of bench.py and train_pretrain.py, and without a GPU it
     must stop with one line."""
@@ -155,6 +156,7 @@ def test_gpu_check_script_parses_and_says_in_one_line_when_there_is_no_gpu(tmp_p
     bench.parse_args(shlex.split(re.search(r"scripts/bench\.py (.*?) 2>&1", text).group(1)))
     flags = re.search(r"FLAGS=\((.*?)\)", text, flags=re.S).group(1).replace("\n", " ")
     flags = flags.replace('"$WORK/$MODE"', str(tmp_path))
+    monkeypatch.setenv("RANK", "0")  # the script runs train_pretrain.py under torchrun
     train_pretrain.parse_args(shlex.split(flags) + ["--fsdp"])
     if not torch.cuda.is_available():
         done = subprocess.run(["bash", str(script), str(tmp_path / "out.txt")],

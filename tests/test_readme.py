@@ -276,7 +276,7 @@ def test_benchmark_commands(tmp_path):
     assert '"kind": "bench"' in log.read_text(encoding="utf-8")
 
 
-def test_memory_plan_commands(tmp_path):
+def test_memory_plan_commands(tmp_path, monkeypatch):
     """docs/memory.md's dry runs, as written: the plan for 8 GPUs, printed without data.
     Its --fsdp commands are for 8 GPUs: here they must parse (tests/test_reliability.py runs
     --fsdp under torchrun)."""
@@ -289,6 +289,7 @@ def test_memory_plan_commands(tmp_path):
     assert total[1] < total[0] / 2  # --grad_checkpoint
     assert not any(tmp_path.iterdir())
     assert len(sharded) == 2 and all("--fsdp" in c for c in sharded)
+    monkeypatch.setenv("RANK", "0")  # as torchrun sets it
     for command in sharded:
         argv = shlex.split(command)
         assert argv[:4] == ["torchrun", "--nproc_per_node", "8", "train_pretrain.py"]
