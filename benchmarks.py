@@ -487,7 +487,9 @@ def fitting(tasks, tok, max_len):
 
 def run_benchmarks(model, tok, tasks, rank=0, world_size=1, autocast=None, progress=False,
                    item_records=None, max_len=None):
-    """Score the tasks of build_tasks; returns (results, notes). Under DDP every rank scores
+    """Score the tasks of build_tasks; returns (results, notes): a result is verdict()'s dict
+    for an accuracy task, {"task", "bpb": {level: bits per byte}, "items"} for hsk_bpb; a
+    note names a task skipped. Under DDP every rank scores
     its share of the items (rank r: items r, r + world_size, ...) and the counts are summed,
     so no rank waits for a whole benchmark in a collective. item_records: a list that gets
     one record per item (in one process)."""

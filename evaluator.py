@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from benchmarks import format_result
+from benchmarks import format_result, score_batch
 from dataset import ShardedSampler
 from fsdp import is_sharded
 from decode import complete
@@ -227,14 +227,10 @@ def load_probes(path):
     return probes
 
 
-@torch.inference_mode()
 def continuation_logprob(model, context_ids, continuation_ids):
-    """log p(continuation | context) in nats: the sum over the continuation's tokens."""
-    device = model.tok_embeddings.weight.device
-    ids = torch.tensor([context_ids + continuation_ids], device=device)
-    logprobs = model(ids[:, :-1]).logits.float().log_softmax(dim=-1)[0]  # (T - 1, vocab)
-    per_token = logprobs.gather(1, ids[0, 1:, None]).squeeze(1)  # log p(ids[t + 1] | ids[:t + 1])
-    return per_token[len(context_ids) - 1:].sum().item()
+    """log p(continuation | context) in nats: the sum over the continuation's tokens (the
+    benchmarks' scorer, for one row)."""
+    return score_batch(model, [(context_ids, continuation_ids)])[0]
 
 
 def run_probes(model, tok, probes):

@@ -81,8 +81,13 @@ def gathered_weights(model):
     empty dict), with the tied embedding stored once, as a plain model saves it."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                  cpu_offload=True))
-    if state:
-        state["output.weight"] = state["tok_embeddings.weight"]
+    return tie_head(state) if state else state
+
+
+def tie_head(state):
+    """A whole state dict with the output head as the embedding itself, as a plain model's
+    (tied) state dict holds it: one tensor under two names, saved once."""
+    state["output.weight"] = state["tok_embeddings.weight"]
     return state
 
 
@@ -176,9 +181,7 @@ def load_plain_into_sharded(model, optimizer, model_state, optimizer_state):
 def load_shards_into_plain(path, model, optimizer):
     """A directory of shards into a plain (or DDP) model and its optimizer."""
     whole = read_shards(path)
-    weights = whole["model"]
-    weights.setdefault("output.weight", weights["tok_embeddings.weight"])  # tied: one tensor
-    model.load_state_dict(weights)
+    model.load_state_dict(tie_head(whole["model"]))
     optimizer.load_state_dict(numbered_optimizer_state(whole["optimizer"],
                                                        param_names(model, optimizer)))
 

@@ -45,8 +45,8 @@ def checkpoint_blocks(model):
 
 
 def saved_bytes(fn, exclude=()):
-    """(bytes autograd keeps for the backward pass while fn() runs, fn's result): each
-    storage counted once, the tensors in `exclude` (the parameters) left out."""
+    """The bytes autograd keeps for the backward pass while fn() runs: each storage counted
+    once, the tensors in `exclude` (the parameters) left out."""
     excluded = {t.untyped_storage().data_ptr() for t in exclude}
     kept = {}
 
@@ -57,8 +57,8 @@ def saved_bytes(fn, exclude=()):
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn()
-    return sum(kept.values()), out
+        fn()
+    return sum(kept.values())
 
 
 def activation_bytes(config, seq_len, dtype):
@@ -78,10 +78,10 @@ def activation_bytes(config, seq_len, dtype):
         targets = torch.zeros(batch, seq_len, dtype=torch.long)
         with torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 \
                 else contextlib.nullcontext():
-            in_block, _ = saved_bytes(lambda: block(x, cos, sin), params)
+            in_block = saved_bytes(lambda: block(x, cos, sin), params)
             # the head: the last norm, the output projection, and the loss, which keeps
             # float32 logits (as train_pretrain.masked_lm_loss does)
-            in_head, _ = saved_bytes(lambda: F.cross_entropy(
+            in_head = saved_bytes(lambda: F.cross_entropy(
                 head(norm(x)).flatten(0, 1).float(), targets.flatten(), reduction="none").sum(),
                 params)
         return in_block, in_head
@@ -176,9 +176,9 @@ def plan_lines(model, args, world_size, dtype_name, device):
                        getattr(torch, dtype_name), args.grad_checkpoint, args.fsdp)
     device_bytes = (torch.cuda.get_device_properties(device).total_memory
                     if device.type == "cuda" else None)
-    checkpointing = ", --grad_checkpoint" * args.grad_checkpoint + ", --fsdp" * args.fsdp
+    extras = ", --grad_checkpoint" * args.grad_checkpoint + ", --fsdp" * args.fsdp
     lines = [f"memory plan per GPU ({world_size} rank{'s' * (world_size > 1)}, "
-             f"{args.optimizer}, {dtype_name}{checkpointing}; docs/memory.md):"]
+             f"{args.optimizer}, {dtype_name}{extras}; docs/memory.md):"]
     lines += format_plan(plan, device_bytes)
     if (tip := advice(plan, device_bytes, args, world_size)) is not None:
         lines.append(tip)

@@ -278,7 +278,8 @@ def bench_figure(runs):
             ax.fill_between(tokens, [r["low"] for r in rs], [r["high"] for r in rs],
                             color=color, alpha=0.2)
             ax.plot(tokens, [r.get("fewest_tokens") for r in rs], ":", color=color)
-            ax.axhline(rs[-1]["chance"], color="gray", linestyle="--", label="chance")
+            chance = rs[-1]["chance"]
+        ax.axhline(chance, color="gray", linestyle="--", label="chance")
         ax.set_title(task, fontsize="medium")
         ax.set_ylim(0, 1)
         finish(ax, "accuracy")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the core, from any directory
 from checkpoint import save_torch  # noqa: E402
-from fsdp import RUN_FILE, read_shards  # noqa: E402
+from fsdp import RUN_FILE, read_shards, tie_head  # noqa: E402
 
 
 def convert(shards_dir, out_path):
@@ -23,8 +23,7 @@ def convert(shards_dir, out_path):
     if not (shards_dir / ".metadata").is_file() or not (shards_dir / RUN_FILE).is_file():
         raise ValueError(f"{shards_dir} is not the resume directory of an --fsdp run (no "
                          f".metadata or {RUN_FILE} in it); pass OUT_DIR/pretrain_*_resume")
-    weights = read_shards(shards_dir)["model"]
-    weights["output.weight"] = weights["tok_embeddings.weight"]  # tied: one tensor, twice
+    weights = tie_head(read_shards(shards_dir)["model"])
     save_torch({k: v.contiguous() for k, v in weights.items()}, out_path)
     return len(weights)
 
