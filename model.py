@@ -1,11 +1,10 @@
-"""The MyLLM decoder: a Llama-style transformer, written to be read top to bottom: LMConfig
--> RMSNorm -> RoPE -> KVCache -> Attention -> FeedForward (SwiGLU) -> MoE -> Block ->
-Transformer (forward, generate) -> sampling and generate's loop. It imports nothing from the
-project; decode.py builds fast decoding (static caches, CUDA graphs) on it. Parameter names
-follow MiniMind (2025), so its `.pth` files load with strict=True. Shapes: B batch, T new
-tokens, S tokens attended to (cached + new), D model dim, H query heads, Hkv key/value
-heads, hd head dim, E routed experts, k experts per token.
-"""
+"""The MyLLM decoder, read top to bottom: LMConfig -> RMSNorm -> RoPE -> KVCache -> attention
+(GQA, or DeepSeek's latent attention) -> FeedForward (SwiGLU) -> MoE (MiniMind's, or
+DeepSeek's fine-grained one) -> Block -> Transformer (forward, generate) -> sampling. It
+imports nothing from the project; decode.py builds fast decoding on it. Names follow
+MiniMind (2025), so its `.pth` files load strictly. Shapes: B batch, T new tokens, S tokens
+attended to (cached + new), D model dim, H query heads, Hkv key/value heads, hd head dim,
+r latent width (MLA), E routed experts, k experts per token, N tokens."""
 
 import math
 from contextlib import nullcontext
@@ -15,6 +14,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+LATENT_NORM_EPS = 1e-6  # MLA's latent norms: DeepSeek's value, whatever norm_eps is
 
 
 @dataclass
@@ -31,26 +32,48 @@ class LMConfig:
     rope_theta: float = 1e6
     dropout: float = 0.0  # train_pretrain.py --dropout
     flash_attn: bool = True  # fused scaled_dot_product_attention; False: the eager path
-    # Mixture of experts (MoE) in place of every FeedForward.
+    head_dim: Optional[int] = None  # None -> dim // n_heads
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3)
+    # Multi-head latent attention (DeepSeek-V2) with attention="mla"; None -> from head_dim
+    attention: str = "gqa"  # "gqa" or "mla"
+    q_lora_rank: int = 0  # 0: a plain query projection; else through a bottleneck this wide
+    kv_lora_rank: Optional[int] = None  # r, the latent cached per token; None -> 2 * hd
+    qk_nope_head_dim: Optional[int] = None  # a head's query/key channels without RoPE: hd / 2
+    qk_rope_head_dim: Optional[int] = None  # with RoPE, the key part shared by heads: hd / 2
+    v_head_dim: Optional[int] = None  # None -> hd
+    # Mixture of experts (MoE) in place of the FeedForward of every layer from first_k_dense
     use_moe: bool = False
     num_experts_per_tok: int = 2  # k
     n_routed_experts: int = 4  # E
     n_shared_experts: int = 1  # always-on experts added to the routed output
+    moe_inter_dim: Optional[int] = None  # one expert's SwiGLU width; None -> hidden_dim
+    first_k_dense: int = 0  # the first layers keep a dense FeedForward (DeepSeek-V3: 3 of 61)
+    score_func: str = "softmax"  # the router's: softmax (MiniMind, Qwen3), sigmoid (DeepSeek)
+    routed_scaling: float = 1.0  # the routed experts' output multiplier (DeepSeek-V3)
+    bias_update_speed: float = 0.0  # sigmoid: the balancing bias's step per step (V3: 0.001)
     aux_loss_alpha: float = 0.1
     seq_aux: bool = True  # load-balancing loss per sequence (True) or over all tokens (False)
-    norm_topk_prob: bool = True
+    norm_topk_prob: bool = True  # the k weights of a token scaled to sum to 1 (k = 1 too)
 
     def __post_init__(self):
         if self.hidden_dim is None:
             # ceil((8 * dim / 3) / multiple_of) * multiple_of, in integers: 1408 for dim 512
             self.hidden_dim = -(-8 * self.dim // (3 * self.multiple_of)) * self.multiple_of
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+        if (self.head_dim is None and self.dim % self.n_heads) or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}) "
                              f"and n_heads by n_kv_heads ({self.n_kv_heads})")
-        if (self.dim // self.n_heads) % 2:
-            raise ValueError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
-        if self.use_moe and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
-            raise ValueError("num_experts_per_tok must be between 1 and n_routed_experts")
+        self.head_dim = hd = self.head_dim or self.dim // self.n_heads
+        self.moe_inter_dim = self.moe_inter_dim or self.hidden_dim
+        if self.attention == "mla":
+            self.kv_lora_rank = self.kv_lora_rank or 2 * hd
+            self.qk_nope_head_dim = self.qk_nope_head_dim or hd // 2
+            self.qk_rope_head_dim = self.qk_rope_head_dim or hd // 2
+            self.v_head_dim = self.v_head_dim or hd
+        check_config(self)
+
+    @property
+    def rope_dim(self) -> int:  # the channels RoPE turns: a head's, or MLA's rotated key part
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
 
 
 class RMSNorm(nn.Module):
@@ -63,15 +86,15 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) \
+            * self.weight
 
 
 def precompute_rope(config: LMConfig):
-    """cos, sin tables (max_seq_len, head_dim // 2). Pair i of a head turns theta^(-2i/head_dim)
-    radians per position (RoFormer): the first pairs tell near positions apart, the last far."""
-    head_dim = config.dim // config.n_heads
-    freqs = config.rope_theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    """cos, sin tables (max_seq_len, d / 2). Pair i of d channels turns theta^(-2i/d) radians
+    per position (RoFormer): the first pairs tell near positions apart, the last far."""
+    d = config.rope_dim
+    freqs = config.rope_theta ** -(torch.arange(0, d, 2, dtype=torch.float64) / d)
     angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), freqs)
     return angles.cos().float(), angles.sin().float()
 
@@ -101,8 +124,7 @@ class KVCache:
         self.capacity, self.length = capacity, 0  # slots to allocate first, slots filled
         self.k = self.v = None  # (B, Hkv, slots, hd), allocated by the first update
 
-    def update(self, k, v):
-        """Append k, v (B, Hkv, T, hd); return every key and value so far (B, Hkv, S, hd)."""
+    def update(self, k, v):  # append k, v (B, Hkv, T, hd); return all so far (B, Hkv, S, hd)
         n, end = self.length, self.length + k.shape[2]
         if self.k is None or end > self.k.shape[2]:  # empty: slots past `length` are never read
             size = max(end, self.capacity, 2 * n)
@@ -110,58 +132,121 @@ class KVCache:
             if n:
                 grown[0][:, :, :n], grown[1][:, :, :n] = self.k[:, :, :n], self.v[:, :, :n]
             self.k, self.v = grown
-        self.k[:, :, n:end], self.v[:, :, n:end] = k, v
-        self.length = end
+        self.k[:, :, n:end], self.v[:, :, n:end], self.length = k, v, end
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+def attend(q, k, v, mask, scale: float, dropout: float = 0.0, fused: bool = True):
+    """softmax(q k^T * scale) v over the keys the mask allows: q (B, H, T, e), k (B, Hkv, S,
+    e), v (B, Hkv, S, ev) -> (B, H, T, ev). mask: boolean (B or 1, 1, T, S), True where a query
+    may attend to a key; None where each query attends to every key up to itself."""
+    T, n_rep = q.shape[2], q.shape[1] // k.shape[1]
+    if fused:
+        # enable_gqa: no repeat_kv copy, where a fused kernel takes it (CPU; FlashAttention
+        # in float16 and bfloat16)
+        gqa = mask is None and (q.device.type == "cpu" or q.dtype.itemsize == 2)
+        if not gqa:
+            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, e / ev)
+        # is_causal's triangle is top-left: right when T == S (no cache); 1 new token needs none
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                              is_causal=mask is None and T > 1, scale=scale,
+                                              enable_gqa=gqa)
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # the same computation, spelled out
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if mask is None:  # causal, with the new tokens at the end of the S keys
+        S = k.shape[2]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    probs = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1, dtype=torch.float32)
+    return F.dropout(probs.type_as(q), dropout, dropout > 0) @ v  # (B, H, T, ev)
+
+
 class Attention(nn.Module):
+    """Grouped-query attention (GQA, Ainslie et al. 2023). qk_norm (Qwen3): queries and keys
+    RMS-normalised per head before RoPE, so no score grows without bound with the weights."""
+
     def __init__(self, config: LMConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
-        self.n_rep = config.n_heads // config.n_kv_heads
-        self.head_dim = config.dim // config.n_heads
+        self.head_dim = config.head_dim
         self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
-        self.dropout, self.flash = config.dropout, config.flash_attn
+        if config.qk_norm:  # one gain per channel, shared by the heads
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.qk_norm, self.dropout, self.flash = config.qk_norm, config.dropout, config.flash_attn
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
-        """mask: boolean (B or 1, 1, T, S), True where a query may attend to a key; None where
-        each query attends to every key up to itself (no cache, or one new token)."""
-        B, T, _ = x.shape
+        B, T, _ = x.shape  # mask: as attend() takes it (Transformer._attention_mask)
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, hd)
-        dropout = self.dropout if self.training else 0.0
-
-        # enable_gqa: no repeat_kv copy, where a fused kernel takes it (CPU; FlashAttention)
-        fused_gqa = mask is None and (
-            x.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16))
-        if self.flash:
-            if not fused_gqa:
-                k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, H, S, hd)
-            # is_causal's triangle is top-left: right when T == S (no cache); one new token
-            # needs no mask
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                 is_causal=mask is None and T > 1,
-                                                 enable_gqa=fused_gqa)
-        else:  # the same computation, spelled out
-            k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, H, S, hd)
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
-            if mask is None:  # causal, with the new tokens at the end of the S keys
-                S = k.shape[2]
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-            scores = scores.masked_fill(~mask, float("-inf"))
-            probs = F.softmax(scores, dim=-1, dtype=torch.float32).type_as(q)
-            out = F.dropout(probs, dropout, self.training) @ v  # (B, H, T, hd)
+        out = attend(q, k, v, mask, self.head_dim ** -0.5, self.dropout * self.training,
+                     self.flash)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.resid_dropout(self.wo(out))
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (MLA; DeepSeek-V2, 2024). wkv_b expands each token's keys
+    and values from one latent (r = kv_lora_rank wide), and its RoPE key part is shared by
+    the heads: a cache holds r + qk_rope_head_dim numbers per token and layer, GQA 2 * Hkv *
+    hd. RoPE stays out of the latent: its position-dependent turn could not fold into wkv_b."""
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        c = config
+        self.n_heads, self.q_lora_rank, self.kv_rank = c.n_heads, c.q_lora_rank, c.kv_lora_rank
+        self.nope, self.rope, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+        q_width = c.n_heads * (self.nope + self.rope)
+        if c.q_lora_rank:  # queries through a bottleneck: fewer weights, the same cache
+            self.wq_a = nn.Linear(c.dim, c.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
+            self.wq_b = nn.Linear(c.q_lora_rank, q_width, bias=False)
+        else:
+            self.wq = nn.Linear(c.dim, q_width, bias=False)
+        self.wkv_a = nn.Linear(c.dim, self.kv_rank + self.rope, bias=False)  # latent, RoPE key
+        self.kv_norm = RMSNorm(self.kv_rank, LATENT_NORM_EPS)
+        self.wkv_b = nn.Linear(self.kv_rank, c.n_heads * (self.nope + self.v_dim), bias=False)
+        self.wo = nn.Linear(c.n_heads * self.v_dim, c.dim, bias=False)
+        self.dropout, self.flash = c.dropout, c.flash_attn
+        self.resid_dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
+        B, T, _ = x.shape
+        H, scale = self.n_heads, (self.nope + self.rope) ** -0.5
+        q = self.wq_b(self.q_norm(self.wq_a(x))) if self.q_lora_rank else self.wq(x)
+        q_nope, q_rope = q.view(B, T, H, -1).split([self.nope, self.rope], dim=-1)
+        q_rope = apply_rope(q_rope, cos, sin).transpose(1, 2)  # (B, H, T, rope)
+        latent, k_rope = self.wkv_a(x).split([self.kv_rank, self.rope], dim=-1)
+        latent = self.kv_norm(latent)[:, None]  # (B, 1, T, r)
+        k_rope = apply_rope(k_rope[:, :, None], cos, sin).transpose(1, 2)  # (B, 1, T, rope)
+        if cache is None:  # training: every head's keys and values expanded from the latent
+            kv = self.wkv_b(latent[:, 0]).view(B, T, H, -1).transpose(1, 2)
+            k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, T, nope / v)
+            k = torch.cat([k_nope, k_rope.expand(-1, H, -1, -1)], dim=-1)
+            q = torch.cat([q_nope.transpose(1, 2), q_rope], dim=-1)
+            out = attend(q, k, v, mask, scale, self.dropout * self.training, self.flash)
+        else:
+            # Decoding reads the cached latents as they are, wkv_b absorbed (DeepSeek-V2, sec.
+            # 2.1.3): q_nope . (W_uk c) = (W_uk^T q_nope) . c, and W_uv comes after the sum:
+            # one-head attention over r + rope channels, no S latents expanded per step.
+            latent, k_rope = cache.update(latent, k_rope)  # (B, 1, S, r), (B, 1, S, rope)
+            w_uk, w_uv = self.wkv_b.weight.view(H, -1, self.kv_rank).split(
+                [self.nope, self.v_dim], dim=1)  # (H, nope, r), (H, v, r)
+            q = torch.cat([torch.einsum("bthn,hnr->bhtr", q_nope, w_uk), q_rope], dim=-1)
+            context = attend(q, torch.cat([latent, k_rope], dim=-1), latent, mask, scale,
+                             fused=self.flash)  # (B, H, T, r)
+            out = torch.einsum("bhtr,hvr->bhtv", context, w_uv)
+        out = out.transpose(1, 2).reshape(B, T, H * self.v_dim)
         return self.resid_dropout(self.wo(out))
 
 
@@ -181,79 +266,133 @@ class FeedForward(nn.Module):
 
 
 class MoEGate(nn.Module):
-    """Scores every token against every routed expert and picks the top k. Also returns the
-    load-balancing loss (Switch Transformer, DeepSeekMoE): per expert, its share of the
-    routed slots (1 when uniform) times the mean probability the router gave it, summed:
-    alpha for a uniform router, more as the load concentrates."""
+    """Picks each token's top k routed experts by softmax probability (MiniMind, Qwen3) or by
+    sigmoid affinity plus a balancing bias (DeepSeek-V3). The load-balancing loss (Switch,
+    DeepSeekMoE): per expert, its share of the slots (1 when uniform) times its mean
+    probability, summed: alpha for a uniform router, more as the load concentrates."""
 
     def __init__(self, config: LMConfig):
         super().__init__()
         self.top_k, self.n_experts = config.num_experts_per_tok, config.n_routed_experts
         self.norm_topk_prob, self.seq_aux = config.norm_topk_prob, config.seq_aux
-        self.alpha = config.aux_loss_alpha
+        self.alpha, self.scaling = config.aux_loss_alpha, config.routed_scaling
+        self.sigmoid, self.bias_speed = config.score_func == "sigmoid", config.bias_update_speed
         # a bias-free Linear(dim, n_experts), held as a bare weight to keep MiniMind's key
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
+        if self.sigmoid:  # learned by counting, not by gradients: a buffer, saved and resumed
+            self.register_buffer("expert_bias", torch.zeros(config.n_routed_experts))
+        self.load = None  # (E,) slots routed to each expert in training since the last read
 
     def forward(self, x):  # x: (B, T, D)
-        # router probabilities in float32: small logit gaps decide the routing
-        scores = F.linear(x, self.weight).softmax(dim=-1, dtype=torch.float32)  # (B, T, E)
-        weights, experts = torch.topk(scores, self.top_k, dim=-1)  # (B, T, k) each
-        if self.top_k > 1 and self.norm_topk_prob:
+        logits = F.linear(x, self.weight).float()  # (B, T, E): small gaps decide, so float32
+        scores = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
+        choice = scores + self.expert_bias if self.sigmoid else scores  # for choosing only
+        experts = torch.topk(choice, self.top_k, dim=-1).indices  # (B, T, k)
+        weights = scores.gather(-1, experts)
+        if self.norm_topk_prob:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-
         aux_loss = scores.new_zeros(())
+        if self.training:  # slots routed to each expert (count_slots: no host sync)
+            routed = count_slots(experts, self.n_experts).float()
+            self.load = routed if self.load is None else self.load + routed
         if self.training and self.alpha > 0:
             # per sequence, then averaged; or (seq_aux False) the whole batch as one sequence
             groups = x.shape[0] if self.seq_aux else 1
+            if self.sigmoid:  # DeepSeek-V3's loss takes each token's affinities summed to 1
+                scores = scores / scores.sum(dim=-1, keepdim=True)
             probs, routed = scores.reshape(groups, -1, self.n_experts), experts.reshape(groups, -1)
-            # slots routed to each expert (groups, E); unlike bincount, scatter_add_ knows its
-            # output's size without reading the expert ids (a host sync on a GPU)
             load = probs.new_zeros(groups, self.n_experts).scatter_add_(
                 1, routed, torch.ones_like(routed, dtype=probs.dtype))
             load = load / (probs.shape[1] * self.top_k / self.n_experts)  # uniform -> 1
             aux_loss = self.alpha * (load * probs.mean(dim=1)).sum(dim=1).mean()
-        return experts, weights.type_as(x), aux_loss
+        return experts, (weights * self.scaling).type_as(x), aux_loss
+
+    @torch.no_grad()
+    def update_bias(self, load):
+        """Auxiliary-loss-free balancing (DeepSeek-V3, sec. 2.1.2): after a step, each expert
+        with fewer slots than the mean (load: (E,), summed over ranks) has its bias raised by
+        bias_update_speed, the others lowered. Only the choice moves, not a weight's gradient."""
+        self.expert_bias += self.bias_speed * torch.sign(load.mean() - load)
 
 
 class MoEFeedForward(nn.Module):
-    """Routed experts (k of E per token) plus always-on shared experts. Every routed expert
-    runs on every token, and each token keeps its k experts' outputs weighted by the gate (0
-    for the others): E / k times the work of routing tokens to their experts only, but no
-    shape depends on the routing, so nothing waits for the host, torch.compile makes one
-    graph, and every expert has a gradient, as DDP requires."""
+    """Routed experts (k of E per token) plus always-on shared experts, SwiGLUs moe_inter_dim
+    wide. Many narrow experts beside shared ones (DeepSeekMoE, Dai et al. 2024) give more
+    combinations of specialists, while the shared ones hold what every token needs."""
 
     def __init__(self, config: LMConfig):
         super().__init__()
-        self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_routed_experts))
+        self.experts = nn.ModuleList(FeedForward(config, config.moe_inter_dim)
+                                     for _ in range(config.n_routed_experts))
         self.gate = MoEGate(config)
         # n shared SwiGLU experts summed equal one SwiGLU n times as wide (MiniMind's keys)
-        self.shared_experts = (FeedForward(config, config.hidden_dim * config.n_shared_experts)
+        self.shared_experts = (FeedForward(config, config.moe_inter_dim * config.n_shared_experts)
                                if config.n_shared_experts > 0 else None)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):  # x: (B, T, D)
-        experts, weights, aux_loss = self.gate(x)  # (B, T, k) each
-        # the gate's weight of every (token, expert) pair, 0 where the token was not routed
-        combine = weights.new_zeros(*x.shape[:2], len(self.experts)).scatter(2, experts, weights)
+        experts, weights, self.aux_loss = self.gate(x)  # (B, T, k) each
         out = torch.zeros_like(x) if self.shared_experts is None else self.shared_experts(x)
-        for e, expert in enumerate(self.experts):
-            out = out + expert(x) * combine[..., e, None]  # (B, T, D)
-        self.aux_loss = aux_loss
-        return out
+        # a CUDA graph or torch.compile needs static shapes: there every expert runs
+        static = torch.compiler.is_compiling() or (
+            x.is_cuda and torch.cuda.is_current_stream_capturing())
+        return out + (self.every_expert if static else self.routed)(x, experts, weights)
+
+    def routed(self, x, experts, weights):
+        """The (token, expert) pairs sorted by expert, so that expert e multiplies one block
+        of rows: k / E of every_expert's work, in a grouped matrix product (block ends on the
+        device: no host sync) over the experts' stacked weights (a copy; the keys stay)."""
+        flat, k, E = x.reshape(-1, x.shape[-1]), experts.shape[-1], len(self.experts)  # (N, D)
+        pair_expert = experts.reshape(-1)  # (N * k,)
+        order = pair_expert.argsort(stable=True)
+        token = order // k  # the token of each sorted pair
+        ends = count_slots(pair_expert, E).cumsum(0).int()
+        w1, w2, w3 = (torch.stack([getattr(e, name).weight for e in self.experts])
+                      for name in ("w1", "w2", "w3"))  # (E, out, in) each
+        rows = flat[token]  # (N * k, D)
+        hidden = F.silu(grouped_linear(rows, w1, ends)) * grouped_linear(rows, w3, ends)
+        out = self.dropout(grouped_linear(hidden, w2, ends)) * weights.reshape(-1)[order, None]
+        return torch.zeros_like(flat).index_add_(0, token, out.type_as(flat)).view_as(x)
+
+    def every_expert(self, x, experts, weights):
+        """Every expert on every token, weighted by the gate (0 where not routed): E / k times
+        the routed work, but no shape depends on the routing (CUDA graphs, torch.compile)."""
+        combine = weights.new_zeros(*x.shape[:2], len(self.experts)).scatter(2, experts, weights)
+        return sum(expert(x) * combine[..., e, None] for e, expert in enumerate(self.experts))
 
 
 class Block(nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), then h + feed_forward(norm(h))."""
 
-    def __init__(self, config: LMConfig):
+    def __init__(self, config: LMConfig, layer_id: int = 0):
         super().__init__()
-        self.attention = Attention(config)
+        self.attention = (LatentAttention if config.attention == "mla" else Attention)(config)
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.feed_forward = MoEFeedForward(config) if config.use_moe else FeedForward(config)
+        self.is_moe = config.use_moe and layer_id >= config.first_k_dense
+        self.feed_forward = MoEFeedForward(config) if self.is_moe else FeedForward(config)
 
     def forward(self, x, cos, sin, mask=None, cache=None):
         h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+def count_slots(experts, n_experts: int):
+    """(E,) slots per expert; unlike bincount, no host sync to learn the output's size."""
+    flat = experts.reshape(-1)
+    return flat.new_zeros(n_experts).scatter_add_(0, flat, torch.ones_like(flat))
+
+
+def grouped_linear(rows, weight, ends):
+    """A Linear per expert: rows (M, in) of block e (blocks ending at ends (E,)) through
+    weight[e] (E, out, in), in autocast's type where it is on, as a Linear computes."""
+    if torch.is_autocast_enabled(rows.device.type):
+        dtype = torch.get_autocast_dtype(rows.device.type)
+        rows, weight = rows.to(dtype), weight.to(dtype)
+    try:
+        return F.grouped_mm(rows, weight.transpose(1, 2), offs=ends)
+    except RuntimeError:  # e.g. widths not a multiple of 16 bytes, an older GPU
+        return torch.cat([r @ w.T for r, w in zip(rows.tensor_split(ends[:-1].tolist()), weight)])
 
 
 @dataclass
@@ -269,7 +408,7 @@ class Transformer(nn.Module):
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.output.weight = self.tok_embeddings.weight  # tied: one matrix reads and writes tokens
@@ -285,8 +424,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
     def _apply(self, fn, *args, **kwargs):
-        """.to(), .half() and the like go through here. bf16 would round the RoPE tables too
-        (8 bits: angles far off at long positions), so they are rebuilt in float32."""
+        """.to(), .half() and the like: the RoPE tables are rebuilt in float32 (bf16's 8 bits
+        would put angles at long positions far off)."""
         super()._apply(fn, *args, **kwargs)
         if self.rope_cos.dtype != torch.float32:
             device = self.rope_cos.device
@@ -296,10 +435,13 @@ class Transformer(nn.Module):
     def num_params(self, active: bool = False) -> int:
         """Parameters, the tied embedding once; active: what one token uses (k of E experts)."""
         c, total = self.config, sum(p.numel() for p in self.parameters())
-        if active and c.use_moe:
-            per_expert = sum(p.numel() for p in self.layers[0].feed_forward.experts[0].parameters())
-            total -= c.n_layers * per_expert * (c.n_routed_experts - c.num_experts_per_tok)
+        if active:  # less w1, w2 and w3 of each MoE layer's idle experts
+            idle = (c.n_routed_experts - c.num_experts_per_tok) * 3 * c.dim * c.moe_inter_dim
+            total -= sum(layer.is_moe for layer in self.layers) * idle
         return total
+
+    def moe_gates(self):  # the routers of the MoE layers
+        return [layer.feed_forward.gate for layer in self.layers if layer.is_moe]
 
     def _positions(self, input_ids, attention_mask, past_len):
         """Position of every new token (B or 1, T): the count of real tokens before it in its
@@ -353,18 +495,16 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, caches[i] if caches is not None else None)
         logits = self.output(self.norm(h[:, -logits_to_keep:] if logits_to_keep > 0 else h))
-        if not self.config.use_moe:
-            return logits, logits.new_zeros((), dtype=torch.float32)
-        return logits, sum(layer.feed_forward.aux_loss for layer in self.layers)
+        aux = [layer.feed_forward.aux_loss for layer in self.layers if layer.is_moe]
+        return logits, sum(aux) if aux else logits.new_zeros((), dtype=torch.float32)
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=256, temperature=1.0,
                  top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=None,
                  use_cache=True, stream=False, generator=None, decoder=None):
         """Continue each prompt of input_ids (B, T), left-padded where attention_mask is 0.
-        temperature 0 is greedy; top_k 0 and top_p 1 disable those filters; rows that end
-        (eos_token_id) repeat it until all have. Returns (B, T + new) ids, or with stream=True
-        an iterator of (B,) tensors. use_cache=False recomputes everything at each step;
-        decoder: a decode.StaticDecoder (static caches, a CUDA graph)."""
+        temperature 0 is greedy; top_k 0 and top_p 1 are off; rows that end (eos_token_id)
+        repeat it until all have. Returns (B, T + new) ids, or with stream=True an iterator of
+        (B,) tensors. use_cache=False recomputes all each step; decoder: a StaticDecoder."""
         B, T = input_ids.shape
         longest = max_new_tokens + (T if attention_mask is None else
                                     int(attention_mask.sum(-1).max()))
@@ -446,3 +586,15 @@ def decode_steps(model, ids, attention_mask, max_new_tokens, sampling, eos_token
             if eos_token_id is not None and bool(done.all()):
                 return
 
+
+def check_config(c: LMConfig):
+    """ValueError for a shape or a combination the model cannot take."""
+    if c.rope_dim % 2:
+        raise ValueError(f"the RoPE head dim {c.rope_dim} must be even")
+    for name, choices in (("attention", ("gqa", "mla")), ("score_func", ("softmax", "sigmoid"))):
+        if getattr(c, name) not in choices:
+            raise ValueError(f"{name} is {getattr(c, name)!r}; pass {' or '.join(choices)}")
+    if c.attention == "mla" and c.qk_norm:
+        raise ValueError("qk_norm is for GQA attention; MLA normalises its latents instead")
+    if c.use_moe and not 1 <= c.num_experts_per_tok <= c.n_routed_experts:
+        raise ValueError("num_experts_per_tok must be between 1 and n_routed_experts")
