@@ -17,6 +17,7 @@ fill.
 """
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -27,17 +28,48 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from files import write_atomic
+from files import write_atomic, write_text_atomic
 from fsdp import (RUN_FILE, gathered_weights, is_sharded, load_plain_into_sharded,
                   load_shards_into_plain, load_sharded, resume_dir, save_sharded)
 from model import LMConfig, Transformer
 from tokenizer import tokenizer_fingerprint
 
 
-def checkpoint_paths(out_dir, dim: int, use_moe: bool):
-    """MiniMind's weights file name, and the resume file beside it."""
-    stem = f"pretrain_{dim}{'_moe' if use_moe else ''}"
+def checkpoint_paths(out_dir, dim: int, tag: str = ""):
+    """The weights file's name, and the resume file beside it; tag: arch_tag's."""
+    stem = f"pretrain_{dim}{tag}"
     return Path(out_dir) / f"{stem}.pth", Path(out_dir) / f"{stem}_resume.pth"
+
+
+def arch_tag(fields) -> str:
+    """What tells two architectures of one width apart in a file name: MiniMind's names
+    for its models (pretrain_512.pth, pretrain_512_moe.pth), then _qknorm, _mla, and
+    _dsmoe for DeepSeek's MoE (pretrain_512_mla_dsmoe.pth). fields: an LMConfig or a dict
+    of its fields (flags.model_fields)."""
+    f = fields if isinstance(fields, dict) else asdict(fields)
+    tag = "_qknorm" * bool(f.get("qk_norm")) + "_mla" * (f.get("attention") == "mla")
+    if f.get("use_moe"):
+        tag += "_dsmoe" if f.get("score_func") == "sigmoid" else "_moe"
+    return tag
+
+
+def config_path(weights_path):
+    """The model's config, saved beside its weights: pretrain_512_mla.json."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_config(config: LMConfig, weights_path):
+    write_text_atomic(config_path(weights_path), json.dumps(asdict(config), indent=1) + "\n")
+
+
+def resolved_config(saved: dict, **override) -> LMConfig:
+    """The LMConfig of saved fields (a config file, a resume file's "config"): a field that
+    did not exist when it was written takes its default; one unknown here is an error."""
+    unknown = sorted(set(saved) - {f.name for f in fields(LMConfig)})
+    if unknown:
+        raise ValueError(f"the saved config has fields this MyLLM does not know ({unknown[0]}, "
+                         "...); update MyLLM")
+    return LMConfig(**{**saved, **override})
 
 
 def lock_out_dir(out_dir):
@@ -112,6 +144,7 @@ def save_checkpoint(weights_path, resume_path, model, optimizer, scaler, run_fie
     tokenizer and prepared-data fingerprints, world size)."""
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_torch(weights, weights_path)
+    save_config(model.config, weights_path)
     save_torch({"model": weights, "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "config": asdict(model.config), **run_fields},
                resume_path)
@@ -194,6 +227,7 @@ def save_run(run, state: RunState):
         weights = gathered_weights(run.raw_model)
         if run.rank == 0:
             save_torch(weights, run.weights_path)
+            save_config(run.raw_model.config, run.weights_path)
         save_sharded(run.resume_path, run.raw_model, run.optimizer,
                      {**run_fields, "config": asdict(run.raw_model.config), "scaler": {}},
                      run.rank)
@@ -263,22 +297,48 @@ def read_state_dict(path):
 
 
 def config_from_state_dict(state, n_heads: int = LMConfig.n_heads) -> LMConfig:
-    """The model a state dict was saved from, read off its keys and tensor shapes. The head
-    count is the one thing the shapes do not tell (the width is heads x head size)."""
+    """The model a state dict was saved from, read off its keys and tensor shapes: for the
+    files MiniMind writes, which have no config beside them. The head count is the one
+    thing the shapes do not tell (the width is heads x head size), unless QK-norm's gains
+    give the head size. MLA and DeepSeek's MoE need their config file (ValueError)."""
+    if any(k.endswith(("wkv_a.weight", "expert_bias")) for k in state):
+        raise ValueError("holds MLA or DeepSeek-MoE weights, whose sizes only its config file "
+                         "tells, and that file is not beside it; pass the .pth with its .json")
     vocab_size, dim = state["tok_embeddings.weight"].shape
     n_layers = len({int(key.split(".")[1]) for key in state if key.startswith("layers.")})
-    ffn = "layers.0.feed_forward."
-    use_moe = ffn + "gate.weight" in state
-    w1 = state[ffn + ("experts.0.w1.weight" if use_moe else "w1.weight")]
-    kv_dim = state["layers.0.attention.wk.weight"].shape[0]  # n_kv_heads * head dim
+    moe_layers = sorted(int(k.split(".")[1]) for k in state if k.endswith("feed_forward.gate.weight"))
+    ffn, attn = f"layers.{n_layers - 1}.feed_forward.", "layers.0.attention."
+    w1 = state[ffn + ("experts.0.w1.weight" if moe_layers else "w1.weight")]
+    head_dim = None
+    if attn + "q_norm.weight" in state:  # QK-norm: a gain per head channel
+        head_dim = state[attn + "q_norm.weight"].shape[0]
+        n_heads = state[attn + "wq.weight"].shape[0] // head_dim
+    kv_dim = state[attn + "wk.weight"].shape[0]  # n_kv_heads * head dim
     moe = {}
-    if use_moe:
+    if moe_layers:
         shared = state.get(ffn + "shared_experts.w1.weight")
-        moe = dict(n_routed_experts=state[ffn + "gate.weight"].shape[0],
-                   n_shared_experts=0 if shared is None else shared.shape[0] // w1.shape[0])
-    return LMConfig(dim=dim, n_layers=n_layers, n_heads=n_heads,
-                    n_kv_heads=max(kv_dim * n_heads // dim, 1), vocab_size=vocab_size,
-                    hidden_dim=w1.shape[0], use_moe=use_moe, **moe)
+        dense = state.get("layers.0.feed_forward.w1.weight", w1)
+        moe = dict(use_moe=True, n_routed_experts=state[ffn + "gate.weight"].shape[0],
+                   n_shared_experts=0 if shared is None else shared.shape[0] // w1.shape[0],
+                   first_k_dense=moe_layers[0], moe_inter_dim=w1.shape[0],
+                   hidden_dim=dense.shape[0])
+    return LMConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, head_dim=head_dim,
+                    n_kv_heads=max(kv_dim * n_heads // (head_dim or dim), 1),
+                    vocab_size=vocab_size, qk_norm=head_dim is not None,
+                    **({"hidden_dim": w1.shape[0]} | moe))
+
+
+def read_config(path, state, n_heads=None) -> LMConfig:
+    """The model of the weights file at path: its config file's (save_config), or else what
+    its shapes tell (config_from_state_dict, with n_heads or the default's)."""
+    if config_path(path).is_file():
+        try:
+            saved = json.loads(config_path(path).read_text())
+            return resolved_config(saved, **({} if n_heads is None else {"n_heads": n_heads}))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{config_path(path)}: {e}; delete it to read the model's shape "
+                             "from the weights") from None
+    return config_from_state_dict(state, n_heads or LMConfig.n_heads)
 
 
 def existing_checkpoints(out_dir):
@@ -286,23 +346,25 @@ def existing_checkpoints(out_dir):
     found = []
     for path in sorted(Path(out_dir).glob("*.pth")):
         try:
-            config = config_from_state_dict(read_state_dict(path))
+            config = read_config(path, read_state_dict(path))
         except (ValueError, KeyError):
             continue  # a resume file, an incomplete file: nothing that loads
         flags = f"--dim {config.dim} --n_layers {config.n_layers}"
         flags += " --use_moe" if config.use_moe else ""
-        if path.name != checkpoint_paths(out_dir, config.dim, config.use_moe)[0].name:
+        if path.name != checkpoint_paths(out_dir, config.dim, arch_tag(config))[0].name \
+                or arch_tag(config) not in ("", "_moe"):
             flags = f"--ckpt {path}"
         found.append(f"{path.name} ({flags})")
     return found
 
 
 def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=None,
-               n_heads=8, n_kv_heads=None):
+               n_heads=None, n_kv_heads=None, **arch):
     """The Transformer that the weights file at path was saved from, loaded, in eval mode.
 
-    dim, n_layers, use_moe and n_kv_heads are checked against the file when given and read
-    from it when None; n_heads cannot be read from the shapes, so it is taken as given.
+    Its config file says what it is (read_config); a file without one (MiniMind's) is read
+    off its shapes, with n_heads as given (they cannot tell it). dim, n_layers, use_moe,
+    n_kv_heads and the architecture's fields (arch) are checked against it where given.
     vocab_size is the tokenizer's: it must match the checkpoint's embedding.
     """
     path = Path(path)
@@ -310,14 +372,17 @@ def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=
         raise FileNotFoundError(missing_checkpoint(path, dim, n_layers, use_moe))
     state = read_state_dict(path)
     try:
-        config = config_from_state_dict(state, n_heads)
+        config = read_config(path, state, n_heads)
     except KeyError as e:  # tok_embeddings.weight is there, but not a layer's weights
         raise ValueError(f"{path} has no {e.args[0]}, so the model's shape cannot be read from "
                          "it; pass a complete pretrain_*.pth") from None
-    except ValueError:  # LMConfig refused the head split
-        config = None
+    except ValueError as e:
+        if "config" in str(e) or "MLA" in str(e):
+            raise ValueError(f"{path}: {e}" if "MLA" in str(e) else str(e)) from None
+        config = None  # LMConfig refused the head split
     check_loaded_shape(path, state, config, vocab_size, dict(
-        dim=dim, n_layers=n_layers, use_moe=use_moe, n_kv_heads=n_kv_heads), n_heads)
+        dim=dim, n_layers=n_layers, use_moe=use_moe, n_kv_heads=n_kv_heads, **arch),
+        n_heads or (config.n_heads if config else LMConfig.n_heads))
     model = Transformer(config)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
@@ -390,7 +455,7 @@ def check_resume(path, state, args, config, tok_fingerprint, data_fingerprint, w
     # Dropout and the attention kernel change how a model trains, not the model: they may
     # change between a run and its continuation.
     asked = asdict(config)
-    saved = {f.name: state["config"].get(f.name, f.default) for f in fields(LMConfig)}
+    saved = asdict(resolved_config(state["config"], dropout=config.dropout))
     differ = [k for k in asked if asked[k] != saved[k] and k not in ("dropout", "flash_attn")]
     if differ:
         raise ValueError(
@@ -446,8 +511,8 @@ def missing_checkpoint(path: Path, dim=None, n_layers=None, use_moe=None):
 def check_loaded_shape(path, state, config, vocab_size, asked, n_heads):
     """ValueError unless the flags that were given agree with the file's shape."""
     dim = state["tok_embeddings.weight"].shape[1]
-    kv_dim = state["layers.0.attention.wk.weight"].shape[0]
-    if config is None or dim % n_heads or kv_dim % (dim // n_heads):
+    kv_dim = state.get("layers.0.attention.wk.weight", torch.empty(0, 0)).shape[0]  # 0: MLA
+    if config is None or kv_dim and kv_dim != config.n_kv_heads * config.head_dim:
         raise ValueError(f"{path}: dim {dim} and key/value width {kv_dim} do not split into "
                          f"heads of --n_heads {n_heads}; pass the n_heads it was trained with")
     found = asdict(config)

@@ -20,13 +20,14 @@ import torch
 
 import dataset
 from benchmarks import add_bench_flags, bench_cli, check_tasks
-from checkpoint import checkpoint_paths, load_model
+from checkpoint import arch_tag, checkpoint_paths, load_model
 from corpus import iter_texts
 from decode import StaticDecoder, complete, fast_decoding
 from device import device_error, pick_device
 from evaluator import (batches_of, evaluate, load_probes, print_probe_report, run_probes,
                        sample_prompts, text_windows)
-from flags import add_device_flags, add_model_flags, add_out_dir_flag, add_tokenizer_flag
+from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_tokenizer_flag,
+                   model_fields)
 from model import LMConfig
 from prepare import check_tokenizer
 from tokenizer import load_tokenizer, token_byte_counts
@@ -50,7 +51,8 @@ def parse_args(argv=None):
     model.add_argument("--hidden_size", dest="dim", type=int, help=argparse.SUPPRESS)
     model.add_argument("--num_hidden_layers", dest="n_layers", type=int, help=argparse.SUPPRESS)
     add_out_dir_flag(model)
-    model.add_argument("--n_heads", type=int, default=8)
+    model.add_argument("--n_heads", type=int, default=None,
+                       help="default: the config file's, else 8")
     model.add_argument("--n_kv_heads", type=int, default=None, help="default: read from the file")
     model.add_argument("--ckpt", default=None, help="load this .pth instead of "
                        "{out_dir}/pretrain_{dim}{_moe}.pth")
@@ -164,9 +166,10 @@ def run(args):
         dim, n_layers = args.dim, args.n_layers
     else:
         dim, n_layers = args.dim or LMConfig.dim, args.n_layers or LMConfig.n_layers
-        path = checkpoint_paths(args.out_dir, dim, bool(args.use_moe))[0]
-    model = load_model(path, tok.get_vocab_size(), args.device, dim, n_layers, args.use_moe,
-                       args.n_heads, args.n_kv_heads)
+        path = checkpoint_paths(args.out_dir, dim, arch_tag(model_fields(args)))[0]
+    model = load_model(path, tok.get_vocab_size(), args.device, n_heads=args.n_heads,
+                       n_kv_heads=args.n_kv_heads, **{**model_fields(args), "dim": dim,
+                                                      "n_layers": n_layers})
     c = model.config
     print(f"{path}: {model.num_params() / 1e6:.2f}M parameters (dim {c.dim}, n_layers "
           f"{c.n_layers}{', MoE' if c.use_moe else ''}), vocabulary {c.vocab_size}, "

@@ -22,8 +22,9 @@ def str_to_bool(value) -> bool:
 
 
 def add_model_flags(parser, from_file=False):
-    """--dim, --n_layers, --use_moe: MiniMind's names for the model's shape. from_file: no
-    defaults (None), for a script that reads the shape from a checkpoint (eval_model.py)."""
+    """--dim, --n_layers, --use_moe (MiniMind's names for the model's shape) and the
+    architecture's flags (LMConfig's names; model_fields reads them). from_file: no defaults
+    (None), for a script that reads the model from a checkpoint (eval_model.py)."""
     def default(value):
         return (None, f" (default {value}; with --ckpt, read from the file)") if from_file \
             else (value, "")
@@ -35,7 +36,57 @@ def add_model_flags(parser, from_file=False):
     group.add_argument("--use_moe", type=str_to_bool, nargs="?", const=True, default=moe,
                        help="mixture of experts: --use_moe, or --use_moe 1/0 as MiniMind "
                             f"passes it{moe_note}")
+    arch = parser.add_argument_group(
+        "architecture", "beyond MiniMind's Llama-style model (docs/architectures.md); saved "
+        "beside the weights (pretrain_*.json), so other scripts read them from there")
+    arch.add_argument("--qk_norm", type=str_to_bool, nargs="?", const=True, default=None,
+                      help="RMSNorm on each head's queries and keys (Qwen3): --qk_norm or 1/0")
+    arch.add_argument("--attention", choices=["gqa", "mla"], default=None,
+                      help="gqa (default) or mla: DeepSeek-V2's multi-head latent attention")
+    for name, about in MLA_FLAGS.items():
+        arch.add_argument(f"--{name}", type=int, default=None, help=f"mla: {about}")
+    arch.add_argument("--moe", choices=["minimind", "deepseek"], default=None,
+                      help="an MoE: minimind (= --use_moe) or deepseek (" + ", ".join(
+                          f"{k} {v}" for k, v in DEEPSEEK_MOE.items() if k != "use_moe")
+                      + ", moe_inter_dim hidden_dim / 4); the flags below change either")
+    for name, (kind, about) in MOE_FLAGS.items():
+        arch.add_argument(f"--{name}", type=kind, default=None, help=about)
     return group
+
+
+MLA_FLAGS = {"q_lora_rank": "queries' low rank; 0 (default): a plain projection",
+             "kv_lora_rank": "the latent each token caches; default 2 * head dim",
+             "qk_nope_head_dim": "a head's query/key channels without RoPE; default hd / 2",
+             "qk_rope_head_dim": "the RoPE key part, shared by the heads; default hd / 2",
+             "v_head_dim": "a head's value channels; default the head dim"}
+MOE_FLAGS = {"n_routed_experts": (int, "routed experts per MoE layer (default 4)"),
+             "num_experts_per_tok": (int, "routed experts per token, k (default 2)"),
+             "n_shared_experts": (int, "always-on experts (default 1)"),
+             "moe_inter_dim": (int, "one expert's SwiGLU width (default hidden_dim)"),
+             "first_k_dense": (int, "the first layers keep a dense feed-forward (default 0)"),
+             "bias_update_speed": (float, "the sigmoid router's balancing bias step per "
+                                          "optimizer step; 0: off"),
+             "aux_loss_alpha": (float, "the load-balancing loss's weight (default 0.1)")}
+# DeepSeek-V3's MoE at MyLLM's scale: 16 experts a quarter of the SwiGLU wide, 3 routed and 1
+# shared per token (as many active weights as the dense feed-forward), the first layer
+# dense, sigmoid scores with the balancing bias, and only a trace of the auxiliary loss
+DEEPSEEK_MOE = dict(use_moe=True, score_func="sigmoid", n_routed_experts=16,
+                    num_experts_per_tok=3, n_shared_experts=1, first_k_dense=1,
+                    bias_update_speed=1e-3, aux_loss_alpha=1e-4)
+
+
+def model_fields(args) -> dict:
+    """The LMConfig fields that add_model_flags' flags set (those given, or with defaults)."""
+    fields = {}
+    if args.moe == "deepseek":
+        hidden = LMConfig(dim=args.dim or LMConfig.dim).hidden_dim
+        fields.update(DEEPSEEK_MOE, moe_inter_dim=hidden // 4)
+    names = ["dim", "n_layers", "use_moe", "qk_norm", "attention", *MLA_FLAGS, *MOE_FLAGS]
+    fields.update({name: getattr(args, name) for name in names
+                   if getattr(args, name) is not None})
+    if args.moe:
+        fields["use_moe"] = True
+    return fields
 
 
 def add_device_flags(parser, dtype=True):

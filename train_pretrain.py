@@ -28,14 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from benchmarks import Tracker, add_bench_flags, check_tasks
-from checkpoint import (DiskFull, RunState, checkpoint_paths, find_resume_file, lock_out_dir,
-                        restore_run, save_run)
+from checkpoint import (DiskFull, RunState, arch_tag, checkpoint_paths, find_resume_file,
+                        lock_out_dir, restore_run, save_run)
 from dataset import PretrainDataset, ShardedSampler
 from device import device_error, mixed_precision, pick_device
 from distributed import StopSignal, check_same_data, ranks, setup_distributed, teardown
 from evaluator import default_probes, load_probes, sample_prompts, validate
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
-                   add_source_flags, str_to_bool)
+                   add_source_flags, model_fields, str_to_bool)
 from fsdp import check_fsdp_flags, full_value, is_sharded, resume_dir, shard_model
 from memory import add_memory_flags, checkpoint_blocks, dry_run, peak_line, plan_lines
 from model import LMConfig, Transformer
@@ -137,9 +137,8 @@ def parse_args(argv=None):
 def model_config(args, vocab_size: int = LMConfig.vocab_size) -> LMConfig:
     """The model the flags describe. The RoPE tables keep their default length (8192) unless
     training needs more. LMConfig raises ValueError for an impossible shape."""
-    return LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
-                    max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), use_moe=args.use_moe,
-                    dropout=args.dropout, flash_attn=args.flash_attn)
+    return LMConfig(vocab_size=vocab_size, dropout=args.dropout, flash_attn=args.flash_attn,
+                    max_seq_len=max(args.max_seq_len, LMConfig.max_seq_len), **model_fields(args))
 
 
 def default_learning_rate(dim: int) -> float:
@@ -398,7 +397,7 @@ def start_run(args, rank, world_size, device, log, data):
         autocast = contextlib.nullcontext()
     optimizer = make_optimizer(raw_model, args.learning_rate, args.weight_decay, device,
                                args.optimizer, args.muon_lr, dtype_name)
-    weights_path, resume_path = checkpoint_paths(args.out_dir, args.dim, args.use_moe)
+    weights_path, resume_path = checkpoint_paths(args.out_dir, args.dim, arch_tag(config))
     resume_path = resume_dir(resume_path) if args.fsdp else resume_path  # a directory
     state = RunState(log_path=str(Path(args.out_dir) / "logs" / (
         f"{weights_path.stem}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl")))

@@ -38,11 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # model.py and tokenizer.py live in the repository root
 
-from checkpoint import (checkpoint_paths, check_state_dict, missing_checkpoint,  # noqa: E402
-                        read_state_dict)
+from checkpoint import (arch_tag, checkpoint_paths, load_model,  # noqa: E402
+                        missing_checkpoint, read_state_dict)
 from files import write_atomic, write_text_atomic  # noqa: E402
-from flags import add_model_flags, add_out_dir_flag, add_tokenizer_flag  # noqa: E402
-from model import LMConfig  # noqa: E402
+from flags import (add_model_flags, add_out_dir_flag, add_tokenizer_flag,  # noqa: E402
+                   model_fields)
+from model import LMConfig, Transformer  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, save_tokenizer  # noqa: E402
 
 
@@ -61,59 +62,118 @@ def to_interleaved(w, n_heads: int):
     return w.reshape(n_heads, 2, pairs, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
+def hf_architecture(config: LMConfig) -> str:
+    """The transformers model_type that computes what this MyLLM model computes, or
+    ValueError naming what none of them holds."""
+    if config.attention == "mla" or config.score_func == "sigmoid" and config.use_moe:
+        if config.attention != "mla" or config.use_moe and config.score_func != "sigmoid":
+            raise ValueError("DeepSeek-V3 pairs MLA with a sigmoid-routed MoE (or a dense "
+                             "feed-forward); export MLA with --moe deepseek or no MoE")
+        return "deepseek_v3"
+    if config.use_moe and config.first_k_dense and not config.qk_norm:
+        raise ValueError("GraniteMoeShared has no dense layers; export --first_k_dense 0")
+    if config.qk_norm:
+        if config.use_moe and config.n_shared_experts:
+            raise ValueError("Qwen3-MoE has no shared experts; a QK-norm MoE exports with "
+                             "--n_shared_experts 0 only")
+        return "qwen3_moe" if config.use_moe else "qwen3"
+    if config.use_moe and (config.moe_inter_dim != config.hidden_dim
+                           or config.routed_scaling != 1.0):
+        raise ValueError("GraniteMoeShared's experts are hidden_dim wide and unscaled")
+    return "granitemoeshared" if config.use_moe else "llama"
+
+
 # Names inside layer i: MyLLM's "layers.{i}." + key is transformers' "model.layers.{i}." + value.
 ATTENTION_NAMES = {
     "attention.wq.weight": "self_attn.q_proj.weight",
     "attention.wk.weight": "self_attn.k_proj.weight",
     "attention.wv.weight": "self_attn.v_proj.weight",
     "attention.wo.weight": "self_attn.o_proj.weight",
-    "attention_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attention.q_norm.weight": "self_attn.q_norm.weight",  # Qwen3
+    "attention.k_norm.weight": "self_attn.k_norm.weight",
 }
-SWIGLU_NAMES = {  # w2(silu(w1 x) * w3 x) = down(silu(gate x) * up x)
-    "feed_forward.w1.weight": "mlp.gate_proj.weight",
-    "feed_forward.w3.weight": "mlp.up_proj.weight",
-    "feed_forward.w2.weight": "mlp.down_proj.weight",
+ROW_KINDS = {"attention.wq.weight": "q", "attention.wk.weight": "k",
+             "attention.q_norm.weight": "norm", "attention.k_norm.weight": "norm"}
+# DeepSeek-V3 with rope_interleave (its default) rotates MyLLM's pairs: no permutation
+LATENT_NAMES = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wq_a.weight": "self_attn.q_a_proj.weight",
+    "attention.q_norm.weight": "self_attn.q_a_layernorm.weight",
+    "attention.wq_b.weight": "self_attn.q_b_proj.weight",
+    "attention.wkv_a.weight": "self_attn.kv_a_proj_with_mqa.weight",
+    "attention.kv_norm.weight": "self_attn.kv_a_layernorm.weight",
+    "attention.wkv_b.weight": "self_attn.kv_b_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
 }
+NORM_NAMES = {"attention_norm.weight": "input_layernorm.weight",
+              "ffn_norm.weight": "post_attention_layernorm.weight"}
+SWIGLU_NAMES = {"w1.weight": "gate_proj.weight",  # w2(silu(w1 x) * w3 x)
+                "w3.weight": "up_proj.weight",  # = down(silu(gate x) * up x)
+                "w2.weight": "down_proj.weight"}
 
 
-def tensor_map(config: LMConfig):
-    """[(transformers key, [MyLLM keys], how they combine)], for Llama or GraniteMoeShared.
+def tensor_map(config: LMConfig, keys=None):
+    """[(transformers key, [MyLLM keys], how they combine)] for hf_architecture(config);
+    keys: the MyLLM keys that exist (the attention's optional tensors are taken from them).
 
-    "copy": one tensor as it is; "q" / "k": the rows permuted (see to_half_split); "cat":
-    the tensors one on top of the other; "stack": stacked along a new first axis;
-    "stack_pairs": pairs concatenated, then stacked. Granite stores each SwiGLU's w1 and w3
-    as one matrix, w1 on top, and the routed experts stacked: input_linear
-    (E, 2 * hidden, D), output_linear (E, D, hidden). lm_head.weight is not listed: it is
-    the embedding matrix, declared tied in the config."""
+    "copy": one tensor as it is; "q" / "k": the rows permuted (see to_half_split); "norm":
+    a head's gains permuted alike; "cat": one on top of the other; "stack": stacked along a
+    new first axis; "stack_pairs": pairs concatenated, then stacked. transformers stores an
+    MoE's routed SwiGLUs stacked, w1 on top of w3: (E, 2 * hidden, D), and w2 (E, D, hidden).
+    lm_head.weight is not listed: it is the embedding matrix, declared tied in the config."""
+    arch = hf_architecture(config)
+    if keys is None:
+        with torch.device("meta"):  # names only: no memory, no initialisation
+            keys = Transformer(config).state_dict()
+    keys = set(keys)
     rows = [("model.embed_tokens.weight", ["tok_embeddings.weight"], "copy")]
     for i in range(config.n_layers):
         ours, theirs = f"layers.{i}.", f"model.layers.{i}."
-        for key, hf_key in ATTENTION_NAMES.items():
-            kind = {"attention.wq.weight": "q", "attention.wk.weight": "k"}.get(key, "copy")
-            rows.append((theirs + hf_key, [ours + key], kind))
-        if not config.use_moe:
-            rows += [(theirs + hf_key, [ours + key], "copy")
-                     for key, hf_key in SWIGLU_NAMES.items()]
-            continue
-        ffn, moe = ours + "feed_forward.", theirs + "block_sparse_moe."
-        experts = [f"{ffn}experts.{e}." for e in range(config.n_routed_experts)]
-        rows += [(moe + "router.layer.weight", [ffn + "gate.weight"], "copy"),
-                 (moe + "input_linear.weight",
-                  [e + w for e in experts for w in ("w1.weight", "w3.weight")], "stack_pairs"),
-                 (moe + "output_linear.weight", [e + "w2.weight" for e in experts], "stack")]
+        names = LATENT_NAMES if config.attention == "mla" else ATTENTION_NAMES
+        rows += [(theirs + hf_key, [ours + key], "copy" if config.attention == "mla" else
+                  ROW_KINDS.get(key, "copy"))
+                 for key, hf_key in {**names, **NORM_NAMES}.items() if ours + key in keys]
+        rows += feed_forward_rows(config, arch, ours + "feed_forward.", theirs,
+                                  is_moe=config.use_moe and i >= config.first_k_dense)
+    return rows + [("model.norm.weight", ["norm.weight"], "copy")]
+
+
+def feed_forward_rows(config, arch, ffn, theirs, is_moe):
+    """tensor_map's rows for one layer's feed-forward (see tensor_map)."""
+    if not is_moe:
+        return [(theirs + "mlp." + hf_key, [ffn + key], "copy")
+                for key, hf_key in SWIGLU_NAMES.items()]
+    experts = [f"{ffn}experts.{e}." for e in range(config.n_routed_experts)]
+    gate_up = [e + w for e in experts for w in ("w1.weight", "w3.weight")]
+    down = [e + "w2.weight" for e in experts]
+    if arch == "granitemoeshared":
+        moe = theirs + "block_sparse_moe."
+        rows = [(moe + "router.layer.weight", [ffn + "gate.weight"], "copy"),
+                (moe + "input_linear.weight", gate_up, "stack_pairs"),
+                (moe + "output_linear.weight", down, "stack")]
         if config.n_shared_experts:
             shared = ffn + "shared_experts."
             rows += [(theirs + "shared_mlp.input_linear.weight",
                       [shared + "w1.weight", shared + "w3.weight"], "cat"),
                      (theirs + "shared_mlp.output_linear.weight", [shared + "w2.weight"], "copy")]
-    return rows + [("model.norm.weight", ["norm.weight"], "copy")]
+        return rows
+    mlp = theirs + "mlp."  # Qwen3-MoE and DeepSeek-V3
+    rows = [(mlp + "gate.weight", [ffn + "gate.weight"], "copy"),
+            (mlp + "experts.gate_up_proj", gate_up, "stack_pairs"),
+            (mlp + "experts.down_proj", down, "stack")]
+    if arch == "deepseek_v3":
+        rows.append((mlp + "gate.e_score_correction_bias", [ffn + "gate.expert_bias"], "copy"))
+        rows += [(mlp + "shared_experts." + hf_key, [ffn + "shared_experts." + key], "copy")
+                 for key, hf_key in SWIGLU_NAMES.items() if config.n_shared_experts]
+    return rows
 
 
 def combine(kind, tensors, config: LMConfig):
     """One transformers tensor from MyLLM's tensors (see tensor_map)."""
     if kind in ("q", "k"):
         return to_half_split(tensors[0], config.n_heads if kind == "q" else config.n_kv_heads)
+    if kind == "norm":
+        return to_half_split(tensors[0][:, None], 1)[:, 0]
     if kind == "stack_pairs":
         return torch.stack([torch.cat(tensors[i:i + 2]) for i in range(0, len(tensors), 2)])
     return {"copy": lambda: tensors[0], "cat": lambda: torch.cat(tensors),
@@ -124,6 +184,8 @@ def split(kind, tensor, config: LMConfig):
     """The inverse of combine: MyLLM's tensors from one transformers tensor."""
     if kind in ("q", "k"):
         return [to_interleaved(tensor, config.n_heads if kind == "q" else config.n_kv_heads)]
+    if kind == "norm":
+        return [to_interleaved(tensor[:, None], 1)[:, 0]]
     if kind == "stack_pairs":
         return [half for pair in tensor.unbind(0) for half in pair.chunk(2)]
     return {"copy": lambda: [tensor], "cat": lambda: list(tensor.chunk(2)),
@@ -131,9 +193,9 @@ def split(kind, tensor, config: LMConfig):
 
 
 def to_hf_state_dict(state_dict, config: LMConfig):
-    """MyLLM's state dict -> transformers' (Llama, or GraniteMoeShared for MoE)."""
+    """MyLLM's state dict -> transformers' (the architecture of hf_architecture)."""
     return {hf_key: combine(kind, [state_dict[k] for k in keys], config)
-            for hf_key, keys, kind in tensor_map(config)}
+            for hf_key, keys, kind in tensor_map(config, state_dict)}
 
 
 def from_hf_state_dict(hf, config: LMConfig):
@@ -146,26 +208,31 @@ def from_hf_state_dict(hf, config: LMConfig):
     return state_dict
 
 
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "qwen3_moe": "Qwen3MoeForCausalLM",
+                 "granitemoeshared": "GraniteMoeSharedForCausalLM",
+                 "deepseek_v3": "DeepseekV3ForCausalLM"}
+
+
 def hf_config(config: LMConfig, dtype: torch.dtype):
     """The contents of config.json for an exported model of this shape."""
-    head_dim = config.dim // config.n_heads
+    arch = hf_architecture(config)
     hf = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [ARCHITECTURES[arch]],
+        "model_type": arch,
         "vocab_size": config.vocab_size,
         "hidden_size": config.dim,
         "intermediate_size": config.hidden_dim,
         "num_hidden_layers": config.n_layers,
         "num_attention_heads": config.n_heads,
         "num_key_value_heads": config.n_kv_heads,
-        "head_dim": head_dim,
+        "head_dim": config.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "rope_theta": config.rope_theta,  # where transformers 4 and other tools look for it
         "attention_bias": False,
-        "mlp_bias": False,
         "tie_word_embeddings": True,
         "bos_token_id": BOS_ID,
         "eos_token_id": EOS_ID,
@@ -173,28 +240,49 @@ def hf_config(config: LMConfig, dtype: torch.dtype):
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
-    if not config.use_moe:
-        return hf
-    if config.num_experts_per_tok < 2 or not config.norm_topk_prob:
-        raise ValueError(
-            "MoE export needs num_experts_per_tok >= 2 and norm_topk_prob: GraniteMoeShared "
-            "always renormalises the top-k weights, which MyLLM does only in that case")
-    del hf["mlp_bias"]
-    hf.update({
-        "architectures": ["GraniteMoeSharedForCausalLM"],
-        "model_type": "granitemoeshared",
-        "num_local_experts": config.n_routed_experts,
-        "num_experts_per_tok": config.num_experts_per_tok,
-        # MyLLM's n shared experts are one SwiGLU n times as wide
-        "shared_intermediate_size": config.hidden_dim * config.n_shared_experts,
-        # Granite scales embeddings, residual branches, logits and attention scores;
-        # these values make it compute what Llama (and MyLLM) compute
-        "embedding_multiplier": 1.0,
-        "residual_multiplier": 1.0,
-        "logits_scaling": 1.0,
-        "attention_multiplier": head_dim ** -0.5,
-    })
+    hf.update(ARCHITECTURE_FIELDS[arch](config))
     return hf
+
+
+def granite_fields(c: LMConfig):
+    if not c.norm_topk_prob:
+        raise ValueError("GraniteMoeShared always renormalises the top-k weights; export "
+                         "with norm_topk_prob")
+    return {"num_local_experts": c.n_routed_experts, "num_experts_per_tok": c.num_experts_per_tok,
+            # MyLLM's n shared experts are one SwiGLU n times as wide
+            "shared_intermediate_size": c.hidden_dim * c.n_shared_experts,
+            # Granite scales embeddings, residual branches, logits and attention scores;
+            # these values make it compute what Llama (and MyLLM) compute
+            "embedding_multiplier": 1.0, "residual_multiplier": 1.0, "logits_scaling": 1.0,
+            "attention_multiplier": c.head_dim ** -0.5}
+
+
+def qwen3_moe_fields(c: LMConfig):
+    if c.routed_scaling != 1.0:
+        raise ValueError("Qwen3-MoE does not scale the routed output; export routed_scaling 1")
+    return {"num_experts": c.n_routed_experts, "num_experts_per_tok": c.num_experts_per_tok,
+            "moe_intermediate_size": c.moe_inter_dim, "norm_topk_prob": c.norm_topk_prob,
+            "decoder_sparse_step": 1, "mlp_only_layers": list(range(c.first_k_dense))}
+
+
+def deepseek_fields(c: LMConfig):
+    mla, moe = c.attention == "mla", c.use_moe
+    return {"q_lora_rank": c.q_lora_rank or None, "kv_lora_rank": c.kv_lora_rank,
+            "qk_nope_head_dim": c.qk_nope_head_dim, "qk_rope_head_dim": c.qk_rope_head_dim,
+            "v_head_dim": c.v_head_dim, "head_dim": c.qk_rope_head_dim if mla else c.head_dim,
+            "rope_interleave": True, "num_key_value_heads": c.n_heads,
+            # one group, all experts eligible: V3's group-limited routing is not MyLLM's
+            "n_group": 1, "topk_group": 1, "first_k_dense_replace":
+                c.first_k_dense if moe else c.n_layers,
+            "n_routed_experts": c.n_routed_experts if moe else 2,
+            "num_experts_per_tok": c.num_experts_per_tok if moe else 1,
+            "n_shared_experts": c.n_shared_experts, "moe_intermediate_size": c.moe_inter_dim,
+            "routed_scaling_factor": c.routed_scaling, "norm_topk_prob": c.norm_topk_prob}
+
+
+ARCHITECTURE_FIELDS = {"llama": lambda c: {"mlp_bias": False}, "qwen3": lambda c: {},
+                       "granitemoeshared": granite_fields, "qwen3_moe": qwen3_moe_fields,
+                       "deepseek_v3": deepseek_fields}
 
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
@@ -240,33 +328,34 @@ def export(state_dict, config: LMConfig, tokenizer, out_dir):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Export a MyLLM checkpoint to a transformers "
-                                            "directory (Llama, or GraniteMoeShared for MoE).")
-    add_model_flags(p)
+                                            "directory (Llama, Qwen3, Qwen3-MoE, DeepSeek-V3, "
+                                            "or GraniteMoeShared for MiniMind's MoE).")
+    add_model_flags(p, from_file=True)
     add_out_dir_flag(p)
-    p.add_argument("--ckpt", help="weights file; default {out_dir}/pretrain_{dim}{_moe}.pth")
+    p.add_argument("--ckpt", help="weights file; default {out_dir}/pretrain_{dim}{tag}.pth, "
+                                  "tag as the architecture flags name it (_moe, _mla, ...)")
     add_tokenizer_flag(p)
-    p.add_argument("--out", help="directory to write; default {out_dir}/hf-{dim}{_moe}")
+    p.add_argument("--out", help="directory to write; default {out_dir}/hf-{dim}{tag}")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    suffix = f"{args.dim}{'_moe' if args.use_moe else ''}"
-    ckpt = Path(args.ckpt) if args.ckpt else checkpoint_paths(args.out_dir, args.dim,
-                                                              args.use_moe)[0]
+    fields = model_fields(args)
+    dim, tag = args.dim or LMConfig.dim, arch_tag(fields)
+    ckpt = Path(args.ckpt) if args.ckpt else checkpoint_paths(args.out_dir, dim, tag)[0]
     tokenizer_path = Path(args.tokenizer or Path(args.out_dir) / "tokenizer.json")
-    out = Path(args.out or Path(args.out_dir) / f"hf-{suffix}")
+    out = Path(args.out or Path(args.out_dir) / f"hf-{dim}{tag}")
     try:
         if not ckpt.is_file():
             raise FileNotFoundError(missing_checkpoint(ckpt, args.dim, args.n_layers,
                                                        args.use_moe))
         tokenizer = load_tokenizer(tokenizer_path)
-        state_dict = read_state_dict(ckpt)
-        vocab_size = state_dict["tok_embeddings.weight"].shape[0]
-        config = LMConfig(dim=args.dim, n_layers=args.n_layers, vocab_size=vocab_size,
-                          use_moe=args.use_moe)
-        flags = f"--dim {args.dim} --n_layers {args.n_layers}" + " --use_moe" * args.use_moe
-        check_state_dict(state_dict, config, str(ckpt), flags)
+        vocab_size = read_state_dict(ckpt)["tok_embeddings.weight"].shape[0]
+        # the architecture from the file's config (or shapes); the flags given must agree
+        model = load_model(ckpt, vocab_size, **fields)
+        config, state_dict = model.config, model.state_dict()
+        hf_architecture(config)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
     if tokenizer.get_vocab_size() > vocab_size:

@@ -2,11 +2,15 @@
 
     python scripts/import_hf.py --hf_dir out/hf-512 --out out/pretrain_512.pth
 
+    python scripts/import_hf.py --minimind ../minimind/out/pretrain_768.pth --out out/m3.pth
+
 reads config.json and model.safetensors (or its shards) and writes a weights-only state dict
-that eval_model.py loads, printing the flags to load it with. It takes a Llama directory of
-a shape MyLLM can hold: SwiGLU with silu, no biases, plain RoPE, and tied embeddings (or
-untied ones that are equal), and the GraniteMoeShared directories that export_hf.py writes.
-Anything else stops with one line that names the config field MyLLM cannot hold.
+and its config file (pretrain_512.json) that eval_model.py loads, printing the command. It
+takes Llama, Qwen3, Qwen3-MoE and DeepSeek-V3 directories of a shape MyLLM can hold: SwiGLU
+with silu, no biases, plain RoPE, tied embeddings (or untied ones that are equal), one group
+of experts; and the GraniteMoeShared directories that export_hf.py writes. Anything else
+stops with one line that names the config field MyLLM cannot hold. --minimind reads a
+checkpoint of MiniMind's trainer/ scripts (minimind-3 included) the same way.
 
 The safetensors file is read by a small function below, so importing needs neither
 transformers nor the safetensors package.
@@ -24,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # model.py and tokenizer.py live in the repository root
 
-from checkpoint import check_state_dict, save_torch  # noqa: E402
-from export_hf import from_hf_state_dict, to_hf_state_dict  # noqa: E402
+from checkpoint import (check_state_dict, config_path, load_torch, save_config,  # noqa: E402
+                        save_torch)
+from scripts.export_hf import (from_hf_state_dict, split, tensor_map,  # noqa: E402
+                               to_hf_state_dict)
 from model import LMConfig  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, load_tokenizer, save_tokenizer  # noqa: E402
 
@@ -73,14 +79,14 @@ def lm_config_from_hf(hf: dict):
     """The LMConfig of a transformers config.json, or SystemExit naming the first field that
     MyLLM cannot hold."""
     model_type = hf.get("model_type")
-    if model_type not in ("llama", "granitemoeshared"):
-        raise unsupported("model_type", model_type, "MyLLM imports llama (and granitemoeshared "
-                                                    "as export_hf.py writes it)")
+    if model_type not in ARCHITECTURE_READERS:
+        raise unsupported("model_type", model_type, "MyLLM imports " + ", ".join(
+            ARCHITECTURE_READERS) + " (granitemoeshared as export_hf.py writes it)")
     if hf.get("hidden_act", "silu") != "silu":
         raise unsupported("hidden_act", hf["hidden_act"], "MyLLM's SwiGLU uses silu")
-    for field in ("attention_bias", "mlp_bias"):
+    for field in ("attention_bias", "mlp_bias", "use_sliding_window"):
         if hf.get(field, False):
-            raise unsupported(field, hf[field], "MyLLM's linear layers have no bias")
+            raise unsupported(field, hf[field], "MyLLM has no biases and no sliding window")
     # transformers 5 writes rope_parameters; transformers 4 wrote rope_theta and rope_scaling
     rope = hf.get("rope_parameters") or dict(hf.get("rope_scaling") or {},
                                             rope_theta=hf.get("rope_theta", 10000.0))
@@ -89,35 +95,83 @@ def lm_config_from_hf(hf: dict):
         raise unsupported("rope_parameters.rope_type", rope_type, "MyLLM imports plain RoPE "
                                                                   "only (rope_type 'default')")
     dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim") not in (None, dim // n_heads):
-        raise unsupported("head_dim", hf["head_dim"], f"MyLLM needs hidden_size / "
-                                                      f"num_attention_heads = {dim // n_heads}")
-    moe = {}
-    if model_type == "granitemoeshared":
-        for field in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
-            if hf.get(field, 1.0) != 1.0:
-                raise unsupported(field, hf[field], "MyLLM has no such scaling (it must be 1)")
-        if not math.isclose(hf.get("attention_multiplier", 1.0), (dim // n_heads) ** -0.5):
-            raise unsupported("attention_multiplier", hf.get("attention_multiplier", 1.0),
-                              "MyLLM scales attention scores by 1 / sqrt(head_dim)")
-        if hf["num_experts_per_tok"] < 2:
-            raise unsupported("num_experts_per_tok", hf["num_experts_per_tok"],
-                              "MyLLM renormalises the top-k weights only for k >= 2")
-        n_shared, rest = divmod(hf.get("shared_intermediate_size", 0), hf["intermediate_size"])
-        if rest:
-            raise unsupported("shared_intermediate_size", hf["shared_intermediate_size"],
-                              "MyLLM needs a multiple of intermediate_size")
-        moe = dict(use_moe=True, n_routed_experts=hf["num_local_experts"],
-                   num_experts_per_tok=hf["num_experts_per_tok"], n_shared_experts=n_shared)
+    fields = dict(dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+                  n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+                  vocab_size=hf["vocab_size"], hidden_dim=hf["intermediate_size"],
+                  norm_eps=hf.get("rms_norm_eps", 1e-6),
+                  max_seq_len=hf.get("max_position_embeddings", 2048),
+                  rope_theta=float(rope.get("rope_theta", 10000.0)))
+    fields.update(ARCHITECTURE_READERS[model_type](hf))
     try:
-        return LMConfig(
-            dim=dim, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads, vocab_size=hf["vocab_size"],
-            hidden_dim=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
-            max_seq_len=hf.get("max_position_embeddings", 2048),
-            rope_theta=float(rope.get("rope_theta", 10000.0)), **moe)
+        return LMConfig(**fields)
     except ValueError as e:
         raise SystemExit(f"config.json: {e}") from None
+
+
+def llama_fields(hf):
+    dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, dim // n_heads):
+        raise unsupported("head_dim", hf["head_dim"], "MyLLM's Llama-style model needs "
+                                                      "hidden_size / num_attention_heads")
+    return {}
+
+
+def granite_fields(hf):
+    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    for field in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+        if hf.get(field, 1.0) != 1.0:
+            raise unsupported(field, hf[field], "MyLLM has no such scaling (it must be 1)")
+    if not math.isclose(hf.get("attention_multiplier", 1.0), head_dim ** -0.5):
+        raise unsupported("attention_multiplier", hf.get("attention_multiplier", 1.0),
+                          "MyLLM scales attention scores by 1 / sqrt(head_dim)")
+    n_shared, rest = divmod(hf.get("shared_intermediate_size", 0), hf["intermediate_size"])
+    if rest:
+        raise unsupported("shared_intermediate_size", hf["shared_intermediate_size"],
+                          "MyLLM needs a multiple of intermediate_size")
+    return dict(use_moe=True, n_routed_experts=hf["num_local_experts"],
+                num_experts_per_tok=hf["num_experts_per_tok"], n_shared_experts=n_shared)
+
+
+def qwen3_fields(hf):
+    return dict(qk_norm=True, head_dim=hf.get("head_dim") or
+                hf["hidden_size"] // hf["num_attention_heads"])
+
+
+def qwen3_moe_fields(hf):
+    n_layers, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1)
+    dense = sorted(set(hf.get("mlp_only_layers") or []) | {
+        i for i in range(n_layers) if (i + 1) % step})
+    if dense != list(range(len(dense))):
+        raise unsupported("mlp_only_layers", dense, "MyLLM's dense layers come first")
+    return dict(qwen3_fields(hf), use_moe=True, n_routed_experts=hf["num_experts"],
+                num_experts_per_tok=hf["num_experts_per_tok"], n_shared_experts=0,
+                moe_inter_dim=hf["moe_intermediate_size"], first_k_dense=len(dense),
+                norm_topk_prob=hf.get("norm_topk_prob", True))
+
+
+def deepseek_fields(hf):
+    for field, value in (("n_group", 1), ("topk_group", 1), ("rope_interleave", True)):
+        if hf.get(field, value) != value:
+            raise unsupported(field, hf[field], f"MyLLM imports DeepSeek-V3 with {field} "
+                                                f"{value} (one group of experts; RoPE pairs "
+                                                "interleaved, as V3 ships)")
+    first_dense = hf.get("first_k_dense_replace", 0)
+    moe = {} if first_dense >= hf["num_hidden_layers"] else dict(
+        use_moe=True, score_func="sigmoid", first_k_dense=first_dense,
+        n_routed_experts=hf["n_routed_experts"], num_experts_per_tok=hf["num_experts_per_tok"],
+        n_shared_experts=hf.get("n_shared_experts") or 0,
+        moe_inter_dim=hf["moe_intermediate_size"],
+        routed_scaling=float(hf.get("routed_scaling_factor", 1.0)),
+        norm_topk_prob=hf.get("norm_topk_prob", True))
+    return dict(attention="mla", n_kv_heads=hf["num_attention_heads"],
+                q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=hf["kv_lora_rank"],
+                qk_nope_head_dim=hf["qk_nope_head_dim"],
+                qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"], **moe)
+
+
+ARCHITECTURE_READERS = {"llama": llama_fields, "qwen3": qwen3_fields,
+                        "qwen3_moe": qwen3_moe_fields, "deepseek_v3": deepseek_fields,
+                        "granitemoeshared": granite_fields}
 
 
 def import_hf(hf_dir):
@@ -156,45 +210,98 @@ def import_hf(hf_dir):
     return state_dict, config, hf_json
 
 
-# What the model computes that neither the weights' shapes nor eval_model.py's flags tell
-UNSTATED_FIELDS = ("norm_eps", "rope_theta", "num_experts_per_tok")
+def minimind_to_myllm(state, n_heads: int = LMConfig.n_heads, num_experts_per_tok: int = 1):
+    """A state dict of MiniMind's trainer/ scripts (since late 2025: transformers' names, half
+    split RoPE pairs; minimind-3 adds QK-norm, rms_norm_eps 1e-6 and an MoE of top-1
+    experts without a shared one) as (MyLLM state dict, LMConfig). What the file cannot
+    tell: n_heads where it has no QK-norm gains, and an MoE's k (minimind-3's is 1)."""
+    state = {k.removeprefix("_orig_mod."): v.float() for k, v in state.items()}
+    if "model.embed_tokens.weight" not in state:
+        raise SystemExit("this file has no model.embed_tokens.weight: not a MiniMind trainer/ "
+                         "checkpoint (MiniMind 2025's flat files load as they are)")
+    vocab_size, dim = state["model.embed_tokens.weight"].shape
+    layer0 = "model.layers.0."
+    qk_norm = layer0 + "self_attn.q_norm.weight" in state
+    head_dim = state[layer0 + "self_attn.q_norm.weight"].shape[0] if qk_norm else dim // n_heads
+    n_heads = state[layer0 + "self_attn.q_proj.weight"].shape[0] // head_dim
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("model.layers.")}
+    moe_layers = sorted(int(k.split(".")[2]) for k in state if k.endswith("mlp.gate.weight"))
+    up = state[f"model.layers.{max(layers)}.mlp." + ("experts.0." if moe_layers else "")
+               + "up_proj.weight"]
+    fields = dict(dim=dim, n_layers=len(layers), n_heads=n_heads, head_dim=head_dim,
+                  n_kv_heads=state[layer0 + "self_attn.k_proj.weight"].shape[0] // head_dim,
+                  vocab_size=vocab_size, hidden_dim=state.get(
+                      layer0 + "mlp.up_proj.weight", up).shape[0], qk_norm=qk_norm,
+                  norm_eps=1e-6 if qk_norm else 1e-5)
+    if moe_layers:
+        fields.update(use_moe=True, n_shared_experts=0, moe_inter_dim=up.shape[0],
+                      n_routed_experts=state[f"model.layers.{moe_layers[0]}.mlp.gate.weight"]
+                      .shape[0], num_experts_per_tok=num_experts_per_tok,
+                      first_k_dense=moe_layers[0], aux_loss_alpha=5e-4, seq_aux=False)
+    config = LMConfig(**fields)
+    # MiniMind's trainer layout is Qwen3's (or Llama's) with its experts one module each
+    hf = {k: v for k, v in state.items() if ".mlp.experts." not in k}
+    for i in moe_layers:
+        experts = [f"model.layers.{i}.mlp.experts.{e}." for e in range(config.n_routed_experts)]
+        hf[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([state[e + "gate_proj.weight"], state[e + "up_proj.weight"]])
+             for e in experts])
+        hf[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack(
+            [state[e + "down_proj.weight"] for e in experts])
+    as_qwen3 = LMConfig(**{**fields, "qk_norm": True}) if not qk_norm else config
+    rows = [r for r in tensor_map(as_qwen3) if qk_norm or "_norm" not in r[0]]
+    state_dict = {}
+    for hf_key, keys, kind in rows:
+        state_dict.update(zip(keys, split(kind, hf[hf_key], config)))
+    state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
+    return state_dict, config
 
 
-def eval_command(config: LMConfig, ckpt, tokenizer):
-    """The eval_model.py command for this checkpoint, and the fields in which the model
-    differs from MyLLM's defaults, which eval_model.py assumes for them."""
-    flags = f"--dim {config.dim} --n_layers {config.n_layers}" + " --use_moe" * config.use_moe
-    if config.n_heads != LMConfig.n_heads:  # the one head count the shapes do not tell
-        flags += f" --n_heads {config.n_heads}"
-    command = f"python eval_model.py {flags} --ckpt {ckpt}"
-    if tokenizer:
-        command += f" --tokenizer {tokenizer}"
-    default = LMConfig(dim=config.dim, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads)
-    differ = [(name, getattr(default, name), getattr(config, name)) for name in UNSTATED_FIELDS
-              if getattr(config, name) != getattr(default, name)]
-    return command, differ
+def eval_command(ckpt, tokenizer):
+    """The eval_model.py command for this checkpoint: its config file says the rest."""
+    command = f"python eval_model.py --ckpt {ckpt}"
+    return command + (f" --tokenizer {tokenizer}" if tokenizer else "")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Import a transformers Llama directory as a MyLLM "
-                                            "checkpoint.")
-    p.add_argument("--hf_dir", required=True, help="directory with config.json and "
-                                                   "model.safetensors")
+    p = argparse.ArgumentParser(description="Import a transformers directory (Llama, Qwen3, "
+                                            "Qwen3-MoE, DeepSeek-V3) or a MiniMind trainer/ "
+                                            ".pth as a MyLLM checkpoint.")
+    p.add_argument("--hf_dir", help="directory with config.json and model.safetensors")
+    p.add_argument("--minimind", help="a .pth saved by MiniMind's trainer/ scripts "
+                                      "(transformers-style keys; minimind-3 included)")
+    p.add_argument("--n_heads", type=int, default=LMConfig.n_heads,
+                   help="--minimind without QK-norm: the query heads (the shapes cannot tell)")
+    p.add_argument("--num_experts_per_tok", type=int, default=1,
+                   help="--minimind MoE: experts per token (minimind-3's 1; not in the file)")
     p.add_argument("--out", required=True, help="weights file to write, e.g. "
-                                                "out/pretrain_512.pth")
+                                                "out/pretrain_512.pth; its config beside it")
     p.add_argument("--tokenizer_out", help="also write the directory's tokenizer here, e.g. "
                                            "out/tokenizer.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.hf_dir is None) == (args.minimind is None):
+        p.error("pass one of --hf_dir DIR and --minimind FILE")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    state_dict, config, hf_json = import_hf(args.hf_dir)
+    if args.minimind:
+        try:
+            saved = load_torch(args.minimind, "weights file")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        state_dict, config = minimind_to_myllm(saved, args.n_heads, args.num_experts_per_tok)
+        hf_json, source = {}, Path(args.minimind).parent
+    else:
+        state_dict, config, hf_json = import_hf(args.hf_dir)
+        source = Path(args.hf_dir)
     out = save_torch(state_dict, args.out)
+    save_config(config, out)  # what the shapes do not tell, for every script that loads it
     n_params = sum(t.numel() for k, t in state_dict.items() if k != "output.weight")
-    print(f"wrote {out} ({n_params / 1e6:.2f}M parameters)")
+    print(f"wrote {out} and {config_path(out)} ({n_params / 1e6:.2f}M parameters)")
 
-    tokenizer = Path(args.hf_dir) / "tokenizer.json"
+    tokenizer = source / "tokenizer.json"
     if args.tokenizer_out:
         try:
             save_tokenizer(load_tokenizer(tokenizer), args.tokenizer_out)
@@ -202,12 +309,7 @@ def main(argv=None):
             raise SystemExit(str(e)) from None
         tokenizer = Path(args.tokenizer_out)
         print(f"wrote {tokenizer}")
-    command, differ = eval_command(config, out, tokenizer if tokenizer.is_file() else None)
-    print(f"evaluate it with: {command}")
-    if differ:
-        print("note: eval_model.py assumes " + ", ".join(f"{n}={d}" for n, d, _ in differ)
-              + " but this model has " + ", ".join(f"{n}={v}" for n, _, v in differ)
-              + "; build LMConfig with these to compute what it computes in transformers")
+    print(f"evaluate it with: {eval_command(out, tokenizer if tokenizer.is_file() else None)}")
     for name, ours in (("bos_token_id", BOS_ID), ("eos_token_id", EOS_ID)):
         if hf_json.get(name, ours) != ours:
             print(f"note: its {name} is {hf_json[name]}, MyLLM's is {ours}")

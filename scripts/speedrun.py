@@ -46,12 +46,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_pretrain  # noqa: E402
-from checkpoint import checkpoint_paths, load_model, save_torch  # noqa: E402
+from checkpoint import load_model, save_config, save_torch  # noqa: E402
 from dataset import PretrainDataset, open_split  # noqa: E402
 from prepare import load_meta, prepare  # noqa: E402
 from evaluator import evaluate  # noqa: E402
-from model import LMConfig  # noqa: E402
-from scripts.export_hf import from_hf_state_dict  # noqa: E402
+from scripts.import_hf import minimind_to_myllm  # noqa: E402
 from tokenizer import (load_tokenizer, read_sample, save_tokenizer, token_byte_counts,  # noqa: E402
                        train_tokenizer)
 
@@ -152,7 +151,7 @@ def run_one(args, name, flags, seed, tok_path, prepared):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     clock = train_seconds(records)
     curve = [[r["step"], clock[r["step"]], r["val_bpb"]] for r in records if r["kind"] == "val"]
-    weights = checkpoint_paths(out_dir, resolved["dim"], bool(resolved["use_moe"]))[0]
+    weights = summary["weights_path"]
     result = {"name": name, "flags": flags, "seed": seed, "argv": argv, "resolved": resolved,
               "curve": curve,
               "final_bpb": heldout_bpb(weights, tok_path, prepared, args.max_seq_len,
@@ -182,15 +181,13 @@ def heldout_bpb(weights, tok_path, prepared, max_seq_len, batch_size):
     return evaluate(model, loader, token_byte_counts(tok))["bits_per_byte"]
 
 
-def minimind_to_myllm(path):
-    """MiniMind 2025's weights file (transformers' Llama names and rotary layout) as a MyLLM
-    one beside it, converted by export_hf.from_hf_state_dict (the same logits to 1e-6)."""
-    hf = torch.load(path, map_location="cpu", weights_only=True)
-    vocab_size, dim = hf["model.embed_tokens.weight"].shape
-    n_layers = 1 + max(int(k.split(".")[2]) for k in hf if k.startswith("model.layers."))
-    config = LMConfig(dim=dim, n_layers=n_layers, vocab_size=vocab_size)
+def minimind_weights(path):
+    """MiniMind's weights file (its trainer/ layout) as a MyLLM one beside it, with its config
+    file, converted by import_hf.minimind_to_myllm (the same logits to 1e-6)."""
+    state, config = minimind_to_myllm(torch.load(path, map_location="cpu", weights_only=True))
     out = path.with_name(f"myllm_{path.name}")
-    save_torch(from_hf_state_dict(hf, config), out)
+    save_torch(state, out)
+    save_config(config, out)
     return out
 
 
@@ -241,7 +238,7 @@ def run_minimind(args, seed, tok_path, prepared):
         raise SystemExit(f"MiniMind's train_pretrain.py failed in {out_dir / 'trainer'}")
     (first, t0), (last, t1) = min(clock.items()), max(clock.items())
     seconds = (t1 - t0) / (last - first) * steps  # its steady rate, start-up left out
-    weights = minimind_to_myllm(out_dir / "out" / f"pretrain_{shape.dim}.pth")
+    weights = minimind_weights(out_dir / "out" / f"pretrain_{shape.dim}.pth")
     bpb = heldout_bpb(weights, tok_path, prepared, args.max_seq_len, args.batch_size)
     result = {"name": "minimind", "flags": MINIMIND_FLAGS, "seed": seed, "argv": argv,
               "curve": [[steps, seconds, bpb]], "final_bpb": bpb}

@@ -1,6 +1,7 @@
 """scripts/export_hf.py and scripts/import_hf.py against transformers and the safetensors
 library, the independent readers and writers of the formats they convert to and from."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def exported(tmp_path_factory):
 
 
 def test_export_use_moe_is_a_bare_flag_or_minimind_1_and_0():
-    for flags, use_moe in [([], False), (["--use_moe"], True), (["--use_moe", "1"], True),
+    for flags, use_moe in [([], None), (["--use_moe"], True), (["--use_moe", "1"], True),
                            (["--use_moe", "0"], False)]:
         assert export_hf.parse_args(flags + ["--dim", "64"]).use_moe is use_moe, flags
 
@@ -69,9 +70,11 @@ def test_export_then_import_gives_back_the_exact_state_dict(exported, tmp_path, 
     model, out_dir, hf_dir = exported[kind]
     import_hf.main(["--hf_dir", str(hf_dir), "--out", str(tmp_path / "back.pth"),
                     "--tokenizer_out", str(tmp_path / "tokenizer.json")])
-    flags = "--dim 64 --n_layers 2" + " --use_moe" * (kind == "moe")
-    command = f"python eval_model.py {flags} --ckpt {tmp_path / 'back.pth'}"
+    command = f"python eval_model.py --ckpt {tmp_path / 'back.pth'}"
     assert command in capsys.readouterr().out
+    # the config file beside it holds what the shapes do not tell (norm_eps, rope_theta, k)
+    saved = json.loads((tmp_path / "back.json").read_text())
+    assert saved == {**dataclasses.asdict(model.config), "max_seq_len": saved["max_seq_len"]}
     assert (tmp_path / "tokenizer.json").read_text() == (out_dir / "tokenizer.json").read_text()
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     original = model.state_dict()
@@ -213,9 +216,14 @@ def test_import_refuses_tensors_it_would_drop(exported, tmp_path):
         import_hf.import_hf(bad)
 
 
-def test_moe_routing_that_granite_cannot_express_is_a_clear_error():
-    config = LMConfig(dim=64, n_layers=2, vocab_size=300, use_moe=True, num_experts_per_tok=1)
-    with pytest.raises(ValueError, match="MoE export needs num_experts_per_tok >= 2"):
+@pytest.mark.parametrize("fields, message", [
+    (dict(use_moe=True, norm_topk_prob=False), "always renormalises the top-k weights"),
+    (dict(use_moe=True, score_func="sigmoid"), "DeepSeek-V3 pairs MLA with a sigmoid-routed"),
+    (dict(qk_norm=True, use_moe=True), "Qwen3-MoE has no shared experts"),
+    (dict(use_moe=True, first_k_dense=1), "GraniteMoeShared has no dense layers")])
+def test_architectures_transformers_cannot_express_are_a_clear_error(fields, message):
+    config = LMConfig(dim=64, n_layers=2, vocab_size=300, **fields)
+    with pytest.raises(ValueError, match=message):
         export_hf.hf_config(config, torch.float32)
 
 
@@ -223,9 +231,9 @@ def test_export_errors_name_the_missing_file_and_the_wrong_shape(exported, tmp_p
     _, out_dir, _ = exported["dense"]
     with pytest.raises(SystemExit, match=r"pretrain_128.pth not found.*pretrain_64.pth"):
         export_hf.main(["--dim", "128", "--n_layers", "2", "--out_dir", str(out_dir)])
-    with pytest.raises(SystemExit, match="layers.2.attention.wq.weight"):
+    with pytest.raises(SystemExit, match="checkpoint: n_layers 2; asked: 3"):
         export_hf.main(["--dim", "64", "--n_layers", "3", "--out_dir", str(out_dir),
                         "--ckpt", str(out_dir / "pretrain_64.pth"), "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="is an MoE checkpoint.*add --use_moe"):
-        export_hf.main(["--dim", "64", "--n_layers", "2", "--out_dir", str(out_dir),
+    with pytest.raises(SystemExit, match="checkpoint: use_moe True; asked: False"):
+        export_hf.main(["--dim", "64", "--use_moe", "0", "--out_dir", str(out_dir),
                         "--ckpt", str(out_dir / "pretrain_64_moe.pth"), "--out", str(tmp_path)])

@@ -26,9 +26,9 @@ SHARED = {
     "split_seed": ["train_pretrain", "dataset"],
     "prep_workers": ["train_pretrain", "dataset"],
     "out_dir": ["train_pretrain", "eval_model", "export_hf"],
-    "dim": ["train_pretrain", "export_hf", "bench"],
-    "n_layers": ["train_pretrain", "export_hf", "bench"],
-    "use_moe": ["train_pretrain", "export_hf", "bench"],
+    "dim": ["train_pretrain", "bench"],
+    "n_layers": ["train_pretrain", "bench"],
+    "use_moe": ["train_pretrain", "bench"],
     "max_seq_len": ["train_pretrain", "dataset", "bench"],
     "dtype": ["train_pretrain", "bench"],
 }
@@ -43,6 +43,11 @@ def test_a_shared_flag_has_the_same_default_in_every_script():
     assert "seed" not in parsed["dataset"] and "num_workers" not in parsed["dataset"]
     assert "seed" not in parsed["eval_model"] and "max_seq_len" not in parsed["eval_model"]
     assert parsed["dataset"]["split_seed"] == 0  # the split training prepares with
+    # the scripts that read a model from its checkpoint leave its shape and architecture unset
+    for name in ("eval_model", "export_hf"):
+        for flag in ("dim", "n_layers", "use_moe", "qk_norm", "attention", "moe",
+                     "kv_lora_rank", "n_routed_experts"):
+            assert parsed[name][flag] is None, (name, flag)
 
 
 def test_minimind_names_of_eval_model_flags_set_ours():
