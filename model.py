@@ -64,11 +64,11 @@ class LMConfig:
                              f"and n_heads by n_kv_heads ({self.n_kv_heads})")
         self.head_dim = hd = self.head_dim or self.dim // self.n_heads
         self.moe_inter_dim = self.moe_inter_dim or self.hidden_dim
-        if self.attention == "mla":
+        if self.attention == "mla":  # every head its own keys and values, from the latent
             self.kv_lora_rank = self.kv_lora_rank or 2 * hd
             self.qk_nope_head_dim = self.qk_nope_head_dim or hd // 2
             self.qk_rope_head_dim = self.qk_rope_head_dim or hd // 2
-            self.v_head_dim = self.v_head_dim or hd
+            self.n_kv_heads, self.v_head_dim = self.n_heads, self.v_head_dim or hd
         check_config(self)
 
     @property

@@ -305,6 +305,19 @@ def bench_rows(runs):
     return rows if len(rows) > 2 else []
 
 
+def expert_rows(runs):
+    """Per run and MoE layer, the experts' shares of the last log interval's tokens."""
+    rows = []
+    for name, log in runs:
+        last = next((r for r in reversed(log["train"]) if r.get("expert_share")), None)
+        if last is None:
+            continue
+        rows += [f"- {name}, step {last['step']}, spread {last['expert_spread']:.2f}:"]
+        rows += [f"  - MoE layer {i}: " + " ".join(f"{s:.0%}" for s in shares)
+                 for i, shares in enumerate(last["expert_share"])]
+    return rows
+
+
 def colors():
     import matplotlib.pyplot as plt
     return itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
@@ -345,6 +358,8 @@ def pictures(runs, reference, out_dir):
         ("throughput.png", "training tokens/s",
          figure_of(runs, None, "tokens_per_sec", "train", "tokens/s")),
         ("mfu.png", "model FLOPs utilisation", figure_of(runs, None, "mfu", "train", "MFU")),
+        ("experts.png", "MoE load spread: the std / mean of the experts' shares of tokens "
+         "(0: even)", figure_of(runs, None, "expert_spread", "train", "load spread")),
     ]
     written = []
     for name, caption, fig in figures:
@@ -540,6 +555,9 @@ def write_report(paths, out_dir):
     lines += ["## Validation", ""] + validation_rows(runs) + [""]
     if bench := bench_rows(runs):
         lines += ["## Benchmarks (last evaluation; docs/benchmarks.md)", ""] + bench + [""]
+    if experts := expert_rows(runs):
+        lines += ["## MoE load (last log interval; each expert's share of the routed "
+                  "tokens, even = 1 / experts)", ""] + experts + [""]
     for (name, log), ref in zip(runs, references):
         lines += [f"## {name}", "", "### Health", ""] + health_lines(log, ref) + [""]
         lines += ["### Samples (greedy, at evaluations)", ""] + sample_lines(log) + [""]

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from experts import load_summary
 from device import default_dtype, peak_flops_per_second, sync as sync_device
 from health import Health
 from report import write_report
@@ -44,6 +45,7 @@ class RunLog:
         self.rank, self.show = rank, rank == 0 and not quiet
         self.file = self.wandb = self.bar = self.health = None
         self.loss_sum, self.good_steps = 0.0, 0  # of the steps since the last train record
+        self.expert_load = None  # an MoE's slots per expert since then (layers, E)
         self.last_time, self.last_tokens = time.perf_counter(), 0
 
     def open(self, path, total_steps, step, tokens_seen, health):
@@ -90,10 +92,14 @@ class RunLog:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
             self.wandb.log(numbers, step=record["step"])
 
-    def add_step(self, loss, good):
+    def add_step(self, loss, good, expert_load=None):
         """One optimizer step done; its loss and `good` (device tensors) join the interval's
-        mean without waiting for the device. Skipped (bad) steps do not count."""
+        mean without waiting for the device. Skipped (bad) steps do not count. expert_load:
+        an MoE's slots per expert (experts.balance_experts), summed for the record."""
         self.bar.update(1)
+        if expert_load is not None:
+            self.expert_load = expert_load + (0 if self.expert_load is None else
+                                              self.expert_load)
         self.loss_sum = self.loss_sum + torch.where(good, loss, 0.0)  # a NaN loss adds 0
         self.good_steps = self.good_steps + good
 
@@ -112,6 +118,10 @@ class RunLog:
         if mfu_of is not None:
             record["mfu"] = mfu_of(tokens_per_sec)
             postfix["mfu"] = f"{record['mfu']:.1%}"
+        if self.expert_load is not None:
+            record.update(load_summary(self.expert_load))
+            postfix["experts"] = f"spread {record['expert_spread']:.2f}"
+            self.expert_load = None
         self.write(record)
         self.bar.set_postfix(postfix)
         self.loss_sum, self.good_steps = 0.0, 0
@@ -181,10 +191,13 @@ def report_run(run, state):
 
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token of a Transformer: 6N (N active parameters; forward 2N,
-    backward 4N) plus 12 * layers * dim * seq_len for attention scores and values (PaLM,
-    appendix B)."""
+    backward 4N; an MoE's idle experts left out) plus 6 * layers * seq_len * heads * (query
+    + value channels of a head) for attention scores and values: 12 * layers * dim * seq_len
+    for GQA (PaLM, appendix B). MLA counts its expanded heads (nope + rope, v)."""
     c = model.config
-    return 6 * model.num_params(active=True) + 12 * c.n_layers * c.dim * seq_len
+    qk, v = ((c.qk_nope_head_dim + c.qk_rope_head_dim, c.v_head_dim) if c.attention == "mla"
+             else (c.head_dim, c.head_dim))
+    return 6 * model.num_params(active=True) + 6 * c.n_layers * seq_len * c.n_heads * (qk + v)
 
 
 def mfu_of(run):

@@ -33,6 +33,7 @@ from checkpoint import (DiskFull, RunState, arch_tag, checkpoint_paths, find_res
 from dataset import PretrainDataset, ShardedSampler
 from device import device_error, mixed_precision, pick_device
 from distributed import StopSignal, check_same_data, ranks, setup_distributed, teardown
+from experts import balance_experts
 from evaluator import default_probes, load_probes, sample_prompts, validate
 from flags import (add_device_flags, add_model_flags, add_out_dir_flag, add_prepare_flags,
                    add_source_flags, model_fields, str_to_bool)
@@ -371,7 +372,7 @@ def train_loop(run: Run, state: RunState):
                 run.autocast, run.device, args.grad_clip)
             micro_left -= n_micro
             state.advance(samples * run.world_size, args.max_seq_len, good)
-            run.log.add_step(loss, good)
+            run.log.add_step(loss, good, balance_experts(run.raw_model, good, run.world_size > 1))
             stopped = after_step(run, state, lr, grad_norm)
             if stopped:
                 return stopped

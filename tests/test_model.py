@@ -18,6 +18,14 @@ from test_train import refuse_host_sync  # noqa: E402
 
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=128)
 TINY_MOE = dict(TINY, use_moe=True, n_routed_experts=4, num_experts_per_tok=2)
+TINY_QK = dict(TINY, qk_norm=True)
+TINY_MLA = dict(TINY, attention="mla")
+# DeepSeek-V3's kind: MLA with a low-rank query, a dense first layer, then 8 narrow
+# sigmoid-routed experts (3 a token) beside a shared one, scaled, with the balancing bias
+TINY_DSMOE = dict(TINY, attention="mla", q_lora_rank=16, use_moe=True, score_func="sigmoid",
+                  n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=1,
+                  moe_inter_dim=32, first_k_dense=1, routed_scaling=1.5, bias_update_speed=0.01)
+ARCHITECTURES = dict(dense=TINY, moe=TINY_MOE, qk_norm=TINY_QK, mla=TINY_MLA, dsmoe=TINY_DSMOE)
 
 
 def tiny(seed=0, **overrides):
@@ -60,7 +68,7 @@ def test_logits_match_transformers_llama():
         assert (ours - theirs).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("overrides", [TINY, TINY_MOE], ids=["dense", "moe"])
+@pytest.mark.parametrize("overrides", ARCHITECTURES.values(), ids=ARCHITECTURES)
 def test_kv_cache_matches_full_forward(overrides):
     model = tiny(**overrides)
     ids = random_ids(2, 12)
@@ -127,7 +135,7 @@ def test_repeat_kv_shares_each_head_with_consecutive_query_heads():
     assert repeat_kv(x, 3).flatten().tolist() == [0, 0, 0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("overrides", [TINY, TINY_MOE], ids=["dense", "moe"])
+@pytest.mark.parametrize("overrides", ARCHITECTURES.values(), ids=ARCHITECTURES)
 def test_changing_later_tokens_changes_no_earlier_logit(overrides):
     model = tiny(**overrides)
     ids = random_ids(1, 16)
@@ -166,8 +174,9 @@ def test_rope_rotates_interleaved_pairs_by_hand_computed_angle():
     assert out[..., [0, 1, 4, 5]].abs().max().item() == 0
 
 
-def test_left_padded_batch_matches_each_prompt_alone_without_nan():
-    model = tiny()
+@pytest.mark.parametrize("overrides", [TINY, TINY_MLA], ids=["gqa", "mla"])
+def test_left_padded_batch_matches_each_prompt_alone_without_nan(overrides):
+    model = tiny(**overrides)
     prompts = [random_ids(1, 9, seed=5)[0], random_ids(1, 4, seed=6)[0]]
     batch = torch.zeros(2, 9, dtype=torch.long)
     mask = torch.zeros(2, 9, dtype=torch.long)
@@ -404,7 +413,7 @@ def test_state_dict_round_trip_is_strict_and_exact():
         assert torch.equal(a(ids).logits, b(ids).logits)
 
 
-@pytest.mark.parametrize("overrides", [TINY, TINY_MOE], ids=["dense", "moe"])
+@pytest.mark.parametrize("overrides", ARCHITECTURES.values(), ids=ARCHITECTURES)
 def test_greedy_generation_is_identical_with_and_without_cache_and_streamed(overrides):
     model = tiny(**overrides)
     prompt = random_ids(2, 5)
