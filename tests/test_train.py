@@ -350,10 +350,16 @@ def test_resume_under_another_schedule_is_a_clear_error_also_for_files_from_befo
         main(argv_of(corpus, tmp_path, "--max_steps", "2"))  # the default is wsd
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch, optimizer):
+# the last: MLA with DeepSeek's MoE, whose balancing bias must resume exactly too
+@pytest.mark.parametrize("optimizer, arch", [
+    ("adamw", ()), ("muon", ()),
+    ("muon", ("--attention", "mla", "--moe", "deepseek", "--n_routed_experts", "4",
+              "--num_experts_per_tok", "2", "--bias_update_speed", "0.01"))],
+    ids=["adamw", "muon", "mla_dsmoe"])
+def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch, optimizer,
+                                                  arch):
     flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100",
-             "--optimizer", optimizer)
+             "--optimizer", optimizer, *arch)
     straight = pretrain(run_args(corpus, tmp_path / "a", *flags))
 
     calls = {"n": 0}
@@ -377,6 +383,11 @@ def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch,
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
     for name, p in straight["model"].state_dict().items():
         torch.testing.assert_close(resumed["model"].state_dict()[name], p, atol=1e-6, rtol=0)
+    if arch:  # the balancing bias was among them; the log shows how experts share tokens
+        assert "layers.1.feed_forward.gate.expert_bias" in straight["model"].state_dict()
+        record = [r for r in read_log(resumed["log_path"]) if r.get("expert_share")][-1]
+        assert len(record["expert_share"][0]) == 4
+        assert sum(record["expert_share"][0]) == pytest.approx(1, abs=1e-3)
 
 
 def test_resume_with_another_model_shape_is_a_clear_error(corpus, tmp_path):
@@ -828,6 +839,8 @@ def test_a_resume_file_older_than_a_config_field_continues_with_its_default(corp
     pretrain(run_args(corpus, tmp_path, "--max_steps", "2"))
     resume = tmp_path / "pretrain_32_resume.pth"
     saved = torch.load(resume, weights_only=True)
-    del saved["config"]["norm_eps"], saved["config"]["seq_aux"]  # as if they came later
+    for field in ("norm_eps", "seq_aux", "qk_norm", "head_dim", "attention", "moe_inter_dim",
+                  "score_func", "first_k_dense"):
+        del saved["config"][field]  # as if they came later
     torch.save(saved, resume)
     assert pretrain(run_args(corpus, tmp_path, "--max_steps", "3"))["step"] == 3
