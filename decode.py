@@ -104,8 +104,8 @@ def complete(model, tok, prompt, out, max_new_tokens=256, temperature=0.85, top_
 
 
 def fast_decoding(model):
-    """Where a StaticDecoder's CUDA graph pays off: on CUDA (MoE too: its routing has no
-    shape that depends on the tokens, so a graph can record it)."""
+    """Where a StaticDecoder's CUDA graph pays off: on CUDA (MoE too: while a graph records,
+    every expert runs on every token, so that no shape depends on the routing)."""
     return model.tok_embeddings.weight.device.type == "cuda"
 
 
@@ -121,8 +121,8 @@ class StaticKVCache:
 
     def update(self, k, v):
         if self.k is None:
-            self.k = k.new_zeros(*k.shape[:2], self.capacity, k.shape[3])
-            self.v = torch.zeros_like(self.k)
+            # MLA passes its latents as k and RoPE keys as v: widths of their own
+            self.k, self.v = (x.new_zeros(*x.shape[:2], self.capacity, x.shape[3]) for x in (k, v))
         slots = self.pos + torch.arange(k.shape[2], device=k.device)
         self.k.index_copy_(2, slots, k)
         self.v.index_copy_(2, slots, v)

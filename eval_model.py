@@ -166,9 +166,9 @@ def run(args):
         dim, n_layers = args.dim, args.n_layers
     else:
         dim, n_layers = args.dim or LMConfig.dim, args.n_layers or LMConfig.n_layers
-        path = checkpoint_paths(args.out_dir, dim, arch_tag(model_fields(args)))[0]
+        path = checkpoint_paths(args.out_dir, dim, arch_tag(model_fields(args, False)))[0]
     model = load_model(path, tok.get_vocab_size(), args.device, n_heads=args.n_heads,
-                       n_kv_heads=args.n_kv_heads, **{**model_fields(args), "dim": dim,
+                       n_kv_heads=args.n_kv_heads, **{**model_fields(args, False), "dim": dim,
                                                       "n_layers": n_layers})
     c = model.config
     print(f"{path}: {model.num_params() / 1e6:.2f}M parameters (dim {c.dim}, n_layers "

@@ -75,12 +75,16 @@ DEEPSEEK_MOE = dict(use_moe=True, score_func="sigmoid", n_routed_experts=16,
                     bias_update_speed=1e-3, aux_loss_alpha=1e-4)
 
 
-def model_fields(args) -> dict:
-    """The LMConfig fields that add_model_flags' flags set (those given, or with defaults)."""
+def model_fields(args, presets: bool = True) -> dict:
+    """The LMConfig fields that add_model_flags' flags set (those given, or with defaults).
+    presets False: --moe deepseek sets its kind only, not its sizes (a script that checks a
+    checkpoint against the flags given)."""
     fields = {}
-    if args.moe == "deepseek":
+    if args.moe == "deepseek" and presets:
         hidden = LMConfig(dim=args.dim or LMConfig.dim).hidden_dim
         fields.update(DEEPSEEK_MOE, moe_inter_dim=hidden // 4)
+    elif args.moe == "deepseek":
+        fields["score_func"] = "sigmoid"
     names = ["dim", "n_layers", "use_moe", "qk_norm", "attention", *MLA_FLAGS, *MOE_FLAGS]
     fields.update({name: getattr(args, name) for name in names
                    if getattr(args, name) is not None})

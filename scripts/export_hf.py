@@ -341,7 +341,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    fields = model_fields(args)
+    fields = model_fields(args, presets=False)
     dim, tag = args.dim or LMConfig.dim, arch_tag(fields)
     ckpt = Path(args.ckpt) if args.ckpt else checkpoint_paths(args.out_dir, dim, tag)[0]
     tokenizer_path = Path(args.tokenizer or Path(args.out_dir) / "tokenizer.json")

@@ -20,7 +20,8 @@ def tiny_model(**overrides):
     model = Transformer(LMConfig(**{**TINY, **overrides})).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("wq.weight", "wk.weight", "wv.weight", "wo.weight")):
+            if name.endswith(("wq.weight", "wk.weight", "wv.weight", "wo.weight",
+                              "wkv_a.weight", "wkv_b.weight", "wq_b.weight")):
                 p.mul_(8)
     return model
 
@@ -56,8 +57,10 @@ def decoder_logits(decoder, ids, prompt_len):
     return torch.stack(steps, dim=1)
 
 
-def test_static_decoder_logits_match_a_full_forward_at_every_step():
-    model = tiny_model()
+@pytest.mark.parametrize("overrides", [{}, dict(attention="mla", q_lora_rank=16)],
+                         ids=["gqa", "mla"])
+def test_static_decoder_logits_match_a_full_forward_at_every_step(overrides):
+    model = tiny_model(**overrides)
     ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         full = model(ids).logits  # (2, 12, vocab): the truth, no cache at all
