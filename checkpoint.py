@@ -306,7 +306,8 @@ def config_from_state_dict(state, n_heads: int = LMConfig.n_heads) -> LMConfig:
                          "tells, and that file is not beside it; pass the .pth with its .json")
     vocab_size, dim = state["tok_embeddings.weight"].shape
     n_layers = len({int(key.split(".")[1]) for key in state if key.startswith("layers.")})
-    moe_layers = sorted(int(k.split(".")[1]) for k in state if k.endswith("feed_forward.gate.weight"))
+    moe_layers = sorted(int(key.split(".")[1]) for key in state
+                        if key.endswith("feed_forward.gate.weight"))
     ffn, attn = f"layers.{n_layers - 1}.feed_forward.", "layers.0.attention."
     w1 = state[ffn + ("experts.0.w1.weight" if moe_layers else "w1.weight")]
     head_dim = None
