@@ -69,6 +69,24 @@ def test_hidden_matrices_get_muon_and_embedding_router_and_norms_get_adamw():
     assert (muon["lr"], matrices["lr"], matrices["weight_decay"]) == (0.02, 1e-3, 0.1)
 
 
+def test_muon_takes_each_expert_and_latent_matrix_alone_and_leaves_the_router_to_adamw():
+    config = LMConfig(dim=32, n_layers=2, vocab_size=320, attention="mla", q_lora_rank=16,
+                      use_moe=True, score_func="sigmoid", n_routed_experts=8,
+                      num_experts_per_tok=2, moe_inter_dim=16, first_k_dense=1)
+    model = Transformer(config)
+    muon, matrices, gains = muon_param_groups(model, 1e-3, 0.02, 0.1)
+    names = {id(p): name for name, p in model.named_parameters()}
+    muon_names = {names[id(p)] for p in muon["params"]}
+    assert {n.split(".")[-2] for n in muon_names} == {
+        "wq_a", "wq_b", "wkv_a", "wkv_b", "wo", "w1", "w2", "w3"}
+    # one matrix per expert, each orthogonalised on its own (16 x 32 or 32 x 16)
+    experts = [p for p in muon["params"] if ".experts." in names[id(p)]]
+    assert len(experts) == 3 * 8 and all(sorted(p.shape) == [16, 32] for p in experts)
+    assert "layers.1.feed_forward.gate.weight" in {names[id(p)] for p in matrices["params"]}
+    # the balancing bias is learned by counting: no optimizer sees it
+    assert "expert_bias" not in " ".join(names.values())
+
+
 def train(model, optimizer, batches):
     for tokens in batches:
         logits = model(tokens[:, :-1]).logits  # (B, T, vocab)
