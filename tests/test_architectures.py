@@ -4,7 +4,6 @@ weights, checkpoints saved by MiniMind's own code (tests/fixtures), and per-toke
 
 import copy
 import dataclasses
-import json
 import os
 import socket
 
@@ -12,7 +11,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 import export_hf
 import import_hf

@@ -26,9 +26,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
-@pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
-def test_cuda_graph_decoding_equals_a_full_forward(use_moe):
-    model = tiny_model(use_moe=use_moe).to(CUDA)
+@pytest.mark.parametrize("overrides", [{}, dict(use_moe=True), dict(
+    attention="mla", use_moe=True, score_func="sigmoid", n_routed_experts=8,
+    num_experts_per_tok=3, moe_inter_dim=32)], ids=["dense", "moe", "mla_dsmoe"])
+def test_cuda_graph_decoding_equals_a_full_forward(overrides):
+    model = tiny_model(**overrides).to(CUDA)
     assert StaticDecoder(model, 1, 40).graph is not None  # recorded: replays, not eager
     ids = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(2))
     assert decoder_error(model, ids.to(CUDA), prompt_len=8) < 1e-3
@@ -93,3 +95,18 @@ def test_torchrun_on_one_gpu_trains_and_logs(corpus, tmp_path):
 def test_moe_dispatch_equals_the_sorted_loop_on_cuda(top_k):
     ffn, x = moe_layer_and_input(top_k, n_shared=1, starve_last_expert=True)
     assert_moe_matches_the_sorted_loop(ffn.to(CUDA), x.to(CUDA), tol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deepseek_moe_on_cuda_equals_a_per_token_loop(dtype):
+    """The routed dispatch's grouped matrix products on CUDA (bf16: the kernels of Hopper
+    GPUs; elsewhere the loop fallback), against test_architectures' per-token loop."""
+    from test_architectures import KINDS, deepseek_moe_per_token, random_model
+
+    ffn = random_model(**KINDS["deepseek_v3"]).layers[1].feed_forward.to(CUDA).train()
+    x = torch.randn(3, 7, 64, device=CUDA)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        out = ffn(x)
+    expected = deepseek_moe_per_token(ffn, x)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
