@@ -300,10 +300,11 @@ def config_from_state_dict(state, n_heads: int = LMConfig.n_heads) -> LMConfig:
     """The model a state dict was saved from, read off its keys and tensor shapes: for the
     files MiniMind writes, which have no config beside them. The head count is the one
     thing the shapes do not tell (the width is heads x head size), unless QK-norm's gains
-    give the head size. MLA and DeepSeek's MoE need their config file (ValueError)."""
+    give the head size; None where n_heads does not split the width. MLA and DeepSeek's MoE
+    need their config file (ValueError)."""
     if any(k.endswith(("wkv_a.weight", "expert_bias")) for k in state):
-        raise ValueError("holds MLA or DeepSeek-MoE weights, whose sizes only its config file "
-                         "tells, and that file is not beside it; pass the .pth with its .json")
+        raise ValueError("a file of MLA or DeepSeek-MoE weights, whose sizes only its config "
+                         "file tells, has none beside it; keep the .json with the .pth")
     vocab_size, dim = state["tok_embeddings.weight"].shape
     n_layers = len({int(key.split(".")[1]) for key in state if key.startswith("layers.")})
     moe_layers = sorted(int(key.split(".")[1]) for key in state
@@ -323,10 +324,13 @@ def config_from_state_dict(state, n_heads: int = LMConfig.n_heads) -> LMConfig:
                    n_shared_experts=0 if shared is None else shared.shape[0] // w1.shape[0],
                    first_k_dense=moe_layers[0], moe_inter_dim=w1.shape[0],
                    hidden_dim=dense.shape[0])
-    return LMConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, head_dim=head_dim,
-                    n_kv_heads=max(kv_dim * n_heads // (head_dim or dim), 1),
-                    vocab_size=vocab_size, qk_norm=head_dim is not None,
-                    **({"hidden_dim": w1.shape[0]} | moe))
+    try:
+        return LMConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, head_dim=head_dim,
+                        n_kv_heads=max(kv_dim // (head_dim or dim // n_heads), 1),
+                        vocab_size=vocab_size, qk_norm=head_dim is not None,
+                        **({"hidden_dim": w1.shape[0]} | moe))
+    except (ValueError, ZeroDivisionError):  # the heads do not split the width
+        return None
 
 
 def read_config(path, state, n_heads=None) -> LMConfig:
@@ -337,9 +341,13 @@ def read_config(path, state, n_heads=None) -> LMConfig:
             saved = json.loads(config_path(path).read_text())
             return resolved_config(saved, **({} if n_heads is None else {"n_heads": n_heads}))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{config_path(path)}: {e}; delete it to read the model's shape "
-                             "from the weights") from None
-    return config_from_state_dict(state, n_heads or LMConfig.n_heads)
+            raise ValueError(f"{config_path(path)}: {e}; fix it, or delete it to read the "
+                             "model's shape from the weights (not MLA's or DeepSeek-MoE's: "
+                             "those need it)") from None
+    try:
+        return config_from_state_dict(state, n_heads or LMConfig.n_heads)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def existing_checkpoints(out_dir):
@@ -349,6 +357,8 @@ def existing_checkpoints(out_dir):
         try:
             config = read_config(path, read_state_dict(path))
         except (ValueError, KeyError):
+            config = None
+        if config is None:
             continue  # a resume file, an incomplete file: nothing that loads
         flags = f"--dim {config.dim} --n_layers {config.n_layers}"
         flags += " --use_moe" if config.use_moe else ""
@@ -373,14 +383,10 @@ def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=
         raise FileNotFoundError(missing_checkpoint(path, dim, n_layers, use_moe))
     state = read_state_dict(path)
     try:
-        config = read_config(path, state, n_heads)
+        config = read_config(path, state, n_heads)  # None: n_heads does not split the width
     except KeyError as e:  # tok_embeddings.weight is there, but not a layer's weights
         raise ValueError(f"{path} has no {e.args[0]}, so the model's shape cannot be read from "
                          "it; pass a complete pretrain_*.pth") from None
-    except ValueError as e:
-        if "config" in str(e) or "MLA" in str(e):
-            raise ValueError(f"{path}: {e}" if "MLA" in str(e) else str(e)) from None
-        config = None  # LMConfig refused the head split
     check_loaded_shape(path, state, config, vocab_size, dict(
         dim=dim, n_layers=n_layers, use_moe=use_moe, n_kv_heads=n_kv_heads, **arch),
         n_heads or (config.n_heads if config else LMConfig.n_heads))

@@ -7,12 +7,17 @@ import torch
 import torch.distributed as dist
 
 
+def moe_gates(model):
+    """The routers (model.MoEGate) of a Transformer's MoE layers."""
+    return [layer.feed_forward.gate for layer in model.layers if layer.is_moe]
+
+
 def balance_experts(model, applied, distributed: bool):
     """The slots each routed expert got in this step (MoE layers, E), summed over ranks, or
     None for a dense model. Where the step was applied (applied: a device bool), each
     sigmoid router's bias moves by them; a skipped step counts as no load, which moves no
     bias. Every rank sees the same sums, so the biases stay equal. No host sync."""
-    gates = [g for g in model.moe_gates() if g.load is not None]
+    gates = [g for g in moe_gates(model) if g.load is not None]
     if not gates:
         return None
     load = torch.stack([gate.load for gate in gates])

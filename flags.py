@@ -51,6 +51,9 @@ def add_model_flags(parser, from_file=False):
                       + ", moe_inter_dim hidden_dim / 4); the flags below change either")
     for name, (kind, about) in MOE_FLAGS.items():
         arch.add_argument(f"--{name}", type=kind, default=None, help=about)
+    arch.add_argument("--score_func", choices=["softmax", "sigmoid"], default=None,
+                      help="the router's scores: softmax (MiniMind, Qwen3; default) or sigmoid "
+                           "(DeepSeek-V3, with the balancing bias)")
     return group
 
 
@@ -64,6 +67,7 @@ MOE_FLAGS = {"n_routed_experts": (int, "routed experts per MoE layer (default 4)
              "n_shared_experts": (int, "always-on experts (default 1)"),
              "moe_inter_dim": (int, "one expert's SwiGLU width (default hidden_dim)"),
              "first_k_dense": (int, "the first layers keep a dense feed-forward (default 0)"),
+             "routed_scaling": (float, "the routed experts' output multiplier (default 1)"),
              "bias_update_speed": (float, "the sigmoid router's balancing bias step per "
                                           "optimizer step; 0: off"),
              "aux_loss_alpha": (float, "the load-balancing loss's weight (default 0.1)")}
@@ -85,7 +89,8 @@ def model_fields(args, presets: bool = True) -> dict:
         fields.update(DEEPSEEK_MOE, moe_inter_dim=hidden // 4)
     elif args.moe == "deepseek":
         fields["score_func"] = "sigmoid"
-    names = ["dim", "n_layers", "use_moe", "qk_norm", "attention", *MLA_FLAGS, *MOE_FLAGS]
+    names = ["dim", "n_layers", "use_moe", "qk_norm", "attention", *MLA_FLAGS, *MOE_FLAGS,
+             "score_func"]
     fields.update({name: getattr(args, name) for name in names
                    if getattr(args, name) is not None})
     if args.moe:

@@ -68,7 +68,9 @@ def activation_bytes(config, seq_len, dtype):
     grow with the batch (under autocast, the bf16 copy of each weight; the RoPE rows) is
     kept once."""
     torch.manual_seed(0)
-    block, norm = Block(config), RMSNorm(config.dim, config.norm_eps)
+    # the largest block: an MoE one (past the dense first layers) where there are any
+    block = Block(config, layer_id=min(config.first_k_dense, config.n_layers - 1))
+    norm = RMSNorm(config.dim, config.norm_eps)
     head = torch.nn.Linear(config.dim, config.vocab_size, bias=False)
     params = [*block.parameters(), *norm.parameters(), *head.parameters()]
     cos, sin = (table[torch.arange(seq_len)][None] for table in precompute_rope(config))

@@ -15,9 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LATENT_NORM_EPS = 1e-6  # MLA's latent norms: DeepSeek's value, whatever norm_eps is
-
-
 @dataclass
 class LMConfig:
     dim: int = 512
@@ -117,8 +114,8 @@ def repeat_kv(x, n_rep: int):
 
 
 class KVCache:
-    """Keys and values of one layer for every token so far, in buffers for `capacity` tokens
-    (doubled if more come): a new token attends to the history without recomputing it."""
+    """Keys and values of one layer for every token so far (MLA: latents and RoPE keys), in
+    buffers for `capacity` tokens (doubled if more come): no step recomputes the history."""
 
     def __init__(self, capacity: int):
         self.capacity, self.length = capacity, 0  # slots to allocate first, slots filled
@@ -183,14 +180,13 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm:  # in their own dtype: under autocast the fp32 gains would promote them
+            q, k = self.q_norm(q).type_as(v), self.k_norm(k).type_as(v)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, hd)
-        out = attend(q, k, v, mask, self.head_dim ** -0.5, self.dropout * self.training,
-                     self.flash)  # (B, H, T, hd)
+        out = attend(q, k, v, mask, self.head_dim**-0.5, self.dropout * self.training, self.flash)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.resid_dropout(self.wo(out))
 
@@ -204,48 +200,51 @@ class LatentAttention(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
         c = config
-        self.n_heads, self.q_lora_rank, self.kv_rank = c.n_heads, c.q_lora_rank, c.kv_lora_rank
-        self.nope, self.rope, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
-        q_width = c.n_heads * (self.nope + self.rope)
+        self.n_heads, self.q_lora_rank, self.rank = c.n_heads, c.q_lora_rank, c.kv_lora_rank
+        self.nope_dim, self.rope_dim = c.qk_nope_head_dim, c.qk_rope_head_dim
+        q_width = c.n_heads * (self.nope_dim + self.rope_dim)
         if c.q_lora_rank:  # queries through a bottleneck: fewer weights, the same cache
             self.wq_a = nn.Linear(c.dim, c.q_lora_rank, bias=False)
-            self.q_norm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
+            self.q_norm = RMSNorm(c.q_lora_rank, 1e-6)  # DeepSeek's name and eps; not QK-norm
             self.wq_b = nn.Linear(c.q_lora_rank, q_width, bias=False)
         else:
             self.wq = nn.Linear(c.dim, q_width, bias=False)
-        self.wkv_a = nn.Linear(c.dim, self.kv_rank + self.rope, bias=False)  # latent, RoPE key
-        self.kv_norm = RMSNorm(self.kv_rank, LATENT_NORM_EPS)
-        self.wkv_b = nn.Linear(self.kv_rank, c.n_heads * (self.nope + self.v_dim), bias=False)
-        self.wo = nn.Linear(c.n_heads * self.v_dim, c.dim, bias=False)
-        self.dropout, self.flash = c.dropout, c.flash_attn
+        self.wkv_a = nn.Linear(c.dim, self.rank + self.rope_dim, bias=False)  # latent, RoPE k
+        self.kv_norm = RMSNorm(self.rank, 1e-6)
+        self.wkv_b = nn.Linear(self.rank, c.n_heads * (self.nope_dim + c.v_head_dim), bias=False)
+        self.wo = nn.Linear(c.n_heads * c.v_head_dim, c.dim, bias=False)
+        self.v_dim, self.dropout, self.flash = c.v_head_dim, c.dropout, c.flash_attn
         self.resid_dropout = nn.Dropout(c.dropout)
 
     def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None):
         B, T, _ = x.shape
-        H, scale = self.n_heads, (self.nope + self.rope) ** -0.5
+        H, scale = self.n_heads, (self.nope_dim + self.rope_dim) ** -0.5
         q = self.wq_b(self.q_norm(self.wq_a(x))) if self.q_lora_rank else self.wq(x)
-        q_nope, q_rope = q.view(B, T, H, -1).split([self.nope, self.rope], dim=-1)
-        q_rope = apply_rope(q_rope, cos, sin).transpose(1, 2)  # (B, H, T, rope)
-        latent, k_rope = self.wkv_a(x).split([self.kv_rank, self.rope], dim=-1)
-        latent = self.kv_norm(latent)[:, None]  # (B, 1, T, r)
+        q_nope, q_rope = q.view(B, T, H, -1).split([self.nope_dim, self.rope_dim], dim=-1)
+        q_rope = apply_rope(q_rope, cos, sin)  # (B, T, H, rope)
+        latent, k_rope = self.wkv_a(x).split([self.rank, self.rope_dim], dim=-1)
+        latent = self.kv_norm(latent).type_as(k_rope)[:, None]  # (B, 1, T, r), cached as is
         k_rope = apply_rope(k_rope[:, :, None], cos, sin).transpose(1, 2)  # (B, 1, T, rope)
-        if cache is None:  # training: every head's keys and values expanded from the latent
-            kv = self.wkv_b(latent[:, 0]).view(B, T, H, -1).transpose(1, 2)
-            k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, T, nope / v)
+        if cache is not None:  # a KVCache holds the latents as k, the RoPE keys as v
+            latent, k_rope = cache.update(latent, k_rope)  # (B, 1, S, r), (B, 1, S, rope)
+        if T > 1 or cache is None:  # every head's keys and values expanded from the latents
+            kv = self.wkv_b(latent[:, 0]).unflatten(-1, (H, -1)).transpose(1, 2)
+            k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)  # (B, H, S, nope / v)
             k = torch.cat([k_nope, k_rope.expand(-1, H, -1, -1)], dim=-1)
-            q = torch.cat([q_nope.transpose(1, 2), q_rope], dim=-1)
+            q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)  # (B, H, T, nope + rope)
             out = attend(q, k, v, mask, scale, self.dropout * self.training, self.flash)
         else:
-            # Decoding reads the cached latents as they are, wkv_b absorbed (DeepSeek-V2, sec.
-            # 2.1.3): q_nope . (W_uk c) = (W_uk^T q_nope) . c, and W_uv comes after the sum:
-            # one-head attention over r + rope channels, no S latents expanded per step.
-            latent, k_rope = cache.update(latent, k_rope)  # (B, 1, S, r), (B, 1, S, rope)
-            w_uk, w_uv = self.wkv_b.weight.view(H, -1, self.kv_rank).split(
-                [self.nope, self.v_dim], dim=1)  # (H, nope, r), (H, v, r)
-            q = torch.cat([torch.einsum("bthn,hnr->bhtr", q_nope, w_uk), q_rope], dim=-1)
+            # One new token reads the cached latents c as they are, wkv_b absorbed (DeepSeek-V2
+            # 2.1.3): q_nope . (W_uk c) = (W_uk^T q_nope) . c, and W_uv follows the weighted sum:
+            # H queries of one head over r + rope channels, the c its keys and values.
+            w_uk, w_uv = self.wkv_b.weight.view(H, -1, self.rank).split(
+                [self.nope_dim, self.v_dim], dim=1)  # (H, nope, r), (H, v, r)
+            q = torch.cat([torch.einsum("bthn,hnr->bthr", q_nope, w_uk), q_rope], dim=-1)
+            if mask is None:  # all S keys: H query rows must not read as a causal triangle
+                mask = torch.ones(1, 1, 1, latent.shape[2], dtype=torch.bool, device=x.device)
             context = attend(q, torch.cat([latent, k_rope], dim=-1), latent, mask, scale,
-                             fused=self.flash)  # (B, H, T, r)
-            out = torch.einsum("bhtr,hvr->bhtv", context, w_uv)
+                             fused=self.flash)  # (B, 1, H, r)
+            out = torch.einsum("bthr,hvr->bhtv", context, w_uv)  # (B, H, 1, v)
         out = out.transpose(1, 2).reshape(B, T, H * self.v_dim)
         return self.resid_dropout(self.wo(out))
 
@@ -265,6 +264,26 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
+def count_slots(experts, n_experts: int):
+    """(E,) slots per expert; unlike bincount, no host sync to learn the output's size."""
+    flat = experts.reshape(-1)
+    return flat.new_zeros(n_experts).scatter_add_(0, flat, torch.ones_like(flat))
+
+
+def grouped_linear(rows, weight, ends):
+    """A Linear per expert: rows (M, in) of block e (blocks ending at ends (E,)) through
+    weight[e] (E, out, in), in autocast's type where it is on, as a Linear computes."""
+    if torch.is_autocast_enabled(rows.device.type):
+        rows, weight = (t.to(torch.get_autocast_dtype(rows.device.type)) for t in (rows, weight))
+    # F.grouped_mm has kernels (torch 2.13) on the CPU, and on CUDA in bf16 from Hopper
+    # (sm90) on, for widths of whole 16 bytes; elsewhere a loop over the blocks (a host sync)
+    if all(n * rows.element_size() % 16 == 0 for n in weight.shape[1:]) and (
+            rows.device.type == "cpu" or rows.is_cuda and rows.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(rows.device) >= (9, 0)):
+        return F.grouped_mm(rows, weight.transpose(1, 2), offs=ends)
+    return torch.cat([r @ w.T for r, w in zip(rows.tensor_split(ends[:-1].tolist()), weight)])
+
+
 class MoEGate(nn.Module):
     """Picks each token's top k routed experts by softmax probability (MiniMind, Qwen3) or by
     sigmoid affinity plus a balancing bias (DeepSeek-V3). The load-balancing loss (Switch,
@@ -277,7 +296,7 @@ class MoEGate(nn.Module):
         self.norm_topk_prob, self.seq_aux = config.norm_topk_prob, config.seq_aux
         self.alpha, self.scaling = config.aux_loss_alpha, config.routed_scaling
         self.sigmoid, self.bias_speed = config.score_func == "sigmoid", config.bias_update_speed
-        # a bias-free Linear(dim, n_experts), held as a bare weight to keep MiniMind's key
+        # (E, D): a bias-free Linear's weight, held bare to keep MiniMind's key
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
         if self.sigmoid:  # learned by counting, not by gradients: a buffer, saved and resumed
             self.register_buffer("expert_bias", torch.zeros(config.n_routed_experts))
@@ -286,21 +305,21 @@ class MoEGate(nn.Module):
     def forward(self, x):  # x: (B, T, D)
         logits = F.linear(x, self.weight).float()  # (B, T, E): small gaps decide, so float32
         scores = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
-        choice = scores + self.expert_bias if self.sigmoid else scores  # for choosing only
+        choice = (scores + self.expert_bias) if self.sigmoid else scores  # for choosing only
         experts = torch.topk(choice, self.top_k, dim=-1).indices  # (B, T, k)
         weights = scores.gather(-1, experts)
         if self.norm_topk_prob:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
         aux_loss = scores.new_zeros(())
-        if self.training:  # slots routed to each expert (count_slots: no host sync)
-            routed = count_slots(experts, self.n_experts).float()
-            self.load = routed if self.load is None else self.load + routed
+        if self.training:  # with --grad_checkpoint counted twice: only the shares matter
+            self.load = count_slots(experts, self.n_experts).float() + (
+                0 if self.load is None else self.load)
         if self.training and self.alpha > 0:
             # per sequence, then averaged; or (seq_aux False) the whole batch as one sequence
             groups = x.shape[0] if self.seq_aux else 1
-            if self.sigmoid:  # DeepSeek-V3's loss takes each token's affinities summed to 1
-                scores = scores / scores.sum(dim=-1, keepdim=True)
-            probs, routed = scores.reshape(groups, -1, self.n_experts), experts.reshape(groups, -1)
+            # DeepSeek-V3's loss takes each token's sigmoid affinities scaled to sum to 1
+            probs = (scores / scores.sum(dim=-1, keepdim=True) if self.sigmoid else scores)
+            probs, routed = probs.reshape(groups, -1, self.n_experts), experts.reshape(groups, -1)
             load = probs.new_zeros(groups, self.n_experts).scatter_add_(
                 1, routed, torch.ones_like(routed, dtype=probs.dtype))
             load = load / (probs.shape[1] * self.top_k / self.n_experts)  # uniform -> 1
@@ -309,9 +328,8 @@ class MoEGate(nn.Module):
 
     @torch.no_grad()
     def update_bias(self, load):
-        """Auxiliary-loss-free balancing (DeepSeek-V3, sec. 2.1.2): after a step, each expert
-        with fewer slots than the mean (load: (E,), summed over ranks) has its bias raised by
-        bias_update_speed, the others lowered. Only the choice moves, not a weight's gradient."""
+        """Auxiliary-loss-free balancing (DeepSeek-V3 2.1.2): after a step, experts below the
+        mean load (E,) get bias_update_speed more bias, the others less; no gradient changes."""
         self.expert_bias += self.bias_speed * torch.sign(load.mean() - load)
 
 
@@ -333,7 +351,8 @@ class MoEFeedForward(nn.Module):
     def forward(self, x):  # x: (B, T, D)
         experts, weights, self.aux_loss = self.gate(x)  # (B, T, k) each
         out = torch.zeros_like(x) if self.shared_experts is None else self.shared_experts(x)
-        # a CUDA graph or torch.compile needs static shapes: there every expert runs
+        # torch.compile does not trace grouped_mm in every dtype, and a CUDA graph cannot
+        # record the loop's host sync: there every expert runs
         static = torch.compiler.is_compiling() or (
             x.is_cuda and torch.cuda.is_current_stream_capturing())
         return out + (self.every_expert if static else self.routed)(x, experts, weights)
@@ -356,7 +375,7 @@ class MoEFeedForward(nn.Module):
 
     def every_expert(self, x, experts, weights):
         """Every expert on every token, weighted by the gate (0 where not routed): E / k times
-        the routed work, but no shape depends on the routing (CUDA graphs, torch.compile)."""
+        the work, no shape that depends on the routing (CUDA graphs, torch.compile)."""
         combine = weights.new_zeros(*x.shape[:2], len(self.experts)).scatter(2, experts, weights)
         return sum(expert(x) * combine[..., e, None] for e, expert in enumerate(self.experts))
 
@@ -375,24 +394,6 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask=None, cache=None):
         h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         return h + self.feed_forward(self.ffn_norm(h))
-
-
-def count_slots(experts, n_experts: int):
-    """(E,) slots per expert; unlike bincount, no host sync to learn the output's size."""
-    flat = experts.reshape(-1)
-    return flat.new_zeros(n_experts).scatter_add_(0, flat, torch.ones_like(flat))
-
-
-def grouped_linear(rows, weight, ends):
-    """A Linear per expert: rows (M, in) of block e (blocks ending at ends (E,)) through
-    weight[e] (E, out, in), in autocast's type where it is on, as a Linear computes."""
-    if torch.is_autocast_enabled(rows.device.type):
-        dtype = torch.get_autocast_dtype(rows.device.type)
-        rows, weight = rows.to(dtype), weight.to(dtype)
-    try:
-        return F.grouped_mm(rows, weight.transpose(1, 2), offs=ends)
-    except RuntimeError:  # e.g. widths not a multiple of 16 bytes, an older GPU
-        return torch.cat([r @ w.T for r, w in zip(rows.tensor_split(ends[:-1].tolist()), weight)])
 
 
 @dataclass
@@ -439,9 +440,6 @@ class Transformer(nn.Module):
             idle = (c.n_routed_experts - c.num_experts_per_tok) * 3 * c.dim * c.moe_inter_dim
             total -= sum(layer.is_moe for layer in self.layers) * idle
         return total
-
-    def moe_gates(self):  # the routers of the MoE layers
-        return [layer.feed_forward.gate for layer in self.layers if layer.is_moe]
 
     def _positions(self, input_ids, attention_mask, past_len):
         """Position of every new token (B or 1, T): the count of real tokens before it in its
@@ -596,5 +594,7 @@ def check_config(c: LMConfig):
             raise ValueError(f"{name} is {getattr(c, name)!r}; pass {' or '.join(choices)}")
     if c.attention == "mla" and c.qk_norm:
         raise ValueError("qk_norm is for GQA attention; MLA normalises its latents instead")
-    if c.use_moe and not 1 <= c.num_experts_per_tok <= c.n_routed_experts:
-        raise ValueError("num_experts_per_tok must be between 1 and n_routed_experts")
+    if c.use_moe and not (1 <= c.num_experts_per_tok <= c.n_routed_experts
+                          and c.first_k_dense < c.n_layers):
+        raise ValueError("an MoE needs 1 <= num_experts_per_tok <= n_routed_experts, and "
+                         "first_k_dense below n_layers")

@@ -19,6 +19,7 @@ transformers nor the safetensors package.
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -143,7 +144,8 @@ def qwen3_moe_fields(hf):
         i for i in range(n_layers) if (i + 1) % step})
     if dense != list(range(len(dense))):
         raise unsupported("mlp_only_layers", dense, "MyLLM's dense layers come first")
-    return dict(qwen3_fields(hf), use_moe=True, n_routed_experts=hf["num_experts"],
+    n_experts = hf.get("num_experts") or hf["num_local_experts"]  # transformers 4 and 5
+    return dict(qwen3_fields(hf), use_moe=True, n_routed_experts=n_experts,
                 num_experts_per_tok=hf["num_experts_per_tok"], n_shared_experts=0,
                 moe_inter_dim=hf["moe_intermediate_size"], first_k_dense=len(dense),
                 norm_topk_prob=hf.get("norm_topk_prob", True))
@@ -182,7 +184,7 @@ def import_hf(hf_dir):
                          f"by save_pretrained or export_hf.py")
     hf_json = json.loads((hf_dir / "config.json").read_text())
     config = lm_config_from_hf(hf_json)
-    weights = load_hf_weights(hf_dir)
+    weights = fuse_experts(load_hf_weights(hf_dir))
     embedding = weights.get("model.embed_tokens.weight")
     lm_head = weights.get("lm_head.weight")
     if embedding is None:
@@ -208,6 +210,24 @@ def import_hf(hf_dir):
         raise SystemExit(f"{hf_dir} has tensors MyLLM has no place for: {', '.join(unused[:3])}"
                          + (", ..." if len(unused) > 3 else ""))
     return state_dict, config, hf_json
+
+
+def fuse_experts(weights):
+    """transformers 5 holds an MoE layer's experts fused, mlp.experts.gate_up_proj (E, 2 *
+    hidden, D) and down_proj (E, D, hidden); files on the hub (and MiniMind's) hold one
+    module each, mlp.experts.N.gate_proj and so on. The second form becomes the first."""
+    fused = {k: v for k, v in weights.items() if not re.search(r"\.experts\.\d+\.", k)}
+    layers = {k.split(".experts.")[0] for k in weights if re.search(r"\.experts\.\d+\.", k)}
+    for layer in sorted(layers):
+        n = 1 + max(int(k.split(".experts.")[1].split(".")[0]) for k in weights
+                    if k.startswith(layer + ".experts."))
+        expert = [f"{layer}.experts.{e}." for e in range(n)]
+        fused[layer + ".experts.gate_up_proj"] = torch.stack(
+            [torch.cat([weights[e + "gate_proj.weight"], weights[e + "up_proj.weight"]])
+             for e in expert])
+        fused[layer + ".experts.down_proj"] = torch.stack(
+            [weights[e + "down_proj.weight"] for e in expert])
+    return fused
 
 
 def minimind_to_myllm(state, n_heads: int = LMConfig.n_heads, num_experts_per_tok: int = 1):
@@ -239,15 +259,7 @@ def minimind_to_myllm(state, n_heads: int = LMConfig.n_heads, num_experts_per_to
                       .shape[0], num_experts_per_tok=num_experts_per_tok,
                       first_k_dense=moe_layers[0], aux_loss_alpha=5e-4, seq_aux=False)
     config = LMConfig(**fields)
-    # MiniMind's trainer layout is Qwen3's (or Llama's) with its experts one module each
-    hf = {k: v for k, v in state.items() if ".mlp.experts." not in k}
-    for i in moe_layers:
-        experts = [f"model.layers.{i}.mlp.experts.{e}." for e in range(config.n_routed_experts)]
-        hf[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
-            [torch.cat([state[e + "gate_proj.weight"], state[e + "up_proj.weight"]])
-             for e in experts])
-        hf[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack(
-            [state[e + "down_proj.weight"] for e in experts])
+    hf = fuse_experts(state)  # MiniMind's trainer layout is Qwen3's (or Llama's)
     as_qwen3 = LMConfig(**{**fields, "qk_norm": True}) if not qk_norm else config
     rows = [r for r in tensor_map(as_qwen3) if qk_norm or "_norm" not in r[0]]
     state_dict = {}

@@ -16,7 +16,7 @@ import export_hf
 import import_hf
 from checkpoint import (arch_tag, checkpoint_paths, load_model, resolved_config, save_config,
                         save_torch)
-from experts import balance_experts
+from experts import balance_experts, moe_gates
 from model import LMConfig, Transformer
 from tokenizer import BOS_ID, EOS_ID, save_tokenizer, train_tokenizer
 
@@ -41,7 +41,7 @@ def random_model(seed=0, **fields):
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(1.0, 0.2) if name.endswith("norm.weight") else p.normal_(0.0, 0.15)
-        for gate in model.moe_gates():
+        for gate in moe_gates(model):
             if gate.sigmoid:
                 gate.expert_bias.normal_(0.0, 0.3)
     return model.eval()
@@ -94,10 +94,33 @@ def test_transformers_computes_the_same_logits_and_greedy_tokens(exported, kind)
     assert theirs.tolist() == mine.tolist()
 
 
+def split_experts(hf_dir):
+    """Rewrite a directory's fused experts (transformers 5: mlp.experts.gate_up_proj) one
+    module each (mlp.experts.N.gate_proj ...), as files on the hub hold them."""
+    weights, split = import_hf.load_hf_weights(hf_dir), {}
+    for key, value in weights.items():
+        layer, _, name = key.rpartition(".experts.")
+        if name == "gate_up_proj":
+            for e, (gate, up) in enumerate(v.chunk(2) for v in value):
+                split[f"{layer}.experts.{e}.gate_proj.weight"] = gate.clone()
+                split[f"{layer}.experts.{e}.up_proj.weight"] = up.clone()
+        elif name == "down_proj":
+            split.update({f"{layer}.experts.{e}.down_proj.weight": v.clone()
+                          for e, v in enumerate(value)})
+        else:
+            split[key] = value
+    export_hf.save_safetensors(split, hf_dir / "model.safetensors")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_import_gives_back_the_exact_weights_and_config(exported, tmp_path, kind):
+    from transformers import AutoModelForCausalLM
+
     model, _, hf_dir = exported[kind]
-    import_hf.main(["--hf_dir", str(hf_dir), "--out", str(tmp_path / "back.pth")])
+    # the directory as transformers saves it (its config fields), its experts as the hub's
+    AutoModelForCausalLM.from_pretrained(hf_dir).save_pretrained(tmp_path / "saved")
+    split_experts(tmp_path / "saved")
+    import_hf.main(["--hf_dir", str(tmp_path / "saved"), "--out", str(tmp_path / "back.pth")])
     back = load_model(tmp_path / "back.pth", 300)  # its config file says what it is
     expected = dataclasses.replace(model.config, max_seq_len=back.config.max_seq_len)
     assert back.config == expected
@@ -133,8 +156,11 @@ def deepseek_moe_per_token(ffn, x):
     return torch.stack(rows).view_as(x)
 
 
-def test_deepseek_moe_equals_a_per_token_loop_in_outputs_and_gradients():
-    ffn = random_model(**KINDS["deepseek_v3"]).layers[1].feed_forward.train()
+# 30 float32s are not whole 16 bytes: grouped_mm has no kernel, and the loop fallback runs
+@pytest.mark.parametrize("moe_inter_dim", [32, 30], ids=["grouped_mm", "loop"])
+def test_deepseek_moe_equals_a_per_token_loop_in_outputs_and_gradients(moe_inter_dim):
+    fields = dict(KINDS["deepseek_v3"], moe_inter_dim=moe_inter_dim)
+    ffn = random_model(**fields).layers[1].feed_forward.train()
     x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(3))
     upstream = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(4))
     results = []
@@ -160,7 +186,7 @@ def skewed_router_model():
     """A model with one MoE layer, its router, and inputs for that layer: every token leans
     along channel 0, toward which expert 0's router row points, so expert 0 takes them all."""
     model = random_model(**dict(KINDS["deepseek_v3"], n_layers=2, bias_update_speed=0.02))
-    gate = model.moe_gates()[0]
+    gate = moe_gates(model)[0]
     x = torch.randn(4, 32, 64, generator=torch.Generator().manual_seed(5))
     x[..., 0] += 3.0
     with torch.no_grad():
