@@ -595,7 +595,7 @@ def test_use_moe_takes_minimind_style_values():
     (["--device", "cuda:99"], "--device cuda:99"),  # no such GPU, with or without CUDA
     (["--device", "gpu0"], "not a device name"),
     (["--dim", "100"], "divisible by n_heads"),  # 100 / 8 heads
-    (["--dim", "24"], "must be even for RoPE"),  # 3 channels per head
+    (["--dim", "24"], "RoPE head dim 3 must be even"),  # 3 channels per head
     (["--eval_iters", "0"], "--eval_iters must be at least 1"),
     (["--decay_frac", "1.5"], "--decay_frac must be between 0 and 1"),
     (["--data_path", "a.jsonl", "b.jsonl", "--weights", "1"], "1 weights for 2"),
