@@ -353,8 +353,11 @@ def test_every_relative_link_of_the_pages_points_to_a_file():
 
 def test_architectures_page_commands_train_export_and_import(tmp_path):
     """docs/architectures.md's commands as written, on tiny shapes: every architecture
-    trains (into a file name of its own), the DeepSeek-V3 one exports and imports back, and
-    MiniMind's trainer/ checkpoint (tests/fixtures: minimind-3's MoE) imports."""
+    trains (into a file name of its own), the DeepSeek-V3 one exports and imports back,
+    MiniMind's trainer/ checkpoint (tests/fixtures: minimind-3's MoE) imports, the benchmark
+    runs, and the speedrun's flags parse."""
+    import speedrun
+
     tiny = ["--dim", "64", "--n_layers", "2", "--max_steps", "1", "--batch_size", "2",
             "--accumulation_steps", "1", "--max_seq_len", "64", "--eval_iters", "1",
             "--device", "cpu", "--no_report"]
@@ -367,7 +370,7 @@ def test_architectures_page_commands_train_export_and_import(tmp_path):
     assert [n for n in names if "resume" not in n] == [
         "pretrain_64_dsmoe.pth", "pretrain_64_mla.pth", "pretrain_64_mla_dsmoe.pth",
         "pretrain_64_qknorm.pth"]
-    export, back, minimind = [c for c in commands if c.startswith("python scripts/")]
+    export, back, minimind = [c for c in commands if "_hf.py" in c]
     run(export.replace("512", "64"), tmp_path)
     run(back.replace("512", "64"), tmp_path)
     # the model comes back; how it trained (the balancing knobs, the context) does not
@@ -382,3 +385,14 @@ def test_architectures_page_commands_train_export_and_import(tmp_path):
     (tmp_path / "work").mkdir()
     out = run(minimind, tmp_path / "work")
     assert "python eval_model.py --ckpt out/m3.pth" in out
+    # the measurements: bench_arch.py runs, scaled down; the speedrun's flags parse
+    (bench,) = [c for c in commands if "bench_arch.py" in c]
+    out = run(bench, tmp_path, extra=["--dim", "64", "--n_layers", "2", "--moe_dim", "64",
+                                      "--moe_layers", "2", "--batch", "2", "--seq_len", "32",
+                                      "--repeats", "1", "--prompt", "4", "--new_tokens", "4"])
+    assert "MLA, kv_lora_rank" in out and "DeepSeek MoE, routed" in out
+    (speed,) = [c for c in commands if "speedrun.py" in c]
+    args = speedrun.parse_args(shlex.split(speed)[2:])
+    assert set(args.variants) >= {"base", "qk_norm", "mla", "dsmoe"}
+    for flags in args.variants.values():
+        train_pretrain.parse_args(shlex.split(args.shape) + shlex.split(flags))
