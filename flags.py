@@ -73,10 +73,12 @@ MOE_FLAGS = {"n_routed_experts": (int, "routed experts per MoE layer (default 4)
              "aux_loss_alpha": (float, "the load-balancing loss's weight (default 0.1)")}
 # DeepSeek-V3's MoE at MyLLM's scale: 16 experts a quarter of the SwiGLU wide, 3 routed and 1
 # shared per token (as many active weights as the dense feed-forward), the first layer
-# dense, sigmoid scores with the balancing bias, and only a trace of the auxiliary loss
+# dense, sigmoid scores with the balancing bias, and only a trace of the auxiliary loss.
+# The bias moves 0.01 a step, not V3's 0.001: in runs of hundreds of steps 0.001 leaves the
+# load uneven (docs/architectures.md measures both)
 DEEPSEEK_MOE = dict(use_moe=True, score_func="sigmoid", n_routed_experts=16,
                     num_experts_per_tok=3, n_shared_experts=1, first_k_dense=1,
-                    bias_update_speed=1e-3, aux_loss_alpha=1e-4)
+                    bias_update_speed=1e-2, aux_loss_alpha=1e-4)
 
 
 def model_fields(args, presets: bool = True) -> dict:
