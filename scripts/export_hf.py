@@ -4,18 +4,21 @@
 
 writes config.json, model.safetensors and the tokenizer files, which
 AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained load offline, and
-which give the same logits as MyLLM. A dense model becomes a LlamaForCausalLM.
+which give the same logits as MyLLM. The architecture comes from the checkpoint's config
+file (hf_architecture): a dense model becomes a LlamaForCausalLM, a QK-norm one a Qwen3 (an
+MoE without shared experts: Qwen3-MoE), and MLA or DeepSeek's MoE a DeepseekV3ForCausalLM.
 
-An MoE model becomes a GraniteMoeSharedForCausalLM: the one architecture in transformers
-that computes MyLLM's MoE exactly. Its router takes the top k logits and softmaxes over
-those k, which equals MyLLM's top-k probabilities divided by their sum, and it adds an
-ungated shared expert (Mixtral has none; Qwen2-MoE gates its shared expert with a sigmoid).
+MiniMind's MoE becomes a GraniteMoeSharedForCausalLM: the one architecture in transformers
+that computes it exactly. Its router takes the top k logits and softmaxes over those k,
+which equals MyLLM's top-k probabilities divided by their sum, and it adds an ungated
+shared expert (Mixtral has none; Qwen2-MoE gates its shared expert with a sigmoid).
 Granite's extra multipliers are set so that they change nothing.
 
 Two things differ between the layouts besides the names (tensor_map lists every tensor):
-- RoPE pairs. MyLLM rotates channel pairs (2i, 2i+1) of each head, transformers rotates
-  (i, i + hd/2). An attention score is a sum over channels, so reordering the channels of
-  q and k the same way changes no score: permuting the rows of wq and wk is enough.
+- RoPE pairs. MyLLM rotates channel pairs (2i, 2i+1) of each head, transformers' Llama and
+  Qwen3 rotate (i, i + hd/2). An attention score is a sum over channels, so reordering the
+  channels of q and k the same way changes no score: permuting the rows of wq and wk (and
+  QK-norm's gains) is enough. DeepSeek-V3 rotates MyLLM's pairs (rope_interleave).
 - Tied embeddings. MyLLM's output layer is its embedding matrix; the export stores it once
   and declares tie_word_embeddings.
 
