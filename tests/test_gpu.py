@@ -51,6 +51,9 @@ def test_bf16_and_fp16_steps_stay_finite_and_track_float32():
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
 @pytest.mark.parametrize("use_moe", [False, True], ids=["dense", "moe"])
 def test_a_training_step_never_waits_for_the_device(use_moe, dtype_name):
+    if use_moe and (dtype_name == "float16" or torch.cuda.get_device_capability() < (9, 0)):
+        pytest.skip("the routed MoE's grouped_mm has CUDA kernels in bf16 from sm90 on; "
+                    "elsewhere it loops over the experts, reading their sizes on the host")
     model, optimizer, batch = tiny_step_setup(use_moe, device=CUDA)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype_name == "float16")
     one_step(model, optimizer, batch, dtype_name, scaler=scaler)  # creates AdamW's state
