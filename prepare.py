@@ -40,7 +40,7 @@ from corpus import (CLEANING_RULES, MIN_CHARS, as_sources, clean_text, expand_pa
                     file_fingerprint, iter_texts, normalize)
 from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicates,
                    likely_pairs, lsh_bands, minhash, near_duplicates, shingles, text_hash)
-from files import write_text_atomic
+from files import claim, holding, process_alive, write_text_atomic
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
                        read_sample, save_tokenizer, token_byte_counts, tokenizer_fingerprint,
                        train_tokenizer)
@@ -448,12 +448,34 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     out_dir = Path(cache_dir) / name
     while wait and not is_prepared_dir(out_dir):
         time.sleep(0.5)  # if that process fails, torchrun ends this one
-    if is_prepared_dir(out_dir):
+    # one process in the whole job builds it, also where several nodes share cache_dir: the
+    # first to create the marker; the others wait for the directory
+    marker, claimed = Path(cache_dir) / f".building-{out_dir.name}", False
+    if not is_prepared_dir(out_dir):
+        claimed, holder = claim(marker)
+        if claimed and is_prepared_dir(out_dir):  # finished just before the claim
+            marker.unlink(missing_ok=True)
+            claimed = False
+        elif not claimed and verbose:
+            print(f"waiting for {out_dir}: process {holder['pid']} on {holder['host']} is "
+                  f"preparing it (if no such process runs, delete {marker})")
+        while not claimed and not is_prepared_dir(out_dir):
+            time.sleep(0.5)  # if that process fails, torchrun ends this job
+    if not claimed:
         if verbose:
             print(f"reusing {out_dir}: sources, tokenizer and options are unchanged")
             print(format_report(load_meta(out_dir)))
         return out_dir
+    with holding(marker):
+        return _build_into(out_dir, entries, weights, tok, options, num_workers, verbose,
+                           fingerprint, source_fps, tokenizer_path)
 
+
+def _build_into(out_dir, entries, weights, tok, options, num_workers, verbose, fingerprint,
+                source_fps, tokenizer_path):
+    """prepare()'s building, for the process that claimed it: into a private directory,
+    renamed into place when whole."""
+    cache_dir = out_dir.parent
     # work in a private directory; one left by a preparation that was killed is removed
     mine = f".tmp-{out_dir.name}-{socket.gethostname()}-"  # then the process id
     for stale in Path(cache_dir).glob(mine + "*"):
@@ -483,19 +505,6 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         print(f"prepared {out_dir}")
         print(format_report(meta))
     return out_dir
-
-
-def process_alive(pid):
-    """Whether process pid (of this machine) exists; assumed so where that cannot be asked."""
-    if os.name != "posix":  # os.kill(pid, 0) would send Ctrl-C on Windows
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists but is not ours
-        return True
-    return True
 
 
 def format_report(meta):
@@ -563,16 +572,19 @@ def padding_share(doc_lengths, max_seq_len):
 
 def resolve_tokenizer(args, sources, local_rank, log):
     """The tokenizer path: --tokenizer, else OUT_DIR/tokenizer.json, trained here if absent
-    (by the first process on each machine; the others wait for the file)."""
+    (by one process of the job; the others wait for the file)."""
     if args.tokenizer:
         return Path(args.tokenizer)
-    path = Path(args.out_dir) / "tokenizer.json"
-    if local_rank == 0 and not path.exists():
-        log.say(f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on the data")
-        # a bounded sample: memory stays flat
-        texts, _ = read_sample(sources, text_field=args.text_field,
-                               skip_bad_lines=args.skip_bad_lines, verbose=log.show)
-        save_tokenizer(train_tokenizer(texts, args.vocab_size), path)  # atomically
+    path, marker = Path(args.out_dir) / "tokenizer.json", Path(args.out_dir) / ".building-tok"
+    # one process in the job trains it, also where several nodes share --out_dir (files.claim)
+    if local_rank == 0 and not path.exists() and claim(marker)[0]:
+        with holding(marker):
+            log.say(f"no tokenizer at {path}: training one (vocab {args.vocab_size}) on the "
+                    "data")
+            # a bounded sample: memory stays flat
+            texts, _ = read_sample(sources, text_field=args.text_field,
+                                   skip_bad_lines=args.skip_bad_lines, verbose=log.show)
+            save_tokenizer(train_tokenizer(texts, args.vocab_size), path)  # atomically
     while not path.exists():
         time.sleep(0.5)  # if the first process fails, torchrun ends this one
     return path
@@ -594,8 +606,8 @@ def resolve_data(args, log):
 def prepare_for_run(args, local_rank, log):
     """(tokenizer, prepared directory) of train_pretrain.py's flags. A directory prepared by
     dataset.py is used as it is; raw sources are prepared into OUT_DIR/data (cached there,
-    so a second run reuses them) by the first process on each machine, while the others
-    wait for it."""
+    so a second run reuses them) by one process of the job, while the others wait for it
+    (on several machines too, where they share --out_dir)."""
     if args.data_path and is_prepared_dir(args.data_path[0]):
         prepared = Path(args.data_path[0])
         tok = load_tokenizer(args.tokenizer or load_meta(prepared)["tokenizer_path"])

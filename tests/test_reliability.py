@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -430,7 +431,10 @@ def test_sigkill_during_data_preparation_leaves_nothing_that_a_rerun_uses(corpus
     out = tmp_path / "killed"
     done = faulty("kill_in_prepare", out, corpus, "--max_steps", "1")
     assert done.returncode == -signal.SIGKILL
-    assert [p.name.startswith(".tmp-") for p in (out / "data").iterdir()] == [True]
+    # left: the private directory and the marker of the killed process; the rerun takes
+    # the marker over (its process is dead) and leaves only the finished directory
+    assert sorted(p.name.split("-")[0] for p in (out / "data").iterdir()) == [".building",
+                                                                             ".tmp"]
     rerun = pretrain(run_args(corpus, out, "--max_steps", "1"))
     prepared = [p for p in (out / "data").iterdir()]
     assert [p.name for p in prepared] == [p.name for p in (tmp_path / "clean" / "data").iterdir()]
@@ -460,3 +464,56 @@ def test_sigterm_in_the_last_step_of_an_epoch_resumes_into_the_next(corpus, tmp_
     resumed = pretrain(run_args(corpus, tmp_path / "b", *flags))
     assert resumed["step"] == straight["step"]
     same_weights(straight["model"].state_dict(), resumed["model"].state_dict(), atol=1e-6)
+
+
+def prepare_in_a_process(corpus, cache_dir, host, results):
+    """One "node's" first process: prepare the corpus into the shared cache_dir, as machine
+    `host`; results[host] = what it printed."""
+    import contextlib
+    import io
+    import socket
+
+    from prepare import prepare
+
+    socket.gethostname = lambda: host  # another machine, sharing the folder
+    data, tok = corpus
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        prepare([str(data)], tok, cache_dir, num_workers=1)
+    results[host] = printed.getvalue()
+
+
+def test_nodes_sharing_the_folder_prepare_the_data_once(corpus, tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Manager().dict()
+    nodes = [context.Process(target=prepare_in_a_process, args=(corpus, tmp_path, host, results))
+             for host in ("node0", "node1", "node2")]
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        node.join(timeout=300)
+    assert [node.exitcode for node in nodes] == [0, 0, 0]
+    built = [host for host, out in results.items() if "prepared " in out]
+    assert len(built) == 1, dict(results)  # the others waited for it, or found it done
+    assert all("reusing" in out for host, out in results.items() if host not in built)
+    assert not list(tmp_path.glob(".building-*"))  # the marker went with the building
+
+
+def test_a_marker_whose_holder_is_gone_is_taken_over(tmp_path, monkeypatch):
+    marker = tmp_path / ".building-x"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    marker.write_text(json.dumps({"host": files.socket.gethostname(), "pid": dead.pid}))
+    assert files.claim(marker) == (True, None)  # a dead process of this machine
+    marker.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    assert files.claim(marker) == (False, {"host": "elsewhere", "pid": 1})  # touched lately
+    old = marker.stat().st_mtime - files.STALE_SECONDS - 1
+    os.utime(marker, (old, old))
+    assert files.claim(marker) == (True, None)  # untouched for too long: its holder is gone
+    with files.holding(marker, every=0.05):  # while held, it is touched
+        os.utime(marker, (old, old))
+        time.sleep(0.3)
+        assert marker.stat().st_mtime > old + 1
+    assert not marker.exists()
