@@ -339,7 +339,7 @@ def read_config(path, state, n_heads=None) -> LMConfig:
     if config_path(path).is_file():
         try:
             saved = json.loads(config_path(path).read_text())
-            return resolved_config(saved, **({} if n_heads is None else {"n_heads": n_heads}))
+            return resolved_config(saved)  # n_heads given is checked against it (load_model)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{config_path(path)}: {e}; fix it, or delete it to read the "
                              "model's shape from the weights (not MLA's or DeepSeek-MoE's: "
@@ -375,7 +375,8 @@ def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=
 
     Its config file says what it is (read_config); a file without one (MiniMind's) is read
     off its shapes, with n_heads as given (they cannot tell it). dim, n_layers, use_moe,
-    n_kv_heads and the architecture's fields (arch) are checked against it where given.
+    n_heads, n_kv_heads and the architecture's fields (arch) are checked against it where
+    given.
     vocab_size is the tokenizer's: it must match the checkpoint's embedding.
     """
     path = Path(path)
@@ -388,8 +389,8 @@ def load_model(path, vocab_size, device="cpu", dim=None, n_layers=None, use_moe=
         raise ValueError(f"{path} has no {e.args[0]}, so the model's shape cannot be read from "
                          "it; pass a complete pretrain_*.pth") from None
     check_loaded_shape(path, state, config, vocab_size, dict(
-        dim=dim, n_layers=n_layers, use_moe=use_moe, n_kv_heads=n_kv_heads, **arch),
-        n_heads or (config.n_heads if config else LMConfig.n_heads))
+        dim=dim, n_layers=n_layers, use_moe=use_moe, n_heads=n_heads, n_kv_heads=n_kv_heads,
+        **arch), n_heads or LMConfig.n_heads)
     model = Transformer(config)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -161,15 +161,15 @@ def prompts_to_run(args, tok, stdin):
 def run(args):
     check_minimind_flags(args)
     tok = load_tokenizer(args.tokenizer or Path(args.out_dir))
+    fields = model_fields(args, False)  # the architecture flags given, to check the file by
     if args.ckpt:
         path = Path(args.ckpt)
         dim, n_layers = args.dim, args.n_layers
     else:
         dim, n_layers = args.dim or LMConfig.dim, args.n_layers or LMConfig.n_layers
-        path = checkpoint_paths(args.out_dir, dim, arch_tag(model_fields(args, False)))[0]
+        path = checkpoint_paths(args.out_dir, dim, arch_tag(fields))[0]
     model = load_model(path, tok.get_vocab_size(), args.device, n_heads=args.n_heads,
-                       n_kv_heads=args.n_kv_heads, **{**model_fields(args, False), "dim": dim,
-                                                      "n_layers": n_layers})
+                       n_kv_heads=args.n_kv_heads, **{**fields, "dim": dim, "n_layers": n_layers})
     c = model.config
     print(f"{path}: {model.num_params() / 1e6:.2f}M parameters (dim {c.dim}, n_layers "
           f"{c.n_layers}{', MoE' if c.use_moe else ''}), vocabulary {c.vocab_size}, "

@@ -383,7 +383,7 @@ class MoEFeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), then h + feed_forward(norm(h))."""
 
-    def __init__(self, config: LMConfig, layer_id: int = 0):
+    def __init__(self, config: LMConfig, layer_id: int):
         super().__init__()
         self.attention = (LatentAttention if config.attention == "mla" else Attention)(config)
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)

@@ -115,16 +115,17 @@ SWIGLU_NAMES = {"w1.weight": "gate_proj.weight",  # w2(silu(w1 x) * w3 x)
                 "w2.weight": "down_proj.weight"}
 
 
-def tensor_map(config: LMConfig, keys=None):
-    """[(transformers key, [MyLLM keys], how they combine)] for hf_architecture(config);
-    keys: the MyLLM keys that exist (the attention's optional tensors are taken from them).
+def tensor_map(config: LMConfig, keys=None, arch=None):
+    """[(transformers key, [MyLLM keys], how they combine)] for arch, by default
+    hf_architecture(config); keys: the MyLLM keys that exist (the attention's optional
+    tensors are taken from them).
 
     "copy": one tensor as it is; "q" / "k": the rows permuted (see to_half_split); "norm":
     a head's gains permuted alike; "cat": one on top of the other; "stack": stacked along a
     new first axis; "stack_pairs": pairs concatenated, then stacked. transformers stores an
     MoE's routed SwiGLUs stacked, w1 on top of w3: (E, 2 * hidden, D), and w2 (E, D, hidden).
     lm_head.weight is not listed: it is the embedding matrix, declared tied in the config."""
-    arch = hf_architecture(config)
+    arch = arch or hf_architecture(config)
     if keys is None:
         with torch.device("meta"):  # names only: no memory, no initialisation
             keys = Transformer(config).state_dict()
@@ -201,11 +202,12 @@ def to_hf_state_dict(state_dict, config: LMConfig):
             for hf_key, keys, kind in tensor_map(config, state_dict)}
 
 
-def from_hf_state_dict(hf, config: LMConfig):
+def from_hf_state_dict(hf, config: LMConfig, arch=None):
     """The inverse of to_hf_state_dict: a state dict that Transformer(config) loads strictly,
-    with output.weight being the embedding matrix, as in model.state_dict()."""
+    with output.weight being the embedding matrix, as in model.state_dict(). arch: the
+    layout hf is in, by default hf_architecture(config)'s."""
     state_dict = {}
-    for hf_key, keys, kind in tensor_map(config):
+    for hf_key, keys, kind in tensor_map(config, arch=arch):
         state_dict.update(zip(keys, split(kind, hf[hf_key], config)))
     state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
     return state_dict

@@ -31,8 +31,7 @@ if str(ROOT) not in sys.path:
 
 from checkpoint import (check_state_dict, config_path, load_torch, save_config,  # noqa: E402
                         save_torch)
-from scripts.export_hf import (from_hf_state_dict, split, tensor_map,  # noqa: E402
-                               to_hf_state_dict)
+from scripts.export_hf import from_hf_state_dict, to_hf_state_dict  # noqa: E402
 from model import LMConfig  # noqa: E402
 from tokenizer import BOS_ID, EOS_ID, load_tokenizer, save_tokenizer  # noqa: E402
 
@@ -259,14 +258,10 @@ def minimind_to_myllm(state, n_heads: int = LMConfig.n_heads, num_experts_per_to
                       .shape[0], num_experts_per_tok=num_experts_per_tok,
                       first_k_dense=moe_layers[0], aux_loss_alpha=5e-4, seq_aux=False)
     config = LMConfig(**fields)
-    hf = fuse_experts(state)  # MiniMind's trainer layout is Qwen3's (or Llama's)
-    as_qwen3 = LMConfig(**{**fields, "qk_norm": True}) if not qk_norm else config
-    rows = [r for r in tensor_map(as_qwen3) if qk_norm or "_norm" not in r[0]]
-    state_dict = {}
-    for hf_key, keys, kind in rows:
-        state_dict.update(zip(keys, split(kind, hf[hf_key], config)))
-    state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
-    return state_dict, config
+    # MiniMind's trainer layout is Qwen3's, or Qwen3-MoE's (experts without shared ones);
+    # without QK-norm, the same less the q_norm and k_norm gains
+    layout = "qwen3_moe" if moe_layers else "qwen3"
+    return from_hf_state_dict(fuse_experts(state), config, layout), config
 
 
 def eval_command(ckpt, tokenizer):

@@ -18,7 +18,8 @@ from checkpoint import (arch_tag, checkpoint_paths, load_model, resolved_config,
                         save_torch)
 from experts import balance_experts, moe_gates
 from model import LMConfig, Transformer
-from tokenizer import BOS_ID, EOS_ID, save_tokenizer, train_tokenizer
+from test_export import assert_same_greedy_tokens
+from tokenizer import save_tokenizer, train_tokenizer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 BASE = dict(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=300)
@@ -87,11 +88,7 @@ def test_transformers_computes_the_same_logits_and_greedy_tokens(exported, kind)
         ours, theirs = model(ids).logits, hf.eval()(ids).logits
     assert ours.abs().max() > 1  # logits big enough for the comparison to mean something
     assert (ours - theirs).abs().max().item() < 1e-4
-    prompt = torch.tensor([[BOS_ID, 50, 51, 52, 53]])
-    mine = model.generate(prompt, max_new_tokens=16, temperature=0, eos_token_id=EOS_ID)
-    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16,
-                         do_sample=False)
-    assert theirs.tolist() == mine.tolist()
+    assert_same_greedy_tokens(model, hf, 16)
 
 
 def split_experts(hf_dir):
@@ -265,3 +262,10 @@ def test_active_parameters_count_only_the_chosen_experts():
     moe_layers = c.n_layers - c.first_k_dense
     idle = moe_layers * (c.n_routed_experts - c.num_experts_per_tok) * 3 * c.dim * c.moe_inter_dim
     assert model.num_params() - model.num_params(active=True) == idle
+
+
+def test_a_head_count_that_disagrees_with_the_config_file_is_refused(exported):
+    _, weights, _ = exported["qwen3"]  # 4 heads, said by its config file
+    assert load_model(weights, 300, n_heads=4).config.n_heads == 4
+    with pytest.raises(ValueError, match="checkpoint: n_heads 4; asked: 8"):
+        load_model(weights, 300, n_heads=8)  # same shapes, another model: not taken

@@ -99,17 +99,21 @@ def test_transformers_loads_the_export_and_gives_the_same_logits(exported, kind)
     assert (ours - theirs).abs().max().item() < 1e-4
 
 
+def assert_same_greedy_tokens(model, hf, new_tokens):
+    """transformers' greedy generate from an exported model gives MyLLM's tokens."""
+    prompt = torch.tensor([[BOS_ID, 50, 51, 52, 53]])
+    ours = model.generate(prompt, max_new_tokens=new_tokens, temperature=0, eos_token_id=EOS_ID)
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt),
+                         max_new_tokens=new_tokens, do_sample=False)
+    assert theirs.tolist() == ours.tolist()
+
+
 @pytest.mark.parametrize("kind", ["dense", "moe"])
 def test_transformers_greedy_generate_reproduces_myllm_tokens(exported, kind):
     from transformers import AutoModelForCausalLM
 
     model, _, hf_dir = exported[kind]
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
-    prompt = torch.tensor([[BOS_ID, 50, 51, 52, 53]])
-    ours = model.generate(prompt, max_new_tokens=24, temperature=0, eos_token_id=EOS_ID)
-    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
-                         do_sample=False)
-    assert theirs.tolist() == ours.tolist()
+    assert_same_greedy_tokens(model, AutoModelForCausalLM.from_pretrained(hf_dir).eval(), 24)
 
 
 def test_autotokenizer_of_the_export_encodes_like_myllm(exported):
