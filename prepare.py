@@ -322,39 +322,53 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
         seconds["dedup"] = time.time() - start
 
         start = time.time()
-        dtype = np.dtype("<u2") if tok.get_vocab_size() <= 2**16 else np.dtype("<u4")
+        dtype = token_dtype(tok)
         lengths, text_bytes = _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose)
     finally:
         store.close()
         os.remove(tmp_dir / "cleaned.txt")
-    n_tokens = sum(map(sum, lengths.values()))
     starts = {s: np.concatenate([[0], np.cumsum(lengths[s], dtype=np.int64)]) for s in lengths}
-    # A training document appears as often as the whole part of its source's weight, and
-    # once more if its hash falls below the fractional part.
-    train = keep & ~val
-    weight = np.array(weights)[source_ids[train]]
-    copies = np.floor(weight).astype(np.int64) + (weight_keys[train] < weight % 1)
-    starts["train"] = _apply_weights(tmp_dir / "train.bin", starts["train"], copies, dtype)
+    starts["train"] = _apply_weights(tmp_dir / "train.bin", starts["train"],
+                                     _copies(keep & ~val, source_ids, weights, weight_keys), dtype)
     for split, offsets in starts.items():
         np.save(tmp_dir / f"{split}.idx.npy", offsets)
     seconds["tokenize"] = time.time() - start
+    return build_meta(tok, options, counts, cut, int(keep.sum()), starts, text_bytes, seconds)
 
+
+def _copies(train, source_ids, weights, weight_keys):
+    """How many times each training document appears: the whole part of its source's
+    weight, and once more if its hash falls below the fractional part."""
+    weight = np.array(weights)[source_ids[train]]
+    return np.floor(weight).astype(np.int64) + (weight_keys[train] < weight % 1)
+
+
+def build_meta(tok, options, counts, cut, documents_kept, starts, text_bytes, seconds):
+    """meta.json's content, less the fingerprint and sources that prepare() adds."""
+    bands, rows = lsh_bands(options["num_perm"], options["dedup_threshold"])
+    n_tokens = sum(int(offsets[-1]) for offsets in starts.values())
     report = {"documents_read": counts["documents_read"], "bad_lines": counts["bad_lines"],
               "cleaning": {rule: counts[rule] for rule in CLEANING_RULES},
               **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
                                         "near_duplicate_clusters", "candidate_pairs",
                                         "candidate_pairs_checked", "candidate_pairs_unlikely",
                                         "parts_rejected")}, **cut,
-              "documents_kept": int(keep.sum()),
+              "documents_kept": documents_kept,
               "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s>: 0 bytes
               "lsh": {"bands": bands, "rows": rows},
               "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    dtype = token_dtype(tok)
     return {"format": FORMAT_VERSION, "vocab_size": tok.get_vocab_size(), "dtype": dtype.name,
             "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID,
             "tokenizer_fingerprint": tokenizer_fingerprint(tok), "options": options,
             "splits": {s: {"documents": len(starts[s]) - 1, "tokens": int(starts[s][-1])}
                        for s in starts},
             "sentence_end_ids": sentence_end_ids(tok), "report": report}
+
+
+def token_dtype(tok):
+    """The token files' type: uint16 while the vocabulary fits it."""
+    return np.dtype("<u2") if tok.get_vocab_size() <= 2**16 else np.dtype("<u4")
 
 
 def _source_entries(sources, weights):
@@ -416,6 +430,28 @@ def damaged(prepared_dir):
             "it again (for OUT_DIR/data, train_pretrain.py then does so by itself)")
 
 
+def result_options(*, text_field, val_fraction, near_dedup, dedup_threshold, num_perm,
+                   min_chars, seed, skip_bad_lines):
+    """The options that change what a preparation writes, as meta.json and the fingerprint
+    hold them."""
+    return {"format": FORMAT_VERSION, "text_field": text_field, "val_fraction": val_fraction,
+            "near_dedup": near_dedup, "dedup_threshold": dedup_threshold, "num_perm": num_perm,
+            "min_chars": min_chars, "seed": seed, "skip_bad_lines": skip_bad_lines}
+
+
+def target_dir(entries, weights, tok, options, cache_dir):
+    """(directory, fingerprint, source fingerprints) of a preparation: the directory's name
+    holds a fingerprint of the sources (paths, sizes, content hashes), the tokenizer and
+    every option that changes the result."""
+    source_fps = _fingerprint_sources(entries, weights)
+    key = json.dumps({"sources": source_fps, "tokenizer": tokenizer_fingerprint(tok),
+                      "options": options}, sort_keys=True)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    first = entries[0][0]
+    name = f"{'builtin' if first == 'builtin' else first.name.split('.')[0]}-{fingerprint}"
+    return Path(cache_dir) / name, fingerprint, source_fps
+
+
 def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
             near_dedup=True, dedup_threshold=DEDUP_THRESHOLD, num_perm=128, min_chars=MIN_CHARS,
             seed=0, skip_bad_lines=False, num_workers=None, weights=None, verbose=True,
@@ -433,19 +469,11 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     entries, weights = _source_entries(sources, weights)
     tok = load_tokenizer(tokenizer_path)
-    # the directory's name: a fingerprint of the sources (paths, sizes, content hashes), the
-    # tokenizer and every option that changes the result
-    options = {"format": FORMAT_VERSION, "text_field": text_field, "val_fraction": val_fraction,
-               "near_dedup": near_dedup, "dedup_threshold": dedup_threshold,
-               "num_perm": num_perm, "min_chars": min_chars, "seed": seed,
-               "skip_bad_lines": skip_bad_lines}
-    source_fps = _fingerprint_sources(entries, weights)
-    key = json.dumps({"sources": source_fps, "tokenizer": tokenizer_fingerprint(tok),
-                      "options": options}, sort_keys=True)
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    first = entries[0][0]
-    name = f"{'builtin' if first == 'builtin' else first.name.split('.')[0]}-{fingerprint}"
-    out_dir = Path(cache_dir) / name
+    options = result_options(text_field=text_field, val_fraction=val_fraction,
+                             near_dedup=near_dedup, dedup_threshold=dedup_threshold,
+                             num_perm=num_perm, min_chars=min_chars, seed=seed,
+                             skip_bad_lines=skip_bad_lines)
+    out_dir, fingerprint, source_fps = target_dir(entries, weights, tok, options, cache_dir)
     while wait and not is_prepared_dir(out_dir):
         time.sleep(0.5)  # if that process fails, torchrun ends this one
     # one process in the whole job builds it, also where several nodes share cache_dir: the
