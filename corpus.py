@@ -107,21 +107,29 @@ def read_file(path, text_field="text", skip_bad_lines=False, counts=None):
     kind = check_file_type(path, Path(path.name[:-3] if zipped else path.name).suffix)
     try:
         with (gzip.open if zipped else open)(path, "rb") as f:
-            lines = _decoded_lines(f, path, skip_bad_lines, counts)
             if kind == ".txt":
-                yield from _paragraphs(lines)
+                yield from _paragraphs(_decoded_lines(enumerate(f, 1), path, skip_bad_lines,
+                                                      counts))
                 return
-            for lineno, line in lines:
-                if not line.strip():
-                    continue
-                text, problem = text_of(line, text_field)
-                if problem is None:
-                    yield text
-                else:
-                    bad_line(f"{path}:{lineno}: {problem}", skip_bad_lines, counts)
+            for _, text in jsonl_texts(enumerate(f, 1), path, text_field, skip_bad_lines,
+                                       counts):
+                yield text
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: damaged gzip file ({e}); recompress it or pass the "
                          f"uncompressed file") from None
+
+
+def jsonl_texts(numbered_lines, path, text_field="text", skip_bad_lines=False, counts=None):
+    """(line number, text) of each JSON line among (line number, bytes) pairs of a file;
+    blank lines are skipped, bad ones stop or are counted (read_file)."""
+    for lineno, line in _decoded_lines(numbered_lines, path, skip_bad_lines, counts):
+        if not line.strip():
+            continue
+        text, problem = text_of(line, text_field)
+        if problem is None:
+            yield lineno, text
+        else:
+            bad_line(f"{path}:{lineno}: {problem}", skip_bad_lines, counts)
 
 
 def text_of(line, text_field):
@@ -139,9 +147,9 @@ def text_of(line, text_field):
     return record[text_field], None
 
 
-def _decoded_lines(f, path, skip_bad_lines, counts):
-    """(line number, text) of every line that is valid UTF-8."""
-    for lineno, raw in enumerate(f, 1):
+def _decoded_lines(numbered_lines, path, skip_bad_lines, counts):
+    """(line number, text) of every line that is valid UTF-8, from (line number, bytes)."""
+    for lineno, raw in numbered_lines:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -147,9 +147,10 @@ class ShardedSampler(Sampler):
         yield from order[first:first + len(self) * self.world_size:self.world_size].tolist()
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Clean, deduplicate and tokenize pretraining text into --data_dir.")
+def build_parser(description="Clean, deduplicate and tokenize pretraining text into "
+                              "--data_dir."):
+    """The preparation flags (scripts/prepare_cluster.py adds its own to them)."""
+    parser = argparse.ArgumentParser(description=description)
     add_source_flags(parser, data_path_default=["builtin"])
     add_prepare_flags(parser)
     parser.add_argument("--data_dir", default="out/data",
@@ -166,6 +167,11 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_len", type=int, default=512,
                         help="tokens per training sequence, for the padding figure of the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     check_source_flags(parser, args)
     return args

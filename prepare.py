@@ -333,7 +333,9 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
     for split, offsets in starts.items():
         np.save(tmp_dir / f"{split}.idx.npy", offsets)
     seconds["tokenize"] = time.time() - start
-    return build_meta(tok, options, counts, cut, int(keep.sum()), starts, text_bytes, seconds)
+    bytes_per_token = text_bytes / max(sum(map(sum, lengths.values())), 1)  # before --weights
+    return build_meta(tok, options, counts, cut, int(keep.sum()), starts, bytes_per_token,
+                      seconds)
 
 
 def _copies(train, source_ids, weights, weight_keys):
@@ -343,10 +345,11 @@ def _copies(train, source_ids, weights, weight_keys):
     return np.floor(weight).astype(np.int64) + (weight_keys[train] < weight % 1)
 
 
-def build_meta(tok, options, counts, cut, documents_kept, starts, text_bytes, seconds):
-    """meta.json's content, less the fingerprint and sources that prepare() adds."""
+def build_meta(tok, options, counts, cut, documents_kept, starts, bytes_per_token, seconds):
+    """meta.json's content, less the fingerprint and sources that prepare() adds.
+    bytes_per_token: of the kept documents' tokens, counted before --weights repeats them
+    (<s> and </s> stand for no bytes)."""
     bands, rows = lsh_bands(options["num_perm"], options["dedup_threshold"])
-    n_tokens = sum(int(offsets[-1]) for offsets in starts.values())
     report = {"documents_read": counts["documents_read"], "bad_lines": counts["bad_lines"],
               "cleaning": {rule: counts[rule] for rule in CLEANING_RULES},
               **{k: counts[k] for k in ("exact_duplicates", "near_duplicates",
@@ -354,7 +357,7 @@ def build_meta(tok, options, counts, cut, documents_kept, starts, text_bytes, se
                                         "candidate_pairs_checked", "candidate_pairs_unlikely",
                                         "parts_rejected")}, **cut,
               "documents_kept": documents_kept,
-              "bytes_per_token": text_bytes / max(n_tokens, 1),  # <s> and </s>: 0 bytes
+              "bytes_per_token": bytes_per_token,
               "lsh": {"bands": bands, "rows": rows},
               "seconds": {k: round(v, 2) for k, v in seconds.items()}}
     dtype = token_dtype(tok)
