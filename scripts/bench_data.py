@@ -2,25 +2,31 @@
 
     python scripts/bench_data.py --work_dir /tmp/myllm_bench            # all figures
     python scripts/bench_data.py --work_dir /tmp/myllm_bench --big_gb 0 # skip the 1 GB run
+    python scripts/bench_data.py --tasks cluster   # needs requirements-scale.txt
     python scripts/bench_data.py --tasks padding --data_path dataset/pretrain_hq.jsonl \
         --tokenizer out/tokenizer.json --data_dir out/data   # on the data training prepared
 
 Figures (--tasks): "prepare": tokenizer training time on 50 MB, pretokenize throughput
 (MB/s) on Chinese text, near-dedup documents per second, and peak memory (summed RSS of the
 process tree) while preparing a generated >1 GB file; "padding": training steps on packed
-and on MiniMind-style padded samples, and the tokens per second that carry loss.
+and on MiniMind-style padded samples, and the tokens per second that carry loss; "cluster"
+(not in the default): dataset.py against scripts/prepare_cluster.py on the same generated
+files of --train_mb and --big_gb: time, peak memory, and whether they wrote the same files.
 The generated text imitates MiniMind's pretrain_hq.jsonl: lines of <s>...</s> segments of
 Chinese with some English, Zipf-distributed words, and planted exact and near duplicates;
 tests and bench use the same generator (write_corpus).
 """
 
 import argparse
+import filecmp
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +39,12 @@ import dataset  # noqa: E402
 import dedup  # noqa: E402
 import prepare  # noqa: E402
 from bench import format_rows, timed_rounds  # noqa: E402
-from corpus import iter_texts  # noqa: E402
+from bench_dedup import letters_edited  # noqa: E402
+from corpus import builtin_corpus, clean_text, iter_texts  # noqa: E402
 from device import pick_device  # noqa: E402
 from flags import add_prepare_flags, add_source_flags  # noqa: E402
-from tokenizer import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
+from tokenizer import (SPECIAL_TOKENS, load_tokenizer, save_tokenizer,  # noqa: E402
+                       train_tokenizer)
 
 HANZI = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工"
          "也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小"
@@ -127,10 +135,11 @@ def tree_memory(pid):
     return rss, pss
 
 
-def run_with_peak_memory(cmd):
-    """Run cmd; return (seconds, peak summed RSS, peak summed PSS), polling every 0.2 s."""
+def run_with_peak_memory(cmd, stdout=None):
+    """Run cmd; return (seconds, peak summed RSS, peak summed PSS), polling every 0.2 s.
+    stdout: a file for its output, which then goes nowhere else."""
     start = time.time()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=None if stdout is None else stdout)
     peak_rss = peak_pss = 0
     while proc.poll() is None:
         rss, pss = tree_memory(proc.pid)
@@ -310,14 +319,97 @@ def measure_padding(args, datasets, device):
             for mode, (seconds, _) in runs.items()}
 
 
+def same_preparation(a, b):
+    """Whether two prepared directories hold the same files and meta.json (timings aside)."""
+    metas = [prepare.load_meta(d) for d in (a, b)]
+    for meta in metas:
+        meta["report"].pop("seconds")
+    return metas[0] == metas[1] and all(
+        filecmp.cmp(Path(a) / name, Path(b) / name, shallow=False)
+        for name in ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy"))
+
+
+def real_text_with_copies(path, n_copies=2000, seed=0):
+    """Python's own documentation (the built-in corpus) as .jsonl, followed by copies of
+    n_copies of its documents with 3% of their letters edited; returns the copies."""
+    texts = [t for t in builtin_corpus() if len(t) >= 200]
+    rng = random.Random(seed)
+    copies = [letters_edited(texts[i], 0.03, rng)
+              for i in rng.sample(range(len(texts)), n_copies)]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts + copies)
+    return copies
+
+
+def planted_recall(prepared, tok_path, copies):
+    """The share of the planted copies that the prepared directory does not hold."""
+    tok = load_tokenizer(tok_path)
+    kept = set()
+    for split in ("train", "val"):
+        tokens, starts = dataset.open_split(prepared, split)
+        kept.update(tok.decode_batch([tokens[a + 1:b - 1].tolist() for a, b in
+                                      zip(starts[:-1], starts[1:])], skip_special_tokens=False))
+    cleaned = [clean_text(c, markers=SPECIAL_TOKENS[1:])[0] for c in copies]
+    return sum(c not in kept for c in cleaned) / len(copies)
+
+
+def measure_cluster(args, work):
+    """dataset.py and scripts/prepare_cluster.py (datatrove's local executor) on the same
+    files: generated ones of --train_mb and --big_gb, and Python's documentation with
+    planted copies. Time, peak memory, equal output, and the planted copies removed."""
+    small = work / "cluster_small.jsonl"
+    write_corpus(small, int(args.train_mb * 1e6), seed=1)
+    tok_path = work / "tok_cluster" / "tokenizer.json"
+    if not tok_path.exists():
+        save_tokenizer(train_tokenizer(list(islice(iter_texts(small), 20000)), 6400), tok_path)
+    real, real_tok = work / "cluster_python_docs.jsonl", work / "tok_docs" / "tokenizer.json"
+    copies = real_text_with_copies(real)
+    save_tokenizer(train_tokenizer(list(builtin_corpus()), 6400), real_tok)
+    files = [(real, real_tok), (small, tok_path)]
+    if args.big_gb > 0:
+        files.append((write_corpus(work / "cluster_big.jsonl", int(args.big_gb * 1e9), seed=2),
+                      tok_path))
+    script = Path(__file__).resolve().parent / "prepare_cluster.py"
+    for corpus, tok_path in files:
+        size, runs = corpus.stat().st_size / 1e9, {}
+        for name, cmd in (("dataset.py", [str(Path(dataset.__file__))]),
+                          ("prepare_cluster.py", [str(script), "--tasks", str(args.cluster_tasks),
+                                                  "--workers", str(os.cpu_count())])):
+            out = work / f"cluster_out_{len(runs)}"
+            shutil.rmtree(out, ignore_errors=True)
+            with open(work / "cluster_log.txt", "w+") as log:
+                wall, rss, pss = run_with_peak_memory(
+                    [sys.executable, *cmd, "--data_path", str(corpus), "--tokenizer",
+                     str(tok_path), "--data_dir", str(out), "--quiet"], stdout=log)
+                log.seek(0)
+                lines = log.read().splitlines()
+            runs[name] = next(p for p in out.iterdir() if not p.name.startswith("."))
+            docs = prepare.load_meta(runs[name])["report"]["documents_read"]
+            print(f"{name:<19} {size:.2f} GB, {docs:,} docs: {wall:.0f} s, "
+                  f"{docs / wall:,.0f} docs/s; peak memory {pss / 1e9:.2f} GB PSS, "
+                  f"{rss / 1e9:.2f} GB RSS")
+            if "stages (this run)" in lines:  # prepare_cluster.py's own figures
+                print("\n".join(lines[lines.index("stages (this run)"):]))
+        print(f"  same directory name, files and report: {same_preparation(*runs.values())}")
+        if corpus == real:
+            print("  planted copies (3% of the letters edited) removed: " + ", ".join(
+                f"{name} {planted_recall(d, tok_path, copies):.1%}" for name, d in runs.items()))
+        if not args.keep:
+            corpus.unlink()
+            for folder in runs.values():
+                shutil.rmtree(folder.parent, ignore_errors=True)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["prepare", "padding"],
-                        choices=["prepare", "padding"])
+                        choices=["prepare", "padding", "cluster"])
     parser.add_argument("--work_dir", default="/tmp/myllm_bench")
     parser.add_argument("--train_mb", type=float, default=50)
     parser.add_argument("--big_gb", type=float, default=1.1, help="0 skips the big file")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--cluster_tasks", type=int, default=8,
+                        help="cluster: --tasks of scripts/prepare_cluster.py")
     padding = parser.add_argument_group("padding")
     add_source_flags(padding)
     add_prepare_flags(padding)
@@ -341,6 +433,8 @@ def main(argv=None):
         tok_path = measure_prepare(args, work)
         if args.big_gb > 0:
             measure_big_file(args, work, tok_path)
+    if "cluster" in args.tasks:
+        measure_cluster(args, work)
     if "padding" in args.tasks:
         datasets = dict(zip(("packed", "padded"), padding_datasets(args, work)))
         figures = measure_padding(args, datasets, pick_device())

@@ -31,8 +31,10 @@ WORK/logs/STAGE/completions, and every output is written under a temporary name 
 renamed, so the same command run again after a crash reruns only the unfinished tasks.
 """
 
+import importlib
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -64,6 +66,7 @@ BATCH = 1000  # documents cleaned and signed at a time
 POSITION_BITS = 40  # a document's key: file index << POSITION_BITS | its number in the file
 COLUMNS = ("key", "source", "exact", "split", "weight", "hashes", "sketches", "has_shingles",
            "text_bytes")  # what the clean stage keeps of each document
+STAGES = ("clean", "dedup", "tokenize", "merge")
 # dataset.py's flags that this script does not take, and why
 UNSUPPORTED = {"prep_workers": "the processes here are --tasks and --workers"}
 
@@ -93,6 +96,25 @@ def _write_atomic(path, write):
     with open(tmp, "wb") as f:
         write(f)
     os.replace(tmp, path)
+
+
+def _reset_peak_memory():
+    """Start this process's peak memory afresh for the task (Linux; elsewhere the peak
+    stays that of the whole process, which a process that ran several tasks, or the
+    program that started it, can raise)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_memory():
+    """This process's peak resident memory in bytes since _reset_peak_memory."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _short_errors():
@@ -171,9 +193,10 @@ class Step(PipelineStep):
 
     def run(self, data=None, rank=0, world_size=1):
         _short_errors()
+        _reset_peak_memory()
         self.start = time.time()
         self.work(rank)
-        timing = {"start": self.start, "end": time.time()}
+        timing = {"start": self.start, "end": time.time(), "peak_bytes": _peak_memory()}
         _write_atomic(self.job.work / "times" / f"{self.name}-{rank:05d}.json",
                       lambda f: f.write(json.dumps(timing).encode()))
         return iter(())
@@ -387,6 +410,18 @@ def stage_seconds(job, merge_start):
     return {("read_clean" if k == "clean" else k): hi - lo for k, (lo, hi) in spans.items()}
 
 
+def stage_summary(job):
+    """One line per stage: its tasks, wall time and the largest peak memory of a task."""
+    lines = []
+    for stage in STAGES:
+        times = [json.loads(p.read_text()) for p in (job.work / "times").glob(f"{stage}-*")]
+        if times:
+            wall = max(t["end"] for t in times) - min(t["start"] for t in times)
+            lines.append(f"  {stage:<9} {len(times):>5} tasks {wall:>9.1f} s   peak memory of a "
+                         f"task {max(t['peak_bytes'] for t in times) / 1e9:.2f} GB")
+    return "\n".join(["stages (this run)", *lines]) if lines else ""
+
+
 def executors(job, args):
     """The four stages' executors, each depending on the one before; the last is returned
     (running it runs them all)."""
@@ -462,10 +497,11 @@ def main(argv=None):
     args = parse_args(argv)
     if PipelineStep is object:
         sys.exit("error: datatrove is not installed; pip install -r requirements-scale.txt")
-    # the tasks import this module by name (scripts.prepare_cluster), also in new processes
+    # the tasks' processes import this module by name, not as __main__, from ROOT
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
                                                              os.environ.get("PYTHONPATH")]))
-    from scripts import prepare_cluster as steps
+    steps = (importlib.import_module("scripts.prepare_cluster") if __name__ == "__main__"
+             else sys.modules[__name__])
     try:
         job = steps.plan(args)
         if not prepare.is_prepared_dir(job.out_dir):
@@ -476,8 +512,11 @@ def main(argv=None):
         print(f"launched; the logs are in {job.work / 'logs'}, and the data will be in "
               f"{job.out_dir}")
         return
+    summary = stage_summary(job)
     shutil.rmtree(job.work, ignore_errors=True)
     print(prepare.format_report(prepare.load_meta(job.out_dir)))
+    if summary:
+        print(summary)
     print(f"prepared data: {job.out_dir}")
 
 
