@@ -329,7 +329,7 @@ def same_preparation(a, b):
         for name in ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy"))
 
 
-def real_text_with_copies(path, n_copies=2000, seed=0):
+def real_text_with_copies(path, n_copies=500, seed=0):
     """Python's own documentation (the built-in corpus) as .jsonl, followed by copies of
     n_copies of its documents with 3% of their letters edited; returns the copies."""
     texts = [t for t in builtin_corpus() if len(t) >= 200]

@@ -8,12 +8,12 @@ machine, on Slurm or on Ray (pip install -r requirements-scale.txt).
     python scripts/prepare_cluster.py ... --executor ray --tasks 512
 
 The stages, each a datatrove executor that starts when the one before it has finished:
-    clean     --tasks tasks. Task t reads every source file and takes, of a plain .jsonl
-              file, the blocks of BLOCK_LINES lines numbered b with (file + b) % tasks == t;
-              a gzipped or .txt file, or the built-in corpus, goes whole to task
-              file % tasks. It cleans its documents with corpus.py's rules, hashes and
-              signs them as prepare.py does (prepare._clean_and_sign), and writes the texts,
-              hashes and signatures to WORK/clean.
+    clean     --tasks tasks. The sources are cut into units: each CHUNK_BYTES of a plain
+              .jsonl file (the lines that start in it), and each gzipped or .txt file, or
+              the built-in corpus, whole; they are dealt to the tasks in turn (shards), so
+              that a task reads its units alone. It cleans their documents with corpus.py's
+              rules, hashes and signs them as prepare.py does (prepare._clean_and_sign),
+              and writes the texts, hashes and signatures to WORK/clean.
     dedup     one task: every document's hashes and signatures in reading order, and
               prepare.py's dedup on them (exact copies, then LSH candidates, the signature
               check, exact Jaccard and the parts check), then the train/val split. It reads
@@ -61,9 +61,9 @@ try:
 except ImportError:  # the flags, and the error that says what to install, work without it
     PipelineStep = object
 
-BLOCK_LINES = 1000  # lines of a .jsonl file that one clean task takes in a row
+CHUNK_BYTES = 32 << 20  # of a .jsonl file: one unit of the clean stage's work
 BATCH = 1000  # documents cleaned and signed at a time
-POSITION_BITS = 40  # a document's key: file index << POSITION_BITS | its number in the file
+POSITION_BITS = 44  # files of up to 16 TB, and up to 2**19 files
 COLUMNS = ("key", "source", "exact", "split", "weight", "hashes", "sketches", "has_shingles",
            "text_bytes")  # what the clean stage keeps of each document
 STAGES = ("clean", "dedup", "tokenize", "merge")
@@ -127,26 +127,75 @@ def _short_errors():
     logger.configure(patcher=patch)
 
 
-def task_documents(job, rank, counts):
-    """(key, source index, text) of the documents that clean task `rank` takes."""
-    o = job.options
+def shards(job):
+    """The clean stage's units of work, in reading order: (file index, source index, path,
+    first byte, end byte) for each CHUNK_BYTES of a plain .jsonl file, and (file index,
+    source index, path, None, None) for a whole gzipped or .txt file or the built-in
+    corpus. Unit u goes to task u % tasks."""
+    units = []
     for f, source, path in job.files():
-        whole = path == "builtin" or not str(path).endswith(".jsonl")
-        if whole and f % job.tasks != rank:
-            continue
+        if path != "builtin" and str(path).endswith(".jsonl"):
+            size = max(Path(path).stat().st_size, 1)
+            units += [(f, source, path, lo, min(lo + CHUNK_BYTES, size))
+                      for lo in range(0, size, CHUNK_BYTES)]
+        else:
+            units.append((f, source, path, None, None))
+    return units
+
+
+def _lines_from(file, lo, hi):
+    """(byte offset + 1, line) of the lines of a binary file that start in [lo, hi): the
+    line under way at lo belongs to the range before. The offset + 1 makes a file's first
+    line 1, where corpus.jsonl_texts expects it (a byte-order mark is removed there)."""
+    file.seek(max(lo - 1, 0))
+    if lo > 0:
+        file.readline()  # the rest of the line under way, or the newline just before lo
+    while (position := file.tell()) < hi:
+        line = file.readline()
+        if not line:
+            return
+        yield position + 1, line
+
+
+def _line_number(path, offset):
+    """The line number of the line at a byte offset: the newlines before it, plus 1."""
+    count = 0
+    with open(path, "rb") as f:
+        while offset > 0 and (block := f.read(min(offset, 1 << 24))):
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count + 1
+
+
+def task_documents(job, rank, counts):
+    """(key, source index, text) of the documents that clean task `rank` takes, in reading
+    order. The key, file index << POSITION_BITS | the document's place in its file, sorts
+    every task's documents into dataset.py's reading order."""
+    o = job.options
+    for f, source, path, lo, hi in shards(job)[rank::job.tasks]:
         if path == "builtin":
             numbered = enumerate(builtin_corpus())
-        elif whole:
+        elif lo is None:
             numbered = enumerate(read_file(path, o["text_field"], o["skip_bad_lines"], counts))
         else:
-            lines = open(path, "rb")
-            mine = ((n, raw) for n, raw in enumerate(lines, 1)
-                    if (f + (n - 1) // BLOCK_LINES) % job.tasks == rank)
-            numbered = jsonl_texts(mine, path, o["text_field"], o["skip_bad_lines"], counts)
-        for position, text in numbered:
-            yield (f << POSITION_BITS) | position, source, text
-        if not whole:
-            lines.close()
+            numbered = _chunk_texts(path, lo, hi, o, counts)
+        for place, text in numbered:
+            yield (f << POSITION_BITS) | place, source, text
+
+
+def _chunk_texts(path, lo, hi, options, counts):
+    """(byte offset + 1, text) of the JSON lines that start in [lo, hi) of a file; a bad
+    line's error names its line number, as dataset.py's does."""
+    with open(path, "rb") as file:
+        try:
+            yield from jsonl_texts(_lines_from(file, lo, hi), path, options["text_field"],
+                                   options["skip_bad_lines"], counts)
+        except ValueError as e:
+            where, _, rest = str(e).partition(": ")
+            if not where.startswith(f"{path}:"):
+                raise
+            offset = int(where.rsplit(":", 1)[1]) - 1
+            raise ValueError(f"{path}:{_line_number(path, offset)}: {rest}") from None
 
 
 def clean_and_sign(job, documents, counts):

@@ -87,9 +87,9 @@ def assert_same(reference, other):
 
 def test_the_same_directory_as_dataset_py_with_planted_copies_and_shared_forms(
         corpus, tok_path, reference, tmp_path, monkeypatch):
-    """Blocks of 7 lines over 3 tasks, so that every .jsonl file is read by several tasks
-    and the tasks' documents interleave in reading order."""
-    monkeypatch.setattr(prepare_cluster, "BLOCK_LINES", 7)
+    """Chunks of 3,000 bytes over 3 tasks, so that every .jsonl file is read by several
+    tasks and their documents interleave in reading order."""
+    monkeypatch.setattr(prepare_cluster, "CHUNK_BYTES", 3000)
     run_cluster(cluster_argv(corpus, tok_path, tmp_path, "--tasks", "3"), monkeypatch)
     prepared = tmp_path / reference.name
     assert_same(reference, prepared)
@@ -207,18 +207,36 @@ def test_cluster_pipelines_are_built_and_their_job_scripts_rendered_without_laun
 
 
 def test_the_clean_tasks_share_every_line_of_a_file_once(tmp_path, monkeypatch):
-    """Blocks of BLOCK_LINES lines go to the tasks in turn, offset by the file's index."""
-    monkeypatch.setattr(prepare_cluster, "BLOCK_LINES", 4)
-    files = [write_jsonl(tmp_path / f"{name}.jsonl", [f"{name} {i}" for i in range(25)])
-             for name in ("a", "b")]
+    """Chunks of 50 bytes dealt to 3 tasks: every line is read by exactly one task, the one
+    whose chunk it starts in, also a line that crosses a chunk's end or starts just at it;
+    the keys sort the documents into the files' order."""
+    monkeypatch.setattr(prepare_cluster, "CHUNK_BYTES", 50)
+    texts = {name: [f"{name} {i} " + "x" * (i * 7 % 60) for i in range(30)] for name in "ab"}
+    files = [write_jsonl(tmp_path / f"{name}.jsonl", texts[name]) for name in "ab"]
     job = prepare_cluster.Job([files], [1.0], "tok", {"text_field": "text",
                                                       "skip_bad_lines": False},
                               3, tmp_path / "x", "fp", [])
     shares = [list(prepare_cluster.task_documents(job, rank, {})) for rank in range(3)]
-    for key, _, text in sum(shares, []):  # the key: file index, then line number
-        assert text == f"{'ab'[key >> 40]} {(key & (2**40 - 1)) - 1}"
-    # file 1: block k (lines 4k + 1 .. 4k + 4) goes to task (1 + k) % 3
-    assert [t for _, _, t in shares[1] if t[0] == "b"] == [
-        f"b {i}" for i in [0, 1, 2, 3, 12, 13, 14, 15, 24]]
-    assert sorted(key for share in shares for key, _, _ in share) == [
-        (f << 40) + n for f in (0, 1) for n in range(1, 26)]
+    assert all(shares)
+    ordered = sorted((key, text) for share in shares for key, _, text in share)
+    assert [text for _, text in ordered] == texts["a"] + texts["b"]
+    units = prepare_cluster.shards(job)  # a file's chunks are consecutive units
+    first = [next(u for u, unit in enumerate(units) if unit[0] == f) for f in (0, 1)]
+    for rank, share in enumerate(shares):  # each line read in the chunk it starts in
+        for key, _, _ in share:
+            f, offset = key >> 44, (key & (2**44 - 1)) - 1
+            assert (first[f] + offset // 50) % 3 == rank
+
+
+def test_a_bad_line_in_a_later_chunk_is_named_by_its_line_number(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_cluster, "CHUNK_BYTES", 64)
+    path = write_jsonl(tmp_path / "a.jsonl", [f"line {i} of some text" for i in range(20)])
+    lines = path.read_text().splitlines(keepends=True)
+    lines[13] = "{not json\n"
+    path.write_text("".join(lines))
+    job = prepare_cluster.Job([[path]], [1.0], "tok", {"text_field": "text",
+                                                       "skip_bad_lines": False},
+                              2, tmp_path / "x", "fp", [])
+    with pytest.raises(ValueError, match=rf"^{path}:14: malformed JSON"):
+        for rank in range(2):
+            list(prepare_cluster.task_documents(job, rank, {}))

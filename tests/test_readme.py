@@ -17,6 +17,8 @@ import train_pretrain
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_data  # noqa: E402
+import prepare_cluster  # noqa: E402
+from tokenizer import save_tokenizer, train_tokenizer  # noqa: E402
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PAGES = ["README.md", "README_zh.md"] + sorted(
@@ -291,6 +293,26 @@ def test_memory_plan_commands(tmp_path, monkeypatch):
         assert train_pretrain.parse_args(argv[4:]).fsdp
 
 
+def test_data_page_prepares_on_many_machines(tmp_path):
+    """docs/data.md's datatrove commands: the local one runs and writes what dataset.py
+    writes; the Slurm and Ray ones are read by the script's parser (no cluster here)."""
+    local, slurm, ray = bash_blocks("docs/data.md", "Preparing on many machines")
+    (tmp_path / "corpus").mkdir()
+    lines = [json.dumps({"text": f"document {i}: " + " ".join(
+        f"word{(i * 7 + k) % 97}" for k in range(30))}) + "\n" for i in range(60)]
+    for name, part in (("a", lines[:35]), ("b", lines[35:])):
+        (tmp_path / "corpus" / f"{name}.jsonl").write_text("".join(part), encoding="utf-8")
+    save_tokenizer(train_tokenizer([json.loads(x)["text"] for x in lines], 300),
+                   tmp_path / "out" / "tokenizer.json")
+    prepared = re.search(r"prepared data: (\S+)", run(local, tmp_path)).group(1)
+    again = run('python dataset.py --data_path "corpus/*.jsonl" --tokenizer out/tokenizer.json '
+                "--data_dir out/data", tmp_path)
+    assert f"reusing {prepared}" in again  # dataset.py finds the same directory made
+    for command, executor in ((slurm, "slurm"), (ray, "ray")):
+        args = prepare_cluster.parse_args(shlex.split(command)[2:])
+        assert args.executor == executor and args.tasks == 512 and args.workers == 64
+
+
 def test_every_page_with_commands_has_its_test():
     """A new ```bash block in a page no test reads would be a command nobody runs."""
     tested = {"README.md", "README_zh.md", "docs/flags.md", "docs/report.md",
@@ -299,8 +321,8 @@ def test_every_page_with_commands_has_its_test():
               "docs/architectures.md"}
     with_commands = {page for page in PAGES if bash_blocks(page)}
     assert with_commands <= tested, sorted(with_commands - tested)
-    # data.md's first block downloads the benchmark's texts; the second is run above
-    assert len(bash_blocks("docs/data.md", per_block=True)) == 2
+    # data.md's first block downloads the benchmark's texts; the others are run above
+    assert len(bash_blocks("docs/data.md", per_block=True)) == 3
 
 
 def test_readme_is_a_first_page():
