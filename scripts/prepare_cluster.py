@@ -27,8 +27,8 @@ documents, tokens, split and fingerprint (meta.json's timings aside), so that
 train_pretrain.py --data_path DIR uses it and dataset.py finds it made. The work folder
 WORK is DATA_DIR/.cluster-NAME: on a cluster, --data_dir must be a folder every machine
 sees. A stage's finished tasks leave datatrove's completion files in
-WORK/logs/STAGE/completions, and every output is written under a temporary name and
-renamed, so the same command run again after a crash reruns only the unfinished tasks.
+WORK/logs/STAGE/completions, and every output is written atomically (files.write_atomic),
+so the same command run again after a crash reruns only the unfinished tasks.
 """
 
 import importlib
@@ -50,7 +50,7 @@ import prepare  # noqa: E402
 from corpus import builtin_corpus, jsonl_texts, read_file  # noqa: E402
 from dataset import build_parser  # noqa: E402
 from dedup import lsh_bands  # noqa: E402
-from files import write_text_atomic  # noqa: E402
+from files import write_atomic, write_text_atomic  # noqa: E402
 from tokenizer import frame_document, load_tokenizer, token_byte_counts  # noqa: E402
 
 try:
@@ -85,17 +85,6 @@ class Job:
         """(file index, source index, path) of every file, in reading order."""
         paths = [(s, path) for s, paths in enumerate(self.entries) for path in paths]
         return [(f, s, path) for f, (s, path) in enumerate(paths)]
-
-
-def _write_atomic(path, write):
-    """write(binary file) under a temporary name beside path, then rename: a task killed
-    midway leaves no file that looks finished."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def _reset_peak_memory():
@@ -198,12 +187,12 @@ def _chunk_texts(path, lo, hi, options, counts):
             raise ValueError(f"{path}:{_line_number(path, offset)}: {rest}") from None
 
 
-def clean_and_sign(job, documents, counts):
-    """prepare._clean_and_sign on batches of (key, source, text): the texts kept and the
-    COLUMNS of each."""
+def clean_and_sign(job, documents, counts, out):
+    """prepare._clean_and_sign on batches of (key, source, text): the texts kept are
+    written to the binary file `out`, one after another, and their COLUMNS returned."""
     o = job.options
     bands, rows = lsh_bands(o["num_perm"], o["dedup_threshold"])
-    texts, columns = [], {name: [] for name in COLUMNS}
+    columns = {name: [] for name in COLUMNS}
 
     def add(batch):
         keys, sources, raw = zip(*batch) if batch else ((), (), ())
@@ -213,8 +202,9 @@ def clean_and_sign(job, documents, counts):
         kept = np.array([not {"too_short", "mostly_symbols"} & set(r) for r in fired], bool)
         counts["documents_read"] += len(fired)
         counts.update(rule for rules in fired for rule in rules)
-        texts.extend(cleaned)
-        lengths = np.array([len(t.encode("utf-8")) for t in cleaned], np.int64)
+        data = [t.encode("utf-8") for t in cleaned]
+        out.writelines(data)
+        lengths = np.array([len(d) for d in data], np.int64)
         values = [np.array(keys, np.int64)[kept], np.array(sources, np.int64)[kept], *arrays,
                   lengths]
         for name, value in zip(COLUMNS, values):
@@ -228,7 +218,7 @@ def clean_and_sign(job, documents, counts):
             add(batch)
             batch = []
     add(batch)
-    return texts, {name: np.concatenate(parts) for name, parts in columns.items()}
+    return {name: np.concatenate(parts) for name, parts in columns.items()}
 
 
 class Step(PipelineStep):
@@ -246,8 +236,8 @@ class Step(PipelineStep):
         self.start = time.time()
         self.work(rank)
         timing = {"start": self.start, "end": time.time(), "peak_bytes": _peak_memory()}
-        _write_atomic(self.job.work / "times" / f"{self.name}-{rank:05d}.json",
-                      lambda f: f.write(json.dumps(timing).encode()))
+        write_text_atomic(self.job.work / "times" / f"{self.name}-{rank:05d}.json",
+                          json.dumps(timing))
         return iter(())
 
 
@@ -256,15 +246,15 @@ class Clean(Step):
     name = "clean"
 
     def work(self, rank):
-        counts = Counter()
-        texts, columns = clean_and_sign(self.job, task_documents(self.job, rank, counts),
-                                        counts)
-        self.stat_update("documents_read", value=counts["documents_read"])
+        counts, columns = Counter(), {}
         folder = self.job.work / "clean"
-        _write_atomic(folder / f"{rank:05d}.txt",
-                      lambda f: f.writelines(t.encode("utf-8") for t in texts))
-        _write_atomic(folder / f"{rank:05d}.npz",
-                      lambda f: np.savez(f, counts=json.dumps(counts), **columns))
+        # the texts stream into their file; the columns, a few hundred bytes a document,
+        # are written beside it when all are read
+        write_atomic(folder / f"{rank:05d}.txt", lambda f: columns.update(clean_and_sign(
+            self.job, task_documents(self.job, rank, counts), counts, f)))
+        write_atomic(folder / f"{rank:05d}.npz",
+                     lambda f: np.savez(f, counts=json.dumps(counts), **columns))
+        self.stat_update("documents_read", value=counts["documents_read"])
 
 
 class CleanTexts:
@@ -330,7 +320,7 @@ class Dedup(Step):
         copies = prepare._copies(keep & ~val, read["source"], job.weights, read["weight"])
         kept_of_task = np.zeros(len(order), bool)
         kept_of_task[order] = keep  # by row: task after task, each in its own order
-        _write_atomic(job.work / "dedup" / "result.npz", lambda f: np.savez(
+        write_atomic(job.work / "dedup" / "result.npz", lambda f: np.savez(
             f, task=task_of[order], keep=keep, val=val, copies=copies, kept_rows=kept_of_task,
             counts=json.dumps(counts), cut=json.dumps(cut), sizes=np.array(sizes)))
 
@@ -369,8 +359,8 @@ class Tokenize(Step):
                     lengths.extend(map(len, framed))
                     text_bytes += int(byte_counts[flat].sum())
 
-        _write_atomic(job.work / "tokens" / f"{rank:05d}.bin", write)
-        _write_atomic(job.work / "tokens" / f"{rank:05d}.npz", lambda f: np.savez(
+        write_atomic(job.work / "tokens" / f"{rank:05d}.bin", write)
+        write_atomic(job.work / "tokens" / f"{rank:05d}.npz", lambda f: np.savez(
             f, lengths=np.array(lengths, np.int64), text_bytes=text_bytes))
 
 

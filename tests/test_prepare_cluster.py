@@ -120,7 +120,7 @@ def test_a_stage_interrupted_midway_resumes_and_ends_with_the_same_files(
         if rank == 1:
             work = self.job.work / "tokens"
             work.mkdir(parents=True, exist_ok=True)
-            (work / ".00001.bin.123.tmp").write_bytes(b"\0" * 10)  # a write cut short
+            (work / ".00001.bin.tmp").write_bytes(b"\0" * 10)  # a write cut short
             raise RuntimeError("killed")
         return tokenize(self, rank, **kwargs)
 
