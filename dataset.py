@@ -72,6 +72,8 @@ class PretrainDataset(Dataset):
         self.max_seq_len = max_seq_len
         meta = load_meta(prepared_dir)
         self.vocab_size, self.fingerprint = meta["vocab_size"], meta.get("fingerprint")
+        # prepared in an order (data_order.py): training reads the windows as they lie
+        self.ordered = split == "train" and meta["options"].get("order", "shuffle") != "shuffle"
         self.n_tokens = len(open_split(prepared_dir, split)[0])
         targets = max(self.n_tokens - 1, 0)  # every token but the first is predicted
         self.n_samples = math.ceil(targets / max_seq_len)
@@ -117,7 +119,8 @@ class PretrainDataset(Dataset):
 class ShardedSampler(Sampler):
     """This rank's share of a shuffled epoch, resumable in the middle.
 
-    An epoch is a permutation of range(num_samples) fixed by (seed, epoch). Rank r of
+    An epoch is a permutation of range(num_samples) fixed by (seed, epoch), or with
+    shuffle=False the samples in order, every epoch (data prepared in an order). Rank r of
     world_size takes the permutation's positions start + r, start + r + world_size, ..., so
     ranks are disjoint and together cover the epoch. `start` counts the samples all ranks
     together have consumed: a run resumed at start = steps * batch_size * accumulation_steps
@@ -126,7 +129,8 @@ class ShardedSampler(Sampler):
     count and DDP ranks step in lockstep.
     """
 
-    def __init__(self, num_samples, rank=0, world_size=1, seed=0, epoch=0, start=0):
+    def __init__(self, num_samples, rank=0, world_size=1, seed=0, epoch=0, start=0,
+                 shuffle=True):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in range(world_size={world_size})")
         if start < 0:
@@ -137,12 +141,14 @@ class ShardedSampler(Sampler):
         self.seed = seed
         self.epoch = epoch
         self.start = start
+        self.shuffle = shuffle
 
     def __len__(self):
         return max(self.num_samples - self.start, 0) // self.world_size
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+                 if self.shuffle else np.arange(self.num_samples))
         first = self.start + self.rank
         yield from order[first:first + len(self) * self.world_size:self.world_size].tolist()
 

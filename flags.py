@@ -141,3 +141,13 @@ def add_prepare_flags(parser):
                         help="seed of the train/val split of the documents")
     parser.add_argument("--prep_workers", type=int, default=None,
                         help="processes for cleaning and MinHash (default: CPU count, max 8)")
+    levers = parser.add_argument_group("data levers (data_order.py; the training split only)")
+    levers.add_argument("--quality_model", default=None,
+                        help="a scorer from scripts/train_quality.py: every document scored")
+    levers.add_argument("--quality_keep", type=float, default=None,
+                        help="keep this fraction of the training documents, the best scored")
+    levers.add_argument("--quality_threshold", type=float, default=None,
+                        help="keep the training documents scoring at least this")
+    levers.add_argument("--order", choices=("shuffle", "similar", "curriculum"),
+                        default="shuffle", help="of the training documents: shuffled windows "
+                        "(default), similar documents side by side, or by ascending score")

@@ -40,6 +40,8 @@ from corpus import (CLEANING_RULES, MIN_CHARS, as_sources, clean_text, expand_pa
                     file_fingerprint, iter_texts, normalize)
 from dedup import (DEDUP_THRESHOLD, band_hashes, candidate_pairs, exact_duplicates,
                    likely_pairs, lsh_bands, minhash, near_duplicates, shingles, text_hash)
+from data_order import quality_cut, quality_report, sequence, training_order
+from data_quality import load_scorer, score_ids
 from files import claim, holding, process_alive, write_text_atomic
 from tokenizer import (BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, frame_document, load_tokenizer,
                        read_sample, save_tokenizer, token_byte_counts, tokenizer_fingerprint,
@@ -254,13 +256,15 @@ def _split_docs(keep, split_keys, val_fraction):
     return val
 
 
-def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
+def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, scorer=None, batch_size=2000):
     """Pass 2: encode the kept documents in parallel batches into train.bin and val.bin, each
-    framed <s> ... </s>. Returns the token count of every document of each split and the
-    UTF-8 bytes the tokens stand for (tokenizer.token_bytes: markers count none)."""
+    framed <s> ... </s>. Returns the token count of every document of each split, the
+    UTF-8 bytes the tokens stand for (tokenizer.token_bytes: markers count none), and with a
+    scorer (data_quality.py) every kept document's score (NaN for the others)."""
     byte_counts = np.array(token_byte_counts(tok), np.int64)
     lengths = {"train": [], "val": []}
     text_bytes = 0
+    scores = np.full(len(store), np.nan, np.float32) if scorer is not None else None
     bar = tqdm(desc="tokenize", total=int(keep.sum()), unit=" docs", disable=not verbose)
     with open(tmp_dir / "train.bin", "wb") as train_file, \
             open(tmp_dir / "val.bin", "wb") as val_file:
@@ -269,6 +273,8 @@ def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
             texts = [(i, t) for i, t in zip(range(lo, hi), store.read(lo, hi)) if keep[i]]
             # encode_batch_fast runs on all cores (Rust threads) and skips the char offsets
             encodings = tok.encode_batch_fast([t for _, t in texts], add_special_tokens=False)
+            if scorer is not None:
+                scores[[i for i, _ in texts]] = score_ids(scorer, [e.ids for e in encodings])
             for split, file in (("train", train_file), ("val", val_file)):
                 framed = [frame_document(e.ids) for (i, _), e in zip(texts, encodings)
                           if val[i] == (split == "val")]
@@ -278,30 +284,58 @@ def _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose, batch_size=2000):
                 text_bytes += int(byte_counts[flat].sum())
             bar.update(len(texts))
     bar.close()
-    return lengths, text_bytes
+    return lengths, text_bytes, scores
 
 
 def _apply_weights(path, starts, copies, dtype):
     """Rewrite the training tokens with document i repeated copies[i] times: first one copy
     of every document, then the second copies, and so on, so repeats are not side by side.
     Returns the new document offsets."""
-    if (copies == 1).all():
+    return _write_sequence(path, starts, sequence(np.arange(len(copies)), copies), dtype)
+
+
+def _write_sequence(path, starts, documents, dtype):
+    """Rewrite the training tokens as the given documents (indexes, repeats allowed) in the
+    given order; returns the new document offsets. The identity writes nothing."""
+    if np.array_equal(documents, np.arange(len(starts) - 1)):
         return starts
     lengths = np.diff(starts)
-    out_lengths = []
-    tmp = path.with_suffix(".weighted")
+    tmp = path.with_suffix(".ordered")
     tokens = np.memmap(path, dtype, mode="r") if starts[-1] else np.zeros(0, dtype)
     with open(tmp, "wb") as f:
-        for k in range(int(copies.max())):
-            for i in np.flatnonzero(copies > k).tolist():
-                tokens[starts[i]:starts[i + 1]].tofile(f)
-                out_lengths.append(lengths[i])
+        for i in documents.tolist():
+            tokens[starts[i]:starts[i + 1]].tofile(f)
     del tokens
     os.replace(tmp, path)
-    return np.concatenate([[0], np.cumsum(out_lengths, dtype=np.int64)])
+    return np.concatenate([[0], np.cumsum(lengths[documents], dtype=np.int64)])
 
 
-def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
+def _train_plan(store, train, scores, sketches, copies, options):
+    """Which training documents, how often and in which order (data_order.py): positions
+    among the training documents `train` (store ids, in store order), and the quality
+    report (None without a scorer)."""
+    quality, report = options.get("quality"), None
+    if quality is not None:
+        cut = quality_cut(scores[train], quality["keep"], quality["threshold"])
+        is_train = np.zeros(len(scores), bool)
+        is_train[train] = True
+        report = quality_report(scores, cut, lambda i: head_and_tail(store.read(i, i + 1)[0]),
+                                is_train)
+        if cut is not None:
+            copies = np.where(scores[train] >= cut, copies, 0)
+    kind = options.get("order", "shuffle")
+    if kind == "similar" and sketches.shape[1] == 0:  # --no_near_dedup: no signatures yet
+        sketches = np.zeros((len(store), 128), np.uint16)
+        for lo in range(0, len(train), 1000):
+            ids = train[lo:lo + 1000]
+            texts = [store.read(i, i + 1)[0] for i in ids.tolist()]
+            sketches[ids] = minhash([shingles(t) for t in texts]).astype(np.uint16)
+    order = training_order(kind, len(train), None if scores is None else scores[train],
+                           sketches[train] if kind == "similar" else None)
+    return sequence(order, copies), report
+
+
+def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose, scorer=None):
     """The work of prepare(): write the splits into tmp_dir and return the meta dict."""
     counts = Counter()  # of documents and pairs; near dedup adds its cut to `cut`
     seconds = {}
@@ -323,19 +357,29 @@ def _build(entries, weights, tok, tmp_dir, options, num_workers, verbose):
 
         start = time.time()
         dtype = token_dtype(tok)
-        lengths, text_bytes = _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose)
+        lengths, text_bytes, scores = _tokenize(store, keep, val, tok, dtype, tmp_dir, verbose,
+                                                scorer)
+        train = np.flatnonzero(keep & ~val)
+        documents, quality = _train_plan(store, train, scores, sketches,
+                                         _copies(keep & ~val, source_ids, weights, weight_keys),
+                                         options)
     finally:
         store.close()
         os.remove(tmp_dir / "cleaned.txt")
     starts = {s: np.concatenate([[0], np.cumsum(lengths[s], dtype=np.int64)]) for s in lengths}
-    starts["train"] = _apply_weights(tmp_dir / "train.bin", starts["train"],
-                                     _copies(keep & ~val, source_ids, weights, weight_keys), dtype)
+    starts["train"] = _write_sequence(tmp_dir / "train.bin", starts["train"], documents, dtype)
     for split, offsets in starts.items():
         np.save(tmp_dir / f"{split}.idx.npy", offsets)
+    if scores is not None:  # every document's score, beside its split's index
+        np.save(tmp_dir / "train.scores.npy", scores[train][documents])
+        np.save(tmp_dir / "val.scores.npy", scores[np.flatnonzero(keep & val)])
     seconds["tokenize"] = time.time() - start
     bytes_per_token = text_bytes / max(sum(map(sum, lengths.values())), 1)  # before --weights
-    return build_meta(tok, options, counts, cut, int(keep.sum()), starts, bytes_per_token,
+    meta = build_meta(tok, options, counts, cut, int(keep.sum()), starts, bytes_per_token,
                       seconds)
+    if quality is not None:
+        meta["report"]["quality"] = quality
+    return meta
 
 
 def _copies(train, source_ids, weights, weight_keys):
@@ -411,7 +455,9 @@ def prepare_options(args):
     """prepare()'s keyword arguments from the flags flags.add_source_flags and
     add_prepare_flags declare, as train_pretrain.py and dataset.py pass them."""
     return dict(text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
-                weights=args.weights, seed=args.split_seed, num_workers=args.prep_workers)
+                weights=args.weights, seed=args.split_seed, num_workers=args.prep_workers,
+                quality_model=args.quality_model, quality_keep=args.quality_keep,
+                quality_threshold=args.quality_threshold, order=args.order)
 
 
 def load_meta(prepared_dir):
@@ -434,12 +480,32 @@ def damaged(prepared_dir):
 
 
 def result_options(*, text_field, val_fraction, near_dedup, dedup_threshold, num_perm,
-                   min_chars, seed, skip_bad_lines):
+                   min_chars, seed, skip_bad_lines, quality_model=None, quality_keep=None,
+                   quality_threshold=None, order="shuffle"):
     """The options that change what a preparation writes, as meta.json and the fingerprint
-    hold them."""
-    return {"format": FORMAT_VERSION, "text_field": text_field, "val_fraction": val_fraction,
-            "near_dedup": near_dedup, "dedup_threshold": dedup_threshold, "num_perm": num_perm,
-            "min_chars": min_chars, "seed": seed, "skip_bad_lines": skip_bad_lines}
+    hold them. The data levers (data_order.py) appear only when used, so that a preparation
+    without them keeps the name it had before they existed."""
+    options = {"format": FORMAT_VERSION, "text_field": text_field, "val_fraction": val_fraction,
+               "near_dedup": near_dedup, "dedup_threshold": dedup_threshold,
+               "num_perm": num_perm, "min_chars": min_chars, "seed": seed,
+               "skip_bad_lines": skip_bad_lines}
+    if quality_model is None and (quality_keep is not None or quality_threshold is not None
+                                  or order == "curriculum"):
+        raise ValueError("--quality_keep, --quality_threshold and --order curriculum need "
+                         "scores: give --quality_model (trained by scripts/train_quality.py)")
+    if quality_keep is not None and not 0 < quality_keep <= 1:
+        raise ValueError(f"--quality_keep is a fraction in (0, 1], got {quality_keep}")
+    if quality_keep is not None and quality_threshold is not None:
+        raise ValueError("give --quality_keep or --quality_threshold, not both")
+    if quality_model is not None:
+        if not Path(quality_model).is_file():
+            raise FileNotFoundError(f"--quality_model {quality_model} not found; train one "
+                                    "with `python scripts/train_quality.py`")
+        options["quality"] = {"model": file_fingerprint(quality_model), "keep": quality_keep,
+                              "threshold": quality_threshold}
+    if order != "shuffle":
+        options["order"] = order
+    return options
 
 
 def target_dir(entries, weights, tok, options, cache_dir):
@@ -458,7 +524,8 @@ def target_dir(entries, weights, tok, options, cache_dir):
 def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fraction=0.01,
             near_dedup=True, dedup_threshold=DEDUP_THRESHOLD, num_perm=128, min_chars=MIN_CHARS,
             seed=0, skip_bad_lines=False, num_workers=None, weights=None, verbose=True,
-            wait=False):
+            wait=False, quality_model=None, quality_keep=None, quality_threshold=None,
+            order="shuffle"):
     """Clean, deduplicate and tokenize sources into a directory under cache_dir; return it.
 
     sources: paths or globs of .jsonl/.txt files (gzip too), or None / ['builtin'] for the
@@ -467,6 +534,8 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     deterministic half. The directory is reused while sources, tokenizer and options are
     unchanged; num_workers and verbose do not change the result. wait: another process
     (the first rank on this machine) is building it; wait for it instead of building it too.
+    quality_model, quality_keep or quality_threshold, order: the data levers of
+    data_order.py (the training split only).
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -475,7 +544,10 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
     options = result_options(text_field=text_field, val_fraction=val_fraction,
                              near_dedup=near_dedup, dedup_threshold=dedup_threshold,
                              num_perm=num_perm, min_chars=min_chars, seed=seed,
-                             skip_bad_lines=skip_bad_lines)
+                             skip_bad_lines=skip_bad_lines, quality_model=quality_model,
+                             quality_keep=quality_keep, quality_threshold=quality_threshold,
+                             order=order)
+    scorer = load_scorer(quality_model, tok)[0] if quality_model is not None else None
     out_dir, fingerprint, source_fps = target_dir(entries, weights, tok, options, cache_dir)
     while wait and not is_prepared_dir(out_dir):
         time.sleep(0.5)  # if that process fails, torchrun ends this one
@@ -499,11 +571,11 @@ def prepare(sources, tokenizer_path, cache_dir, *, text_field="text", val_fracti
         return out_dir
     with holding(marker):
         return _build_into(out_dir, entries, weights, tok, options, num_workers, verbose,
-                           fingerprint, source_fps, tokenizer_path)
+                           fingerprint, source_fps, tokenizer_path, scorer)
 
 
 def _build_into(out_dir, entries, weights, tok, options, num_workers, verbose, fingerprint,
-                source_fps, tokenizer_path):
+                source_fps, tokenizer_path, scorer=None):
     """prepare()'s building, for the process that claimed it: into a private directory,
     renamed into place when whole."""
     cache_dir = out_dir.parent
@@ -516,7 +588,7 @@ def _build_into(out_dir, entries, weights, tok, options, num_workers, verbose, f
     tmp_dir = Path(cache_dir) / f"{mine}{os.getpid()}"
     tmp_dir.mkdir(parents=True)
     try:
-        meta = _build(entries, weights, tok, tmp_dir, options, num_workers, verbose)
+        meta = _build(entries, weights, tok, tmp_dir, options, num_workers, verbose, scorer)
         meta.update(fingerprint=fingerprint, sources=source_fps,
                     tokenizer_path=str(Path(tokenizer_path).resolve()))
         # meta.json last: a directory without it is never mistaken for a finished one
@@ -555,6 +627,11 @@ def format_report(meta):
     if any(r.get("similarity_histogram", ())):  # a directory of format 2 has none
         lines += cut_report(r, meta["options"]["dedup_threshold"])
     lines.append(f"documents kept      {r['documents_kept']:>12,}")
+    if "quality" in r:
+        lines += quality_lines(r["quality"])
+    if meta["options"].get("order", "shuffle") != "shuffle":
+        lines.append(f"order               {meta['options']['order']:>12}   of the training "
+                     "documents, which training reads in order (data_order.py)")
     for split, s in meta["splits"].items():
         lines.append(f"{split:<19} {s['documents']:>12,} docs {s['tokens']:>14,} tokens "
                      f"({meta['dtype']})")
@@ -585,6 +662,23 @@ def cut_report(r, threshold):
     if r["parts_rejected"]:
         lines.append(f"  {r['parts_rejected']:,} pairs at the threshold or above kept: they "
                      "share text (a header, a licence) but a part of each is not in the other")
+    return lines
+
+
+def quality_lines(q):
+    """The quality cut in the report: the training documents' scores and the cut."""
+    cut = "none" if q["cut"] is None else f"{q['cut']:.4f}"
+    lines = [f"quality cut         {q['dropped']:>12,}   training documents dropped, scoring "
+             f"under {cut} (validation is never cut)"]
+    widest = max(max(q["histogram"]), 1)
+    for lo, hi, n in zip(q["bins"], q["bins"][1:], q["histogram"]):
+        mark = "   <- the cut" if q["cut"] is not None and lo <= q["cut"] < hi else ""
+        lines.append(f"    {lo:>8.3f}-{hi:<8.3f} {'#' * round(30 * n / widest):<30} {n:>9,}{mark}")
+    for side, title in (("above", "just above the cut, kept"),
+                        ("below", "just below the cut, dropped")):
+        if q["examples"][side]:
+            value, text = q["examples"][side]
+            lines.append(f"  {title} ({value:.4f}): {text!r}")
     return lines
 
 

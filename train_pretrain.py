@@ -357,7 +357,8 @@ def train_loop(run: Run, state: RunState):
         # rank r reads global positions start + r, start + r + world_size, ... of this
         # epoch's shuffled order, so the ranks' shards are disjoint (see ShardedSampler)
         sampler = ShardedSampler(len(run.train_ds), run.rank, run.world_size, seed=args.seed,
-                                 epoch=state.epoch, start=state.samples_in_epoch)
+                                 epoch=state.epoch, start=state.samples_in_epoch,
+                                 shuffle=not run.train_ds.ordered)
         batches = iter(DataLoader(run.train_ds, args.batch_size, sampler=sampler,
                                   num_workers=args.num_workers,
                                   pin_memory=run.device.type == "cuda"))

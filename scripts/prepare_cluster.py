@@ -68,7 +68,9 @@ COLUMNS = ("key", "source", "exact", "split", "weight", "hashes", "sketches", "h
            "text_bytes")  # what the clean stage keeps of each document
 STAGES = ("clean", "dedup", "tokenize", "merge")
 # dataset.py's flags that this script does not take, and why
-UNSUPPORTED = {"prep_workers": "the processes here are --tasks and --workers"}
+UNSUPPORTED = {"prep_workers": "the processes here are --tasks and --workers",
+               **{flag: "the data levers (data_order.py) run in dataset.py only" for flag in
+                  ("quality_model", "quality_keep", "quality_threshold", "order")}}
 
 
 class Job:

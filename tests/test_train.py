@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data_quality
 import evaluator
 import train_pretrain
 from dataset import PretrainDataset, ShardedSampler
@@ -351,13 +352,27 @@ def test_resume_under_another_schedule_is_a_clear_error_also_for_files_from_befo
 
 
 # the last: MLA with DeepSeek's MoE, whose balancing bias must resume exactly too
+@pytest.fixture(scope="module")
+def scorer(corpus, tmp_path_factory):
+    """A quality scorer (data_quality.py) of the shared corpus's tokenizer: any will do."""
+    data, tok_path = corpus
+    texts = [json.loads(line)["text"] for line in data.read_text().splitlines()]
+    tok = load_tokenizer(tok_path)
+    model = data_quality.train_scorer("ngrams", tok, texts[:30], texts[30:], steps=5)
+    return data_quality.save_scorer(model, "ngrams", tok,
+                                    tmp_path_factory.mktemp("q") / "quality.pt")
+
+
 @pytest.mark.parametrize("optimizer, arch", [
     ("adamw", ()), ("muon", ()),
     ("muon", ("--attention", "mla", "--moe", "deepseek", "--n_routed_experts", "4",
-              "--num_experts_per_tok", "2", "--bias_update_speed", "0.01"))],
-    ids=["adamw", "muon", "mla_dsmoe"])
+              "--num_experts_per_tok", "2", "--bias_update_speed", "0.01")),
+    ("adamw", ("--order", "similar")),
+    ("adamw", ("--order", "curriculum", "--quality_model", "SCORER"))],
+    ids=["adamw", "muon", "mla_dsmoe", "similar", "curriculum"])
 def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch, optimizer,
-                                                  arch):
+                                                  arch, scorer):
+    arch = tuple(str(scorer) if a == "SCORER" else a for a in arch)
     flags = ("--max_steps", "8", "--accumulation_steps", "2", "--save_interval", "100",
              "--optimizer", optimizer, *arch)
     straight = pretrain(run_args(corpus, tmp_path / "a", *flags))
@@ -383,11 +398,28 @@ def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch,
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
     for name, p in straight["model"].state_dict().items():
         torch.testing.assert_close(resumed["model"].state_dict()[name], p, atol=1e-6, rtol=0)
-    if arch:  # the balancing bias was among them; the log shows how experts share tokens
+    if "--moe" in arch:  # the balancing bias was among them; the log shows how experts share
         assert "layers.1.feed_forward.gate.expert_bias" in straight["model"].state_dict()
         record = [r for r in read_log(resumed["log_path"]) if r.get("expert_share")][-1]
         assert len(record["expert_share"][0]) == 4
         assert sum(record["expert_share"][0]) == pytest.approx(1, abs=1e-3)
+
+
+@pytest.mark.parametrize("order", ["shuffle", "similar"])
+def test_an_ordered_run_reads_its_windows_in_the_prepared_order(corpus, tmp_path, monkeypatch,
+                                                                 order):
+    read, original = [], PretrainDataset.__getitem__
+
+    def recording(self, i):
+        if self.split == "train":
+            read.append(i)
+        return original(self, i)
+
+    monkeypatch.setattr(PretrainDataset, "__getitem__", recording)
+    pretrain(run_args(corpus, tmp_path, "--order", order, "--max_steps", "4",
+                      "--accumulation_steps", "2"))
+    assert len(read) == 4 * 2 * 4  # steps x micro-steps x batch
+    assert (read == list(range(len(read)))) == (order == "similar")
 
 
 def test_resume_with_another_model_shape_is_a_clear_error(corpus, tmp_path):
