@@ -767,6 +767,15 @@ def check_source_flags(parser, args):
         if args.weights:
             parser.error("--weights applies to raw sources; a prepared directory has its "
                          "weights")
+        levers = [f"--{name}" for name in ("quality_model", "quality_keep",
+                                           "quality_threshold")
+                  if getattr(args, name, None) is not None]
+        if getattr(args, "order", "shuffle") != "shuffle":
+            levers.append("--order")
+        if levers:
+            parser.error(f"{', '.join(levers)}: the data levers apply when raw sources are "
+                         "prepared; a prepared directory has its own (pass them to "
+                         "`python dataset.py` instead)")
     if args.weights and len(args.weights) != len(args.data_path or [None]):
         parser.error(f"--weights: {len(args.weights)} weights for "
                      f"{len(args.data_path or [None])} --data_path entries; give one per entry")

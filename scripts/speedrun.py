@@ -17,6 +17,15 @@ in its folder.
 Seconds are training time only (the log's tokens per second leave evaluation out), on
 whatever else the machine is doing: compare steps first.
 
+Variants may carry the data levers (--quality_model, --quality_keep, --quality_threshold,
+--order): each is then trained on data prepared with them, whose validation split is the
+same documents. --quality_model auto trains a scorer once per corpus (reference_scorer), and
+--zh_junk mixes generated junk into the poems for it to find:
+
+    python scripts/speedrun.py --corpus zh --zh_poetry package/dist --zh_junk 0.3 \
+        --variant base="" keep70="--quality_model auto --quality_keep 0.7" \
+        similar="--order similar" curriculum="--quality_model auto --order curriculum"
+
 --minimind DIR adds a row for MiniMind 2025's own trainer/train_pretrain.py (a checkout of
 github.com/jingyaogong/minimind at commit c65335b; it needs transformers) on the same training
 split and shape, one epoch; its weights are scored by the same evaluator, its final bpb is
@@ -47,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_pretrain  # noqa: E402
 from checkpoint import load_model, save_config, save_torch  # noqa: E402
+from data_quality import KINDS, save_scorer, train_scorer  # noqa: E402
 from dataset import PretrainDataset, open_split  # noqa: E402
 from prepare import load_meta, prepare  # noqa: E402
 from evaluator import evaluate  # noqa: E402
@@ -94,26 +104,89 @@ def write_poetry_jsonl(dist_dir, path, max_docs, page_chars=0):
 
 def corpus_dir(args):
     """Where --corpus is prepared and its runs are kept: one folder per corpus."""
-    name = "en" if args.corpus == "en" else f"zh-{args.zh_max_docs}-{args.zh_page_chars}"
+    name = "en" if args.corpus == "en" else f"zh-{args.zh_max_docs}-{args.zh_page_chars}" + (
+        f"-junk{args.zh_junk}" if args.zh_junk else "")
     return Path(args.work_dir) / name
 
 
-def prepare_corpus(args):
-    """(tokenizer path, prepared data directory) of --corpus, made once in --work_dir."""
+def corpus_sources(args):
+    """The raw sources of --corpus (None: the built-in corpus), written once."""
+    if args.corpus == "en":
+        return None
+    jsonl = corpus_dir(args) / "poems.jsonl"
+    if not jsonl.exists():
+        write_poetry_jsonl(args.zh_poetry, jsonl, args.zh_max_docs, args.zh_page_chars)
+        if args.zh_junk > 0:
+            add_junk(jsonl, args.zh_junk)
+    return [str(jsonl)]
+
+
+def add_junk(jsonl, fraction, seed=0):
+    """Mix generated junk (scripts/bench_quality.py's kinds, in equal parts) into a jsonl
+    file, so that junk is `fraction` of its documents; each junk line is labelled
+    {"junk": KIND} beside its text, which preparation ignores."""
+    from bench_quality import JUNK_KINDS, junk
+    lines = jsonl.read_text(encoding="utf-8").splitlines()
+    clean = [json.loads(line)["text"] for line in lines]
+    rng = random.Random(seed)
+    n = round(len(clean) * fraction / (1 - fraction))
+    kinds = [JUNK_KINDS[i % len(JUNK_KINDS)] for i in range(n)]
+    lines += [json.dumps({"text": junk(k, clean, rng, "zh"), "junk": k}) for k in kinds]
+    rng.shuffle(lines)
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def prepare_corpus(args, levers=None):
+    """(tokenizer path, prepared data directory) of --corpus, made once in --work_dir;
+    levers: a variant's data levers (prepare()'s quality_model, order, ...), which prepare
+    a directory of their own with the same validation split."""
     root = corpus_dir(args)
-    sources = None  # the built-in corpus
-    if args.corpus == "zh":
-        jsonl = root / "poems.jsonl"
-        if not jsonl.exists():
-            write_poetry_jsonl(args.zh_poetry, jsonl, args.zh_max_docs, args.zh_page_chars)
-        sources = [str(jsonl)]
+    sources = corpus_sources(args)
     tok_path = root / "tokenizer.json"
     if not tok_path.exists():
         texts, _ = read_sample(sources, verbose=False)
         save_tokenizer(train_tokenizer(texts, args.vocab_size), tok_path)
     prepared = prepare(sources, tok_path, root / "data", val_fraction=args.val_fraction,
-                       verbose=False)
+                       verbose=False, **(levers or {}))
     return tok_path, prepared
+
+
+def reference_scorer(args, tok_path):
+    """The quality scorer of --corpus (data_quality.py, --quality_kind), trained once on
+    text set apart as the reference against the corpus itself: for zh, the poems that follow
+    the corpus's in chinese-poetry's files (none of them in it); for en, Python's language
+    reference (pydoc's topics, the first part of the built-in corpus)."""
+    path = corpus_dir(args) / f"quality_{args.quality_kind}.pt"
+    if path.exists():
+        return path
+    sources = corpus_sources(args)
+    if args.corpus == "zh":
+        more = corpus_dir(args) / "more_poems.jsonl"
+        write_poetry_jsonl(args.zh_poetry, more, args.zh_max_docs + 5000, args.zh_page_chars)
+        reference = [json.loads(line)["text"] for line in
+                     more.read_text(encoding="utf-8").splitlines()[args.zh_max_docs:]]
+        if len(reference) < 10:
+            raise SystemExit(f"--quality_model auto: chinese-poetry has {len(reference)} poems "
+                             f"beyond the corpus's {args.zh_max_docs}; lower --zh_max_docs")
+    else:
+        import pydoc_data.topics
+        reference = list(pydoc_data.topics.topics.values())
+    raw, _ = read_sample(sources, verbose=False)
+    tok = load_tokenizer(tok_path)
+    model = train_scorer(args.quality_kind, tok, reference, raw, steps=args.quality_steps)
+    return save_scorer(model, args.quality_kind, tok, path)
+
+
+def split_levers(flags):
+    """(the data levers among a variant's flags, as prepare() takes them; the other flags):
+    the levers change the data, which the variant gets prepared for it."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in ("--quality_model", "--order"):
+        parser.add_argument(flag)
+    for flag in ("--quality_keep", "--quality_threshold"):
+        parser.add_argument(flag, type=float)
+    levers, rest = parser.parse_known_args(shlex.split(flags))
+    return {k: v for k, v in vars(levers).items() if v is not None}, shlex.join(rest)
 
 
 def train_seconds(records):
@@ -128,8 +201,9 @@ def train_seconds(records):
     return clock
 
 
-def run_one(args, name, flags, seed, tok_path, prepared):
-    """One training run; returns {"curve": [[step, seconds, val_bpb], ...], ...}."""
+def run_one(args, name, flags, seed, tok_path, prepared, train_flags=None):
+    """One training run; returns {"curve": [[step, seconds, val_bpb], ...], ...}.
+    train_flags: the variant's flags less its data levers (split_levers)."""
     out_dir = corpus_dir(args) / f"{name}-seed{seed}"
     val_batches = math.ceil(len(PretrainDataset(prepared, "val", args.max_seq_len)) /
                             args.batch_size)  # all of the split: the same text for every seed
@@ -139,7 +213,7 @@ def run_one(args, name, flags, seed, tok_path, prepared):
         "--log_interval", str(args.eval_interval), "--save_interval", str(10**9),
         "--eval_iters", str(val_batches), "--seed", str(seed), "--data_path", str(prepared),
         "--tokenizer", str(tok_path), "--out_dir", str(out_dir), "--resume", "none",
-        "--quiet"] + shlex.split(flags))
+        "--quiet"] + shlex.split(flags if train_flags is None else train_flags))
     done = out_dir / "speedrun.json"
     resolved = vars(train_pretrain.parse_args(argv))  # defaults included: they change
     if done.exists() and json.loads(done.read_text()).get("resolved") == resolved:
@@ -298,6 +372,12 @@ def parse_args(argv=None):
     p.add_argument("--zh_page_chars", type=int, default=0,
                    help="one document: a page of one poet's consecutive poems, closed once "
                         "it reaches this many characters or the poet changes (0: one poem)")
+    p.add_argument("--zh_junk", type=float, default=0.0,
+                   help="the share of generated junk documents mixed into the poems "
+                        "(scripts/bench_quality.py's kinds), for the quality levers")
+    p.add_argument("--quality_kind", default="ngrams", choices=KINDS,
+                   help="the scorer that a variant's --quality_model auto trains")
+    p.add_argument("--quality_steps", type=int, default=300, help="its training steps")
     p.add_argument("--shape", default=SHAPE, help="train_pretrain.py flags of the model")
     p.add_argument("--max_seq_len", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
@@ -341,7 +421,11 @@ def main(argv=None):
             results["minimind"].append(run_minimind(args, seed, tok_path, prepared))
             args.max_steps = args.max_steps or results["minimind"][-1]["curve"][-1][0]
         for name, flags in args.variants.items():
-            results[name].append(run_one(args, name, flags, seed, tok_path, prepared))
+            levers, rest = split_levers(flags)
+            if levers.get("quality_model") == "auto":
+                levers["quality_model"] = reference_scorer(args, tok_path)
+            data = prepare_corpus(args, levers)[1] if levers else prepared
+            results[name].append(run_one(args, name, flags, seed, tok_path, data, rest))
     finals = {name: [r["final_bpb"] for r in runs] for name, runs in results.items()}
     target = args.target_bpb or (statistics.mean(finals["minimind"]) if args.minimind else
                                  max(max(f) for f in finals.values()))

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import speedrun  # noqa: E402
+from prepare import load_meta  # noqa: E402
 
 
 def test_time_to_target_interpolates_between_the_two_evaluations_around_it():
@@ -168,3 +169,31 @@ def test_minimind_row_trains_on_the_training_split_and_is_scored_as_eval_model_s
                      "--eval_data", str(prepared), "--eval_seq_len", "32", "--device", "cpu"])
     printed = capsys.readouterr().out.split("bits per byte ")[1].split()[0]
     assert f"{result['final_bpb']:.4f}" == printed  # converted back, scored the same
+
+
+def test_variants_with_data_levers_train_on_their_own_data_with_the_same_validation(tmp_path):
+    """--zh_junk mixes labelled junk into the poems; a variant's levers prepare its own
+    directory (a scorer trained on the poems beyond the corpus's), whose validation split
+    holds the same documents as the base's."""
+    dist, _, _ = fake_poetry(tmp_path / "dist", n_poems=120)
+    argv = ["--corpus", "zh", "--zh_poetry", str(dist), "--zh_max_docs", "80", "--zh_junk",
+            "0.2", "--shape", "--dim 32 --n_layers 2", "--max_seq_len", "32", "--batch_size",
+            "4", "--max_steps", "2", "--eval_interval", "2", "--vocab_size", "300",
+            "--val_fraction", "0.1", "--seeds", "0", "--work_dir", str(tmp_path / "work"),
+            "--quality_steps", "5",
+            "--variant", "base=", "keep=--quality_model auto --quality_keep 0.5",
+            "similar=--order similar"]
+    results = speedrun.main(argv)
+    root = tmp_path / "work" / "zh-80-0-junk0.2"
+    lines = [json.loads(x) for x in (root / "poems.jsonl").read_text(encoding="utf-8")
+             .split("\n") if x]
+    assert sum("junk" in x for x in lines) == 20 and len(lines) == 100
+    data = {name: Path(runs[0]["argv"][runs[0]["argv"].index("--data_path") + 1])
+            for name, runs in results.items()}
+    assert len(set(data.values())) == 3  # each its own prepared directory
+    metas = {name: load_meta(d) for name, d in data.items()}
+    assert metas["keep"]["options"]["quality"]["keep"] == 0.5
+    assert metas["similar"]["options"]["order"] == "similar"
+    val = {name: (d / "val.bin").read_bytes() for name, d in data.items()}
+    assert val["keep"] == val["base"] == val["similar"]
+    assert "--quality_keep" not in results["keep"][0]["argv"]  # not a training flag

@@ -1,0 +1,186 @@
+"""Figures of the data levers (data_quality.py, data_order.py) on text from installed
+packages and on planted junk; nothing is downloaded.
+
+    python scripts/bench_quality.py --tasks scorers --zh_poetry package/dist
+    python scripts/bench_quality.py --tasks cost --big_gb 1.1
+
+"scorers": each scorer kind is trained on clean text (the reference) against a raw corpus
+of other clean text mixed with planted junk (JUNK_KINDS), then scores held-out clean and
+junk documents it has not seen. Printed per kind: the precision and recall of the junk it
+flags when the cut drops as many documents as there is junk, the recall per junk kind, the
+ranking quality (AUC: the chance that a clean document outscores a junk one), training
+seconds and documents scored per second. English: Python's documentation (the built-in
+corpus) in paragraphs; Chinese: poems of chinese-poetry 2.0.1 (npm, MIT; --zh_poetry, as
+scripts/speedrun.py takes it).
+"cost": dataset.py with each lever on scripts/bench_data.py's generated file of --train_mb
+(and --big_gb): documents per second and peak memory.
+"""
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corpus import builtin_corpus, clean_text  # noqa: E402
+from data_quality import KINDS, save_scorer, score, train_scorer  # noqa: E402
+from tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer  # noqa: E402
+
+JUNK_KINDS = ("boilerplate", "keywords", "shuffled", "repeated", "garbage")
+BOILERPLATE = {
+    "en": ["Home | About us | Products | Contact | Privacy policy | Terms of service",
+           "Copyright © {year} {name} Ltd. All rights reserved.",
+           "Subscribe to our newsletter for the latest news and offers.",
+           "This website uses cookies to improve your experience. Accept all cookies.",
+           "Click here to download the app. Follow us on social media.",
+           "Powered by {name}. Page {year} of {name}. Back to top."],
+    "zh": ["首页 | 关于我们 | 产品中心 | 联系我们 | 隐私政策 | 服务条款",
+           "版权所有 © {year} {name}有限公司 保留所有权利",
+           "订阅我们的新闻通讯，获取最新资讯和优惠信息。",
+           "本网站使用 cookie 以改善您的浏览体验，点击接受全部。",
+           "点击这里下载客户端，关注我们的官方微博和微信公众号。",
+           "技术支持：{name}网络 备案号：京ICP备{year}号 返回顶部"]}
+SCRIPTS = ("абвгдежзиклмнопрстуфхцчшщыэюя", "αβγδεζηθικλμνξοπρστυφχψω",
+           "ぁあぃいぅうぇえぉおかがきぎくぐ", "�ÃÂ¤Â¥Ã©Ã¨Ã¢", "0123456789#@%&*+=<>")
+
+
+def paragraphs(texts, min_chars=200, max_chars=1200):
+    """Texts cut at blank lines into pieces of min_chars to max_chars."""
+    out = []
+    for text in texts:
+        piece = ""
+        for para in text.split("\n\n"):
+            piece = f"{piece}\n\n{para}" if piece else para
+            if len(piece) >= min_chars:
+                out.append(piece[:max_chars])
+                piece = ""
+    return out
+
+
+def words_of(text, lang):
+    return list(text.replace("\n", "")) if lang == "zh" else text.split()
+
+
+def junk(kind, clean, rng, lang):
+    """One junk document of a kind, made from clean documents of the language."""
+    base = rng.choice(clean)
+    join = "" if lang == "zh" else " "
+    if kind == "boilerplate":
+        lines = rng.sample(BOILERPLATE[lang], rng.randint(3, 6))
+        return "\n".join(line.format(year=rng.randint(2005, 2026),
+                                     name=rng.choice(words_of(base, lang)) * 2)
+                         for line in lines)
+    if kind == "keywords":  # words of other documents, listed: (for Chinese, 2 characters)
+        text = " ".join(rng.sample(clean, 5))
+        if lang == "zh":
+            pool = "".join(c for c in text if c.isalnum())
+            vocab, sep = [pool[i:i + 2] for i in range(0, len(pool) - 1, 2)], "，"
+        else:
+            vocab, sep = text.split(), rng.choice([", ", " ", " | "])
+        return sep.join(rng.choice(vocab) for _ in range(rng.randint(30, 80)))
+    if kind == "shuffled":
+        units = words_of(base, lang)
+        rng.shuffle(units)
+        return join.join(units)
+    if kind == "repeated":
+        lines = [line for line in base.replace("。", "。\n").splitlines() if len(line) > 8]
+        return "\n".join([rng.choice(lines or [base[:60]])] * rng.randint(5, 15))
+    # garbage: the text as mojibake (UTF-8 read as Latin-1), with other scripts mixed in
+    garbled = base[:300].encode("utf-8").decode("latin-1")
+    noise = "".join(rng.choice(rng.choice(SCRIPTS)) for _ in range(rng.randint(40, 120)))
+    cut = rng.randrange(len(garbled) + 1)
+    return garbled[:cut] + noise + garbled[cut:]
+
+
+def cleaned(texts):
+    """The texts as preparation cleans them (the scorer never sees the others)."""
+    out = [clean_text(t, markers=SPECIAL_TOKENS[1:])[0] for t in texts]
+    return [t for t in out if t is not None]
+
+
+def poems(dist_dir, n):
+    from speedrun import write_poetry_jsonl
+    path = Path("/tmp") / f"bench_quality_poems_{n}.jsonl"
+    write_poetry_jsonl(dist_dir, path, n)
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def auc(clean_scores, junk_scores):
+    """P(a clean document outscores a junk one), ties counting half (Mann-Whitney)."""
+    both = np.concatenate([clean_scores, junk_scores])
+    ranks = np.argsort(np.argsort(both, kind="stable"), kind="stable") + 1.0
+    for value in np.unique(both):  # average ranks of ties
+        tied = both == value
+        ranks[tied] = ranks[tied].mean()
+    n, m = len(clean_scores), len(junk_scores)
+    return (ranks[:n].sum() - n * (n + 1) / 2) / (n * m)
+
+
+def measure_scorers(args, lang, clean):
+    rng = random.Random(0)
+    rng.shuffle(clean)
+    n = len(clean)
+    reference, raw_clean, test_clean = clean[:2 * n // 5], clean[2 * n // 5:4 * n // 5], \
+        clean[4 * n // 5:]
+    per_kind_raw = len(raw_clean) * 3 // 7 // len(JUNK_KINDS)  # junk: 30% of the raw corpus
+    per_kind_test = len(test_clean) * 3 // 7 // len(JUNK_KINDS)
+    raw_junk = {k: cleaned([junk(k, raw_clean, rng, lang) for _ in range(per_kind_raw)])
+                for k in JUNK_KINDS}
+    test_junk = {k: cleaned([junk(k, test_clean, rng, lang) for _ in range(per_kind_test)])
+                 for k in JUNK_KINDS}
+    raw = raw_clean + [t for k in JUNK_KINDS for t in raw_junk[k]]
+    tok = train_tokenizer(reference + raw, vocab_size=args.vocab_size)
+    save_tokenizer(tok, Path(args.work_dir) / f"tok_{lang}" / "tokenizer.json")
+    junk_test = [t for k in JUNK_KINDS for t in test_junk[k]]
+    kinds = np.concatenate([np.full(len(test_junk[k]), i) for i, k in enumerate(JUNK_KINDS)])
+    print(f"\n{lang}: reference {len(reference):,}, raw {len(raw):,} "
+          f"({sum(map(len, raw_junk.values())):,} junk), test {len(test_clean):,} clean + "
+          f"{len(junk_test):,} junk (after the counted cleaning rules)")
+    print("| scorer | AUC | precision | recall | " + " | ".join(JUNK_KINDS) +
+          " | training s | scored docs/s |")
+    print("|---" * (6 + len(JUNK_KINDS)) + "|")
+    for kind in KINDS:
+        start = time.time()
+        model = train_scorer(kind, tok, reference, raw, steps=args.steps, seed=0)
+        trained = time.time() - start
+        save_scorer(model, kind, tok, Path(args.work_dir) / f"{lang}_{kind}.pt")
+        start = time.time()
+        s_clean, s_junk = score(model, tok, test_clean), score(model, tok, junk_test)
+        rate = (len(test_clean) + len(junk_test)) / (time.time() - start)
+        cut = np.sort(np.concatenate([s_clean, s_junk]))[len(junk_test) - 1]
+        flagged_junk, flagged_clean = s_junk <= cut, s_clean <= cut
+        precision = flagged_junk.sum() / max(flagged_junk.sum() + flagged_clean.sum(), 1)
+        recall = flagged_junk.mean()
+        per_kind = [flagged_junk[kinds == i].mean() for i in range(len(JUNK_KINDS))]
+        print(f"| {kind} | {auc(s_clean, s_junk):.3f} | {precision:.3f} | {recall:.3f} | " +
+              " | ".join(f"{r:.2f}" for r in per_kind) + f" | {trained:.0f} | {rate:,.0f} |")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["scorers"], choices=["scorers"])
+    parser.add_argument("--zh_poetry", default=None,
+                        help="chinese-poetry's package/dist folder; without it, English only")
+    parser.add_argument("--zh_docs", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of a scorer")
+    parser.add_argument("--vocab_size", type=int, default=4000)
+    parser.add_argument("--work_dir", default="/tmp/myllm_bench_quality")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    measure_scorers(args, "en", cleaned(paragraphs(builtin_corpus())))
+    if args.zh_poetry:
+        measure_scorers(args, "zh", cleaned(poems(args.zh_poetry, args.zh_docs)))
+
+
+if __name__ == "__main__":
+    main()
