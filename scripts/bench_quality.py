@@ -19,6 +19,7 @@ scripts/speedrun.py takes it).
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -162,9 +163,50 @@ def measure_scorers(args, lang, clean):
               " | ".join(f"{r:.2f}" for r in per_kind) + f" | {trained:.0f} | {rate:,.0f} |")
 
 
+def measure_cost(args):
+    """dataset.py with each lever on a generated file: documents per second and peak
+    memory. The scorers are trained briefly on the file itself: their cost, not their
+    judgement, is measured."""
+    from bench_data import run_with_peak_memory, write_corpus
+    from corpus import iter_texts
+    work = Path(args.work_dir) / "cost"
+    work.mkdir(parents=True, exist_ok=True)
+    files = [write_corpus(work / "small.jsonl", int(args.train_mb * 1e6), seed=1)]
+    if args.big_gb > 0:
+        files.append(write_corpus(work / "big.jsonl", int(args.big_gb * 1e9), seed=2))
+    texts = [t for _, t in zip(range(4000), iter_texts(files[0]))]
+    tok = train_tokenizer(texts, vocab_size=6400)
+    tok_path = save_tokenizer(tok, work / "tok" / "tokenizer.json")
+    scorers = {kind: save_scorer(train_scorer(kind, tok, texts[:2000], texts[2000:],
+                                              steps=20), kind, tok, work / f"{kind}.pt")
+               for kind in ("ngrams", "encoder")}
+    levers = {"none": [], "quality (ngrams)": ["--quality_model", str(scorers["ngrams"]),
+                                               "--quality_keep", "0.7"],
+              "quality (encoder)": ["--quality_model", str(scorers["encoder"]),
+                                    "--quality_keep", "0.7"],
+              "similar": ["--order", "similar"],
+              "curriculum (ngrams)": ["--quality_model", str(scorers["ngrams"]), "--order",
+                                      "curriculum"]}
+    dataset_py = Path(__file__).resolve().parent.parent / "dataset.py"
+    for corpus in files:
+        print(f"\n{corpus.stat().st_size / 1e9:.2f} GB:")
+        print("| lever | seconds | documents/s | peak memory (PSS, GB) |\n|---|---|---|---|")
+        for name, flags in levers.items():
+            out = work / "data"
+            wall, _, pss = run_with_peak_memory(
+                [sys.executable, str(dataset_py), "--data_path", str(corpus), "--tokenizer",
+                 str(tok_path), "--data_dir", str(out), "--quiet", *flags],
+                stdout=open(work / "log.txt", "w"))
+            docs = sum(1 for _ in open(corpus, "rb"))
+            print(f"| {name} | {wall:.0f} | {docs / wall:,.0f} | {pss / 1e9:.2f} |")
+            shutil.rmtree(out)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["scorers"], choices=["scorers"])
+    parser.add_argument("--tasks", nargs="+", default=["scorers"], choices=["scorers", "cost"])
+    parser.add_argument("--train_mb", type=float, default=50, help="cost: the small file")
+    parser.add_argument("--big_gb", type=float, default=0, help="cost: a big file too")
     parser.add_argument("--zh_poetry", default=None,
                         help="chinese-poetry's package/dist folder; without it, English only")
     parser.add_argument("--zh_docs", type=int, default=6000)
@@ -177,9 +219,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    measure_scorers(args, "en", cleaned(paragraphs(builtin_corpus())))
-    if args.zh_poetry:
-        measure_scorers(args, "zh", cleaned(poems(args.zh_poetry, args.zh_docs)))
+    if "scorers" in args.tasks:
+        measure_scorers(args, "en", cleaned(paragraphs(builtin_corpus())))
+        if args.zh_poetry:
+            measure_scorers(args, "zh", cleaned(poems(args.zh_poetry, args.zh_docs)))
+    if "cost" in args.tasks:
+        measure_cost(args)
 
 
 if __name__ == "__main__":

@@ -313,12 +313,29 @@ def test_data_page_prepares_on_many_machines(tmp_path):
         assert args.executor == executor and args.tasks == 512 and args.workers == 64
 
 
+def test_data_levers_page_trains_a_scorer_and_prepares_with_the_levers(tmp_path):
+    train_scorer_cmd, prepare_cmd = bash_blocks("docs/data_levers.md")
+    (tmp_path / "dataset").mkdir()
+    texts = [f"document {i}: " + " ".join(f"word{(i * 7 + k) % 97}" for k in range(30))
+             for i in range(60)]
+    for name, part in (("trusted.jsonl", texts[:20]), ("dataset/pretrain_hq.jsonl", texts)):
+        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in part),
+                                     encoding="utf-8")
+    save_tokenizer(train_tokenizer(texts, 300), tmp_path / "out" / "tokenizer.json")
+    run(train_scorer_cmd, tmp_path, extra=["--steps", "3"])  # the page's 300 take minutes
+    out = run(prepare_cmd, tmp_path)
+    prepared = tmp_path / re.search(r"prepared data: (\S+)", out).group(1)
+    meta = json.loads((prepared / "meta.json").read_text(encoding="utf-8"))
+    assert meta["options"]["order"] == "similar" and meta["options"]["quality"]["keep"] == 0.7
+    assert "quality cut" in out and (prepared / "train.scores.npy").exists()
+
+
 def test_every_page_with_commands_has_its_test():
     """A new ```bash block in a page no test reads would be a command nobody runs."""
     tested = {"README.md", "README_zh.md", "docs/flags.md", "docs/report.md",
               "docs/performance.md", "docs/quality.md", "docs/compatibility.md",
               "docs/data.md", "docs/benchmarks.md", "docs/memory.md",
-              "docs/architectures.md"}
+              "docs/architectures.md", "docs/data_levers.md"}
     with_commands = {page for page in PAGES if bash_blocks(page)}
     assert with_commands <= tested, sorted(with_commands - tested)
     # data.md's first block downloads the benchmark's texts; the others are run above
