@@ -189,7 +189,7 @@ def measure_cost(args):
                                       "curriculum"]}
     dataset_py = Path(__file__).resolve().parent.parent / "dataset.py"
     for corpus in files:
-        print(f"\n{corpus.stat().st_size / 1e9:.2f} GB:")
+        print(f"\n{corpus.stat().st_size / 1e6:,.0f} MB:")
         print("| lever | seconds | documents/s | peak memory (PSS, GB) |\n|---|---|---|---|")
         for name, flags in levers.items():
             out = work / "data"

@@ -177,6 +177,39 @@ def reference_scorer(args, tok_path):
     return save_scorer(model, args.quality_kind, tok, path)
 
 
+def clean_heldout(args, tok_path):
+    """With --zh_junk: a held-out set of clean text that no filter touched and no run or
+    scorer saw, the 1,000 poems that follow the scorer's reference in chinese-poetry's
+    files, prepared with the corpus's tokenizer; None otherwise. (The validation split
+    holds junk in the corpus's share, which a filtered run is not meant to model.)"""
+    if args.corpus != "zh" or not args.zh_junk:
+        return None
+    root = corpus_dir(args)
+    extra = root / "heldout_source.jsonl"
+    if not (root / "heldout.jsonl").exists():
+        write_poetry_jsonl(args.zh_poetry, extra, args.zh_max_docs + 6000, args.zh_page_chars)
+        lines = extra.read_text(encoding="utf-8").splitlines()[args.zh_max_docs + 5000:]
+        (root / "heldout.jsonl").write_text("".join(line + "\n" for line in lines),
+                                            encoding="utf-8")
+    if len((root / "heldout.jsonl").read_text(encoding="utf-8").splitlines()) < 10:
+        print("no clean held-out set: chinese-poetry has too few poems beyond the corpus and "
+              "the reference")
+        return None
+    return prepare([str(root / "heldout.jsonl")], tok_path, root / "heldout", val_fraction=0.9,
+                   verbose=False)
+
+
+def add_clean_bpb(result, args, tok_path, heldout):
+    """result["clean_bpb"]: its final weights' bits per byte on clean_heldout."""
+    if heldout is not None and "clean_bpb" not in result:
+        out_dir = Path(result["argv"][result["argv"].index("--out_dir") + 1])
+        weights = next(p for p in out_dir.glob("pretrain_*.pth") if "resume" not in p.name)
+        result["clean_bpb"] = heldout_bpb(weights, tok_path, heldout, args.max_seq_len,
+                                          args.batch_size)
+        (out_dir / "speedrun.json").write_text(json.dumps(result))
+    return result
+
+
 def split_levers(flags):
     """(the data levers among a variant's flags, as prepare() takes them; the other flags):
     the levers change the data, which the variant gets prepared for it."""
@@ -345,8 +378,10 @@ def mean_spread(values, fmt):
 
 def table(results, target):
     """The markdown table: one row per variant, its runs over the seeds."""
-    rows = ["| variant | flags | final bpb | steps to target | seconds to target |",
-            "|---|---|---|---|---|"]
+    clean = all("clean_bpb" in r for runs in results.values() for r in runs)
+    rows = ["| variant | flags | final bpb | steps to target | seconds to target |" +
+            (" clean held-out bpb |" if clean else ""),
+            "|---|---|---|---|---|" + ("---|" if clean else "")]
     for name, runs in results.items():
         # MiniMind's row is the target: the mean of its seeds, reached by each at its end
         reached = [time_to_target(r["curve"], target) or
@@ -356,7 +391,9 @@ def table(results, target):
         finals = [r["final_bpb"] for r in runs]
         rows.append(f"| {name} | `{runs[0]['flags'] or '(defaults)'}` | "
                     f"{mean_spread(finals, '{:.4f}')} | {mean_spread(steps, '{:.0f}')} | "
-                    f"{mean_spread(seconds, '{:.0f}')} |")
+                    f"{mean_spread(seconds, '{:.0f}')} |" +
+                    (f" {mean_spread([r['clean_bpb'] for r in runs], '{:.4f}')} |" if clean
+                     else ""))
     return "\n".join(rows)
 
 
@@ -414,6 +451,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     tok_path, prepared = prepare_corpus(args)
+    heldout = clean_heldout(args, tok_path)
     results = {"minimind": []} if args.minimind else {}
     results.update({name: [] for name in args.variants})
     for seed in args.seeds:  # seed by seed: an interrupted call has every variant once
@@ -425,7 +463,8 @@ def main(argv=None):
             if levers.get("quality_model") == "auto":
                 levers["quality_model"] = reference_scorer(args, tok_path)
             data = prepare_corpus(args, levers)[1] if levers else prepared
-            results[name].append(run_one(args, name, flags, seed, tok_path, data, rest))
+            result = run_one(args, name, flags, seed, tok_path, data, rest)
+            results[name].append(add_clean_bpb(result, args, tok_path, heldout))
     finals = {name: [r["final_bpb"] for r in runs] for name, runs in results.items()}
     target = args.target_bpb or (statistics.mean(finals["minimind"]) if args.minimind else
                                  max(max(f) for f in finals.values()))

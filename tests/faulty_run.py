@@ -101,8 +101,8 @@ def inject(name, *numbers):
             if calls["n"] == numbers[0] and RANK == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
         fsdp.save_shards = save_then_die
-    elif name == "kill_in_prepare":  # _apply_weights runs once train.bin holds the tokens
-        prepare._apply_weights = lambda *a: killed(None)
+    elif name == "kill_in_prepare":  # _write_sequence runs once train.bin holds the tokens
+        prepare._write_sequence = lambda *a: killed(None)
     elif name == "count_reads":
         count_reads()
     elif name != "none":
