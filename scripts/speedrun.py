@@ -122,10 +122,10 @@ def corpus_sources(args):
 
 
 def add_junk(jsonl, fraction, seed=0):
-    """Mix generated junk (scripts/bench_quality.py's kinds, in equal parts) into a jsonl
+    """Mix generated junk (scripts/junk.py's kinds, in equal parts) into a jsonl
     file, so that junk is `fraction` of its documents; each junk line is labelled
     {"junk": KIND} beside its text, which preparation ignores."""
-    from bench_quality import JUNK_KINDS, junk
+    from junk import JUNK_KINDS, junk
     lines = jsonl.read_text(encoding="utf-8").splitlines()
     clean = [json.loads(line)["text"] for line in lines]
     rng = random.Random(seed)
@@ -411,7 +411,7 @@ def parse_args(argv=None):
                         "it reaches this many characters or the poet changes (0: one poem)")
     p.add_argument("--zh_junk", type=float, default=0.0,
                    help="the share of generated junk documents mixed into the poems "
-                        "(scripts/bench_quality.py's kinds), for the quality levers")
+                        "(scripts/junk.py's kinds), for the quality levers")
     p.add_argument("--quality_kind", default="ngrams", choices=KINDS,
                    help="the scorer that a variant's --quality_model auto trains")
     p.add_argument("--quality_steps", type=int, default=300, help="its training steps")
