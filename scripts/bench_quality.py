@@ -141,10 +141,10 @@ def measure_cost(args):
         print("| lever | seconds | documents/s | peak memory (PSS, GB) |\n|---|---|---|---|")
         for name, flags in levers.items():
             out = work / "data"
-            wall, _, pss = run_with_peak_memory(
-                [sys.executable, str(dataset_py), "--data_path", str(corpus), "--tokenizer",
-                 str(tok_path), "--data_dir", str(out), "--quiet", *flags],
-                stdout=open(work / "log.txt", "w"))
+            with open(work / "log.txt", "w") as log:
+                wall, _, pss = run_with_peak_memory(
+                    [sys.executable, str(dataset_py), "--data_path", str(corpus), "--tokenizer",
+                     str(tok_path), "--data_dir", str(out), "--quiet", *flags], stdout=log)
             docs = sum(1 for _ in open(corpus, "rb"))
             print(f"| {name} | {wall:.0f} | {docs / wall:,.0f} | {pss / 1e9:.2f} |")
             shutil.rmtree(out)

@@ -85,8 +85,8 @@ class Job:
 
     def files(self):
         """(file index, source index, path) of every file, in reading order."""
-        paths = [(s, path) for s, paths in enumerate(self.entries) for path in paths]
-        return [(f, s, path) for f, (s, path) in enumerate(paths)]
+        return [(f, s, path) for f, (s, path) in enumerate(
+            (s, path) for s, paths in enumerate(self.entries) for path in paths)]
 
 
 def _reset_peak_memory():
@@ -439,27 +439,33 @@ def _copy_runs(out, tasks, numbers, starts_in_task, work, dtype):
         maps[t][first:last].tofile(out)
 
 
-def stage_seconds(job, merge_start):
-    """Wall time of each stage: its first task's start to its last task's end."""
-    spans = {}
+def stage_times(job):
+    """{stage: its tasks' timing records (start, end, peak_bytes)} of this run so far."""
+    times = {}
     for path in sorted((job.work / "times").glob("*.json")):
-        stage = path.name.split("-")[0]
-        t = json.loads(path.read_text())
-        lo, hi = spans.get(stage, (t["start"], t["end"]))
-        spans[stage] = (min(lo, t["start"]), max(hi, t["end"]))
-    spans["merge"] = (merge_start, time.time())
-    return {("read_clean" if k == "clean" else k): hi - lo for k, (lo, hi) in spans.items()}
+        times.setdefault(path.name.split("-")[0], []).append(json.loads(path.read_text()))
+    return times
+
+
+def _wall(records):
+    """A stage's wall time: its first task's start to its last task's end."""
+    return max(t["end"] for t in records) - min(t["start"] for t in records)
+
+
+def stage_seconds(job, merge_start):
+    """meta.json's timings: each stage's wall time (the merge's up to now)."""
+    seconds = {("read_clean" if k == "clean" else k): _wall(v)
+               for k, v in stage_times(job).items()}
+    seconds["merge"] = time.time() - merge_start
+    return seconds
 
 
 def stage_summary(job):
     """One line per stage: its tasks, wall time and the largest peak memory of a task."""
-    lines = []
-    for stage in STAGES:
-        times = [json.loads(p.read_text()) for p in (job.work / "times").glob(f"{stage}-*")]
-        if times:
-            wall = max(t["end"] for t in times) - min(t["start"] for t in times)
-            lines.append(f"  {stage:<9} {len(times):>5} tasks {wall:>9.1f} s   peak memory of a "
-                         f"task {max(t['peak_bytes'] for t in times) / 1e9:.2f} GB")
+    times = stage_times(job)
+    lines = [f"  {stage:<9} {len(times[stage]):>5} tasks {_wall(times[stage]):>9.1f} s   peak "
+             f"memory of a task {max(t['peak_bytes'] for t in times[stage]) / 1e9:.2f} GB"
+             for stage in STAGES if stage in times]
     return "\n".join(["stages (this run)", *lines]) if lines else ""
 
 
