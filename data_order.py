@@ -70,12 +70,16 @@ def neighbours(sketches, k=NEIGHBOURS):
 
 
 def in_context_order(sketches, k=NEIGHBOURS):
+    """The in-context order of documents given their MinHash signatures."""
+    return greedy_path(neighbours(sketches, k)[0])
+
+
+def greedy_path(ids):
     """A path that visits every document once, each followed by its most similar unvisited
     neighbour where it has one (the paper's greedy traversal of the k-nearest-neighbour
-    graph); a fresh start is the unvisited document that is the fewest others'
-    neighbour."""
-    n = len(sketches)
-    ids, _ = neighbours(sketches, k)
+    graph, given as (n, k) ids, most similar first, -1 for none); a fresh start is the
+    unvisited document that is the fewest others' neighbour."""
+    n = len(ids)
     indegree = np.bincount(ids[ids >= 0], minlength=n)
     starts = np.argsort(indegree, kind="stable").tolist()
     visited = np.zeros(n, bool)

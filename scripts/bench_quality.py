@@ -2,6 +2,7 @@
 packages and on planted junk; nothing is downloaded.
 
     python scripts/bench_quality.py --tasks scorers --zh_poetry package/dist
+    python scripts/bench_quality.py --tasks similarity --zh_poetry package/dist
     python scripts/bench_quality.py --tasks cost --big_gb 1.1
 
 "scorers": each scorer kind is trained on clean text (the reference) against a raw corpus
@@ -12,6 +13,12 @@ ranking quality (AUC: the chance that a clean document outscores a junk one), tr
 seconds and documents scored per second. English: Python's documentation (the built-in
 corpus) in paragraphs; Chinese: poems of chinese-poetry 2.0.1 (npm, MIT; --zh_poetry, as
 scripts/speedrun.py takes it).
+"similarity": in-context order (data_order.py) with neighbours found by MinHash, as
+preparation does, against neighbours found by a small language model's embeddings, on
+documents whose relatedness is known: the poems of one poet (their titles and names
+removed), and the pieces of one page of Python's documentation. Printed: the share of
+documents followed by a related one, the mean Jaccard similarity of consecutive documents,
+and the seconds each took.
 "cost": dataset.py with each lever on scripts/bench_data.py's generated file of --train_mb
 (and --big_gb): documents per second and peak memory.
 """
@@ -25,24 +32,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import builtin_corpus, clean_text  # noqa: E402
 from junk import JUNK_KINDS, junk  # noqa: E402
-from data_quality import KINDS, save_scorer, score, train_scorer  # noqa: E402
+from data_order import NEIGHBOURS, greedy_path, in_context_order  # noqa: E402
+from data_quality import KINDS, padded, save_scorer, score, train_scorer  # noqa: E402
+from dedup import jaccard_plain, minhash, shingles, shingles_plain  # noqa: E402
 from tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer  # noqa: E402
 
-def paragraphs(texts, min_chars=200, max_chars=1200):
-    """Texts cut at blank lines into pieces of min_chars to max_chars."""
+def paragraphs(texts, min_chars=200, max_chars=1200, sources=None):
+    """Texts cut at blank lines into pieces of min_chars to max_chars; with a list as
+    sources, the index of each piece's text is appended to it."""
     out = []
-    for text in texts:
+    for index, text in enumerate(texts):
         piece = ""
         for para in text.split("\n\n"):
             piece = f"{piece}\n\n{para}" if piece else para
             if len(piece) >= min_chars:
                 out.append(piece[:max_chars])
+                if sources is not None:
+                    sources.append(index)
                 piece = ""
     return out
 
@@ -111,6 +124,82 @@ def measure_scorers(args, lang, clean):
               " | ".join(f"{r:.2f}" for r in per_kind) + f" | {trained:.0f} | {rate:,.0f} |")
 
 
+def embedding_neighbours(model, tok, texts, k=NEIGHBOURS, batch_size=64):
+    """(n, k) ids of each text's k nearest others by the cosine of its mean final hidden
+    state in the language model (exact search, a block of rows at a time)."""
+    states = []
+    hook = model.norm.register_forward_hook(lambda module, inputs, out: states.append(out))
+    rows = [e.ids for e in tok.encode_batch_fast(list(texts), add_special_tokens=False)]
+    vectors = []
+    with torch.no_grad():
+        for lo in range(0, len(rows), batch_size):
+            ids, real = padded(rows[lo:lo + batch_size])
+            model(ids)
+            h = states.pop()
+            mean = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+            vectors.append(torch.nn.functional.normalize(mean, dim=1))
+    hook.remove()
+    vectors = torch.cat(vectors)
+    ids = torch.empty(len(texts), k, dtype=torch.long)
+    for lo in range(0, len(texts), 1024):
+        cosine = vectors[lo:lo + 1024] @ vectors.T
+        cosine[torch.arange(len(cosine)), torch.arange(lo, lo + len(cosine))] = -2  # not itself
+        ids[lo:lo + 1024] = cosine.topk(k, dim=1).indices
+    return ids.numpy()
+
+
+def measure_similarity(args, lang, texts, labels):
+    """Consecutive documents of each order: the share with the same label, and their mean
+    Jaccard similarity of character shingles (over up to 5,000 consecutive pairs). The
+    documents are shuffled first: a path's fresh starts follow the reading order, which
+    would otherwise carry the labels' grouping in."""
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(len(texts))
+    texts, labels = [texts[i] for i in shuffled], np.asarray(labels)[shuffled]
+    tok = train_tokenizer(texts, vocab_size=args.vocab_size)
+    plain = [set(shingles_plain(t)) for t in texts]
+    pairs = rng.choice(len(texts) - 1, min(5000, len(texts) - 1), replace=False)
+    related = np.bincount(labels)[labels] > 1  # a document with a related one at all
+    print(f"\n{lang}: {len(texts):,} documents, {len(set(labels.tolist())):,} groups; "
+          f"{related.mean():.1%} have a related document")
+    print("| order | related next | Jaccard next | neighbour search s | documents/s |")
+    print("|---|---|---|---|---|")
+
+    def row(name, order, seconds):
+        a, b = order[:-1], order[1:]
+        same = (labels[a] == labels[b]).mean()
+        jac = np.mean([jaccard_plain(plain[a[i]], plain[b[i]]) for i in pairs])
+        rate = f"{len(texts) / seconds:,.0f}" if seconds else "-"
+        print(f"| {name} | {same:.3f} | {jac:.4f} | {seconds:.0f} | {rate} |")
+
+    row("random", rng.permutation(len(texts)), 0)
+    start = time.time()
+    sketches = minhash([shingles(t) for t in texts]).astype(np.uint16)
+    row("similar: MinHash (signatures included)", in_context_order(sketches),
+        time.time() - start)
+    start = time.time()
+    model = train_scorer("perplexity", tok, texts, [], steps=args.steps, seed=0)
+    trained = time.time() - start
+    start = time.time()
+    row(f"similar: LM embeddings (+{trained:.0f} s to train it)",
+        greedy_path(embedding_neighbours(model, tok, texts)), time.time() - start)
+
+
+def similarity_sets(args):
+    """(lang, texts, labels): English pages' pieces, and Chinese poems by poet."""
+    sources = []
+    texts = paragraphs(builtin_corpus(), sources=sources)
+    yield "en", texts, sources
+    if args.zh_poetry:
+        bodies, poets, labels = [], {}, []
+        for poem in poems(args.zh_poetry, args.sim_docs):
+            title, poet, *lines = poem.split("\n")
+            if lines:
+                bodies.append("\n".join(lines))
+                labels.append(poets.setdefault(poet, len(poets)))
+        yield "zh", bodies, labels
+
+
 def measure_cost(args):
     """dataset.py with each lever on a generated file: documents per second and peak
     memory. The scorers are trained briefly on the file itself: their cost, not their
@@ -140,6 +229,8 @@ def measure_cost(args):
         print(f"\n{corpus.stat().st_size / 1e6:,.0f} MB:")
         print("| lever | seconds | documents/s | peak memory (PSS, GB) |\n|---|---|---|---|")
         for name, flags in levers.items():
+            if corpus != files[0] and name.split()[0] not in args.big_levers:
+                continue
             out = work / "data"
             with open(work / "log.txt", "w") as log:
                 wall, _, pss = run_with_peak_memory(
@@ -152,12 +243,16 @@ def measure_cost(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["scorers"], choices=["scorers", "cost"])
+    parser.add_argument("--tasks", nargs="+", default=["scorers"], choices=["scorers", "similarity", "cost"])
     parser.add_argument("--train_mb", type=float, default=50, help="cost: the small file")
     parser.add_argument("--big_gb", type=float, default=0, help="cost: a big file too")
+    parser.add_argument("--big_levers", nargs="+", default=["none", "quality", "similar",
+                                                            "curriculum"],
+                        help="cost: the levers measured on the big file too")
     parser.add_argument("--zh_poetry", default=None,
                         help="chinese-poetry's package/dist folder; without it, English only")
     parser.add_argument("--zh_docs", type=int, default=6000)
+    parser.add_argument("--sim_docs", type=int, default=20000, help="similarity: poems")
     parser.add_argument("--steps", type=int, default=300, help="training steps of a scorer")
     parser.add_argument("--vocab_size", type=int, default=4000)
     parser.add_argument("--work_dir", default="/tmp/myllm_bench_quality")
@@ -171,6 +266,9 @@ def main(argv=None):
         measure_scorers(args, "en", cleaned(paragraphs(builtin_corpus())))
         if args.zh_poetry:
             measure_scorers(args, "zh", cleaned(poems(args.zh_poetry, args.zh_docs)))
+    if "similarity" in args.tasks:
+        for lang, texts, labels in similarity_sets(args):
+            measure_similarity(args, lang, texts, labels)
     if "cost" in args.tasks:
         measure_cost(args)
 
