@@ -229,7 +229,7 @@ def measure_cost(args):
         print(f"\n{corpus.stat().st_size / 1e6:,.0f} MB:")
         print("| lever | seconds | documents/s | peak memory (PSS, GB) |\n|---|---|---|---|")
         for name, flags in levers.items():
-            if corpus != files[0] and name.split()[0] not in args.big_levers:
+            if corpus != files[0] and not {name, name.split()[0]} & set(args.big_levers):
                 continue
             out = work / "data"
             with open(work / "log.txt", "w") as log:
@@ -248,7 +248,8 @@ def parse_args(argv=None):
     parser.add_argument("--big_gb", type=float, default=0, help="cost: a big file too")
     parser.add_argument("--big_levers", nargs="+", default=["none", "quality", "similar",
                                                             "curriculum"],
-                        help="cost: the levers measured on the big file too")
+                        help="cost: the levers measured on the big file too (a name or "
+                        "its first word)")
     parser.add_argument("--zh_poetry", default=None,
                         help="chinese-poetry's package/dist folder; without it, English only")
     parser.add_argument("--zh_docs", type=int, default=6000)
