@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import data_order
 import data_quality
 import prepare as pipeline
 from data_quality import Encoder, batch_ids, load_scorer, save_scorer, score, train_scorer
@@ -139,6 +140,15 @@ def test_in_context_order_visits_each_document_by_its_weight_and_puts_similar_on
     shuffled = prepare([a, b], topic_tok, tmp_path / "data", weights=[1, 2], val_fraction=0,
                        num_workers=0, verbose=False)
     assert shuffled.name != prepared.name  # another order, another directory
+
+
+def test_the_greedy_path_follows_the_most_similar_unvisited_neighbour():
+    # 3 is nobody's neighbour, so the walk starts there; it has none, so it starts again at
+    # 0 (one in-edge, from 2), goes on to 2 (0's most similar), then to 1, whose only
+    # neighbour, 2, is visited: the path is 3, 0, 2, 1 (worked by hand)
+    ids = np.array([[2, 1], [2, -1], [1, 0], [-1, -1]])
+    assert data_order.greedy_path(ids).tolist() == [3, 0, 2, 1]
+    assert data_order.greedy_path(np.full((3, 2), -1)).tolist() == [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
