@@ -243,7 +243,8 @@ def measure_cost(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["scorers"], choices=["scorers", "similarity", "cost"])
+    parser.add_argument("--tasks", nargs="+", default=["scorers"],
+                        choices=["scorers", "similarity", "cost"])
     parser.add_argument("--train_mb", type=float, default=50, help="cost: the small file")
     parser.add_argument("--big_gb", type=float, default=0, help="cost: a big file too")
     parser.add_argument("--big_levers", nargs="+", default=["none", "quality", "similar",
