@@ -4,8 +4,7 @@ prepare.py after tokenizing (the validation split is never cut nor reordered).
 - The cut (data_quality.py scores every kept document): --quality_keep F keeps the fraction
   F of the training documents that score highest, --quality_threshold S those scoring S or
   more.
-- The order of the training documents in train.bin, which an ordered run reads as it is
-  (dataset.ShardedSampler with shuffle off):
+- The order of the training documents in train.bin:
     shuffle     the reading order, as before; training shuffles the windows every epoch;
     similar     in-context pretraining (Shi et al. 2023, "In-Context Pretraining: Language
                 Modeling Beyond Document Boundaries"): every document is followed by one
@@ -13,9 +12,13 @@ prepare.py after tokenizing (the validation split is never cut nor reordered).
                 texts. Similarity here is the MinHash estimate of the Jaccard similarity of
                 character shingles that dedup.py already computes; the path is the paper's
                 greedy one: start at a document that is few others' neighbour, go on to
-                the most similar unvisited neighbour, and when there is none start again;
+                the most similar unvisited neighbour, and when there is none start again.
+                Training still shuffles the windows: what the order is for lies inside a
+                window, and reading a slice of related documents after another is worse
+                (docs/data_levers.md has the figures);
     curriculum  ascending score: the documents that read most like the reference come last,
-                where the learning rate decays (as annealing on the best data does).
+                where the learning rate decays (as annealing on the best data does). It is
+                read as it lies, every epoch (dataset.ShardedSampler with shuffle off).
   --weights repeats a document after the whole first pass: copy 1 of every document in the
   order, then copy 2 of those that have one, and so on.
 """

@@ -72,8 +72,9 @@ class PretrainDataset(Dataset):
         self.max_seq_len = max_seq_len
         meta = load_meta(prepared_dir)
         self.vocab_size, self.fingerprint = meta["vocab_size"], meta.get("fingerprint")
-        # prepared in an order (data_order.py): training reads the windows as they lie
-        self.ordered = split == "train" and meta["options"].get("order", "shuffle") != "shuffle"
+        # a curriculum (data_order.py) is read as it lies; in-context order only needs related
+        # documents inside a window, so its windows are shuffled like any others
+        self.ordered = split == "train" and meta["options"].get("order") == "curriculum"
         self.n_tokens = len(open_split(prepared_dir, split)[0])
         targets = max(self.n_tokens - 1, 0)  # every token but the first is predicted
         self.n_samples = math.ceil(targets / max_seq_len)

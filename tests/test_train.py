@@ -405,9 +405,9 @@ def test_resumed_run_matches_an_uninterrupted_one(corpus, tmp_path, monkeypatch,
         assert sum(record["expert_share"][0]) == pytest.approx(1, abs=1e-3)
 
 
-@pytest.mark.parametrize("order", ["shuffle", "similar"])
-def test_an_ordered_run_reads_its_windows_in_the_prepared_order(corpus, tmp_path, monkeypatch,
-                                                                 order):
+@pytest.mark.parametrize("order", ["shuffle", "similar", "curriculum"])
+def test_a_curriculum_run_reads_its_windows_in_the_prepared_order(corpus, tmp_path, monkeypatch,
+                                                                  order, scorer):
     read, original = [], PretrainDataset.__getitem__
 
     def recording(self, i):
@@ -416,10 +416,12 @@ def test_an_ordered_run_reads_its_windows_in_the_prepared_order(corpus, tmp_path
         return original(self, i)
 
     monkeypatch.setattr(PretrainDataset, "__getitem__", recording)
-    pretrain(run_args(corpus, tmp_path, "--order", order, "--max_steps", "4",
+    levers = ("--quality_model", str(scorer)) if order == "curriculum" else ()
+    pretrain(run_args(corpus, tmp_path, "--order", order, *levers, "--max_steps", "4",
                       "--accumulation_steps", "2"))
     assert len(read) == 4 * 2 * 4  # steps x micro-steps x batch
-    assert (read == list(range(len(read)))) == (order == "similar")
+    # in-context order puts related documents in one window; the windows are shuffled
+    assert (read == list(range(len(read)))) == (order == "curriculum")
 
 
 def test_resume_with_another_model_shape_is_a_clear_error(corpus, tmp_path):
