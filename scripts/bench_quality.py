@@ -140,6 +140,7 @@ def embedding_neighbours(model, tok, texts, k=NEIGHBOURS, batch_size=64):
             vectors.append(torch.nn.functional.normalize(mean, dim=1))
     hook.remove()
     vectors = torch.cat(vectors)
+    k = min(k, len(texts) - 1)
     ids = torch.empty(len(texts), k, dtype=torch.long)
     for lo in range(0, len(texts), 1024):
         cosine = vectors[lo:lo + 1024] @ vectors.T
