@@ -49,24 +49,41 @@ def neighbours(sketches, k=NEIGHBOURS):
     """(n, k) int64 ids of each document's k most similar others (-1 where it has fewer),
     most similar first, and their shares of equal MinHash values (the Jaccard estimate).
     Candidates share a band of NEIGHBOUR_ROWS values: a pair of similarity s shares one of
-    the 64 bands with probability 1 - (1 - s^2)^64, 0.47 at s = 0.1, 0.93 at 0.2."""
+    the 64 bands with probability 1 - (1 - s^2)^64, 0.47 at s = 0.1, 0.93 at 0.2. The
+    bands are searched one at a time, so memory holds at most n * NEIGHBOUR_WINDOW pairs:
+    on text of one vocabulary, short bands put most documents in a few buckets."""
     n, num_perm = sketches.shape
     ids, shares = np.full((n, k), -1, np.int64), np.zeros((n, k))
     if n < 2:
         return ids, shares
     hashes = band_hashes(sketches, num_perm // NEIGHBOUR_ROWS, NEIGHBOUR_ROWS)
-    pairs = candidate_pairs(hashes, np.ones(n, bool), NEIGHBOUR_WINDOW)
+    everyone = np.ones(n, bool)
+    for band in range(hashes.shape[1]):
+        pairs = candidate_pairs(hashes[:, band:band + 1], everyone, NEIGHBOUR_WINDOW)
+        ids, shares = _keep_best(ids, shares, pairs, sketches)
+    return ids, shares
+
+
+def _keep_best(ids, shares, pairs, sketches):
+    """Each document's k most similar among those it has and the new candidate pairs."""
+    n, k = ids.shape
     agree = np.empty(len(pairs))
     for lo in range(0, len(pairs), 65536):
         i, j = pairs[lo:lo + 65536].T
         agree[lo:lo + 65536] = (sketches[i] == sketches[j]).mean(axis=1)
-    both = np.concatenate([pairs, pairs[:, ::-1]])  # each pair from either end
-    agree = np.concatenate([agree, agree])
+    have = ids >= 0
+    kept = np.stack([np.nonzero(have)[0], ids[have]], axis=1)
+    both = np.concatenate([kept, pairs, pairs[:, ::-1]])  # each new pair from either end
+    agree = np.concatenate([shares[have], agree, agree])
     order = np.lexsort((both[:, 1], -agree, both[:, 0]))  # per document, most similar first
     both, agree = both[order], agree[order]
+    new = np.ones(len(both), bool)  # a pair found before sorts right next to itself
+    new[1:] = (both[1:] != both[:-1]).any(axis=1)
+    both, agree = both[new], agree[new]
     first = np.searchsorted(both[:, 0], np.arange(n))
     rank = np.arange(len(both)) - first[both[:, 0]]
     top = rank < k
+    ids, shares = np.full((n, k), -1, np.int64), np.zeros((n, k))
     ids[both[top, 0], rank[top]] = both[top, 1]
     shares[both[top, 0], rank[top]] = agree[top]
     return ids, shares
