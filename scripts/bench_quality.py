@@ -44,18 +44,15 @@ from data_quality import KINDS, padded, save_scorer, score, train_scorer  # noqa
 from dedup import jaccard_plain, minhash, shingles, shingles_plain  # noqa: E402
 from tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer  # noqa: E402
 
-def paragraphs(texts, min_chars=200, max_chars=1200, sources=None):
-    """Texts cut at blank lines into pieces of min_chars to max_chars; with a list as
-    sources, the index of each piece's text is appended to it."""
+def paragraphs(texts, min_chars=200, max_chars=1200):
+    """Texts cut at blank lines into pieces of min_chars to max_chars."""
     out = []
-    for index, text in enumerate(texts):
+    for text in texts:
         piece = ""
         for para in text.split("\n\n"):
             piece = f"{piece}\n\n{para}" if piece else para
             if len(piece) >= min_chars:
                 out.append(piece[:max_chars])
-                if sources is not None:
-                    sources.append(index)
                 piece = ""
     return out
 
@@ -188,9 +185,9 @@ def measure_similarity(args, lang, texts, labels):
 
 def similarity_sets(args):
     """(lang, texts, labels): English pages' pieces, and Chinese poems by poet."""
-    sources = []
-    texts = paragraphs(builtin_corpus(), sources=sources)
-    yield "en", texts, sources
+    pieces = [(page, piece) for page, text in enumerate(builtin_corpus())
+              for piece in paragraphs([text])]
+    yield "en", [piece for _, piece in pieces], [page for page, _ in pieces]
     if args.zh_poetry:
         bodies, poets, labels = [], {}, []
         for poem in poems(args.zh_poetry, args.sim_docs):
@@ -227,6 +224,8 @@ def measure_cost(args):
                                       "curriculum"]}
     dataset_py = Path(__file__).resolve().parent.parent / "dataset.py"
     for corpus in files:
+        with open(corpus, "rb") as f:
+            docs = sum(1 for _ in f)
         print(f"\n{corpus.stat().st_size / 1e6:,.0f} MB:")
         print("| lever | seconds | documents/s | peak memory (PSS, GB) |\n|---|---|---|---|")
         for name, flags in levers.items():
@@ -237,7 +236,6 @@ def measure_cost(args):
                 wall, _, pss = run_with_peak_memory(
                     [sys.executable, str(dataset_py), "--data_path", str(corpus), "--tokenizer",
                      str(tok_path), "--data_dir", str(out), "--quiet", *flags], stdout=log)
-            docs = sum(1 for _ in open(corpus, "rb"))
             print(f"| {name} | {wall:.0f} | {docs / wall:,.0f} | {pss / 1e9:.2f} |")
             shutil.rmtree(out)
 
