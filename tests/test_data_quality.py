@@ -142,6 +142,28 @@ def test_in_context_order_visits_each_document_by_its_weight_and_puts_similar_on
     assert shuffled.name != prepared.name  # another order, another directory
 
 
+def test_neighbours_are_the_most_similar_of_all_pairs_that_share_a_band():
+    # brute force over every pair: candidates share some band of NEIGHBOUR_ROWS values,
+    # ranked by the share of equal values, ties by id. 16 documents, so no bucket exceeds
+    # the search's window and every candidate pair is seen; near copies of 4 originals at
+    # several distances give pairs found in many bands, and ties
+    rng = np.random.default_rng(3)
+    originals = rng.integers(0, 1000, (4, 128))
+    sketches = np.concatenate([np.where(rng.random((4, 128)) < p, rng.integers(0, 1000, (4, 128)),
+                                        originals) for p in (0.1, 0.3, 0.5, 0.7)])
+    sketches = sketches.astype(np.uint16)
+    k = 5
+    ids, shares = data_order.neighbours(sketches, k)
+    bands = sketches.reshape(16, -1, data_order.NEIGHBOUR_ROWS)
+    for i in range(16):
+        candidates = [j for j in range(16) if j != i and (bands[i] == bands[j]).all(1).any()]
+        ranked = sorted(candidates, key=lambda j: (-(sketches[i] == sketches[j]).mean(), j))[:k]
+        assert ids[i].tolist() == ranked + [-1] * (k - len(ranked)), i
+        assert shares[i, :len(ranked)].tolist() == [(sketches[i] == sketches[j]).mean()
+                                                   for j in ranked]
+    assert (ids >= 0).sum() > 16 * 2  # the set has neighbours to find
+
+
 def test_the_greedy_path_follows_the_most_similar_unvisited_neighbour():
     # 3 is nobody's neighbour, so the walk starts there; it has none, so it starts again at
     # 0 (one in-edge, from 2), goes on to 2 (0's most similar), then to 1, whose only
